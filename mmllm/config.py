@@ -1,0 +1,134 @@
+"""Typed configs: dataclasses per component, YAML files, dotted command-line overrides.
+
+Each component declares its config with `@config_dataclass` (a pydantic dataclass that
+forbids unknown keys), next to the code that uses it. Loading is always the same:
+
+    cfg = load_config(SynthConfig, "configs/synth/small.yaml", ["asr.train=100"])
+
+An unknown key, a value of the wrong type or a missing required value raises
+`ConfigError` naming the key and the file (or the command-line override it came from).
+`save_config` writes the resolved config beside every artifact, and `config_hash` keys
+caches so that a cache built for another config is never silently reused.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import ConfigDict, TypeAdapter, ValidationError
+from pydantic.dataclasses import dataclass as _pydantic_dataclass
+
+from mmllm.fileio import atomic_write_text
+
+T = TypeVar("T")
+CONFIG_FILENAME = "config.yaml"
+
+
+class ConfigError(ValueError):
+    """A config file or override that does not match its dataclass."""
+
+
+def config_dataclass(cls: type[T]) -> type[T]:
+    """Declare a config: a dataclass validated on construction, unknown keys rejected."""
+    return _pydantic_dataclass(cls, config=ConfigDict(extra="forbid"))
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping; errors name the file (and line, for syntax errors)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: invalid YAML: {err}") from err
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping of keys, got {type(data).__name__}")
+    return data
+
+
+def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """Apply `a.b.c=value` overrides (value parsed as YAML) to a nested dict, in place."""
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"command-line override {item!r}: expected key=value (dotted key)")
+        node = data
+        parts = key.split(".")
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"command-line override {item!r}: key {part!r} is not a section")
+            node = child
+        node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else ""
+    return data
+
+
+def load_config(cls: type[T], path: str | Path | None = None, overrides: Sequence[str] = ()) -> T:
+    """Build `cls` from an optional YAML file plus dotted overrides, validating every key."""
+    data = read_yaml(path) if path is not None else {}
+    apply_overrides(data, overrides)
+    return from_dict(cls, data, source=str(path) if path is not None else "<defaults>", overrides=overrides)
+
+
+def from_dict(cls: type[T], data: dict[str, Any], source: str = "<dict>", overrides: Sequence[str] = ()) -> T:
+    """Validate a nested dict into `cls`; errors name each bad key and where it came from."""
+    try:
+        return TypeAdapter(cls).validate_python(data)
+    except ValidationError as err:
+        override_keys = {item.partition("=")[0]: item for item in overrides}
+        lines = []
+        for problem in err.errors():
+            key = ".".join(str(part) for part in problem["loc"])
+            origin = next(
+                (f"command-line override {item!r}" for k, item in override_keys.items()
+                 if key == k or key.startswith(k + ".")),
+                source,
+            )
+            where = f"key '{key}': " if key else ""
+            lines.append(f"{origin}: {where}{_describe(problem)}")
+        raise ConfigError("invalid config for " + cls.__name__ + ":\n  " + "\n  ".join(lines)) from None
+
+
+def _describe(problem: dict[str, Any]) -> str:
+    kind = problem["type"]
+    if kind == "missing":
+        return "missing required value"
+    if kind in ("extra_forbidden", "unexpected_keyword_argument"):
+        return "unknown key"
+    if kind == "value_error":  # raised by a config's __post_init__, which names its keys itself
+        return problem["msg"].removeprefix("Value error, ")
+    return f"{problem['msg']} (got {problem.get('input')!r})"
+
+
+def config_to_dict(cfg: Any) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def config_hash(cfg: Any) -> str:
+    """Stable 16-hex-digit hash of a config's resolved values."""
+    canonical = json.dumps(config_to_dict(cfg), sort_keys=True, default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def save_config(cfg: Any, directory: str | Path, filename: str = CONFIG_FILENAME) -> Path:
+    """Write the resolved config as YAML beside an artifact (atomically)."""
+    path = Path(directory) / filename
+    header = f"# resolved {type(cfg).__name__} (hash {config_hash(cfg)})\n"
+    atomic_write_text(path, header + yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+    return path
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """The shared CLI shape: `--config FILE` then any number of `dotted.key=value` overrides."""
+    parser.add_argument("--config", type=Path, default=None, help="YAML config file")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted-key overrides, e.g. train.lr=3e-4")
