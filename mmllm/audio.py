@@ -76,7 +76,9 @@ def load_audio(
     return _validated(wav, sample_rate, target_sr, name), int(target_sr or sample_rate)
 
 
-def decode_audio_value(value: dict, target_sr: int | None = 16000, name: str | None = None) -> np.ndarray:
+def decode_audio_value(
+    value: dict, target_sr: int | None = 16000, name: str | None = None
+) -> np.ndarray:
     """Decode a `datasets.Audio(decode=False)` cell ({'bytes', 'path'}) -> wav [T] float32."""
     if value is None:
         raise AudioError(f"{name or '<row>'}: audio is missing (null)")
@@ -99,7 +101,9 @@ def _validated(wav: np.ndarray, sample_rate: int, target_sr: int | None, name: s
     return np.clip(wav, -1.0, 1.0).astype(np.float32, copy=False)
 
 
-def prepare_waveform(wav: np.ndarray, sample_rate: int, target_sr: int = 16000, name: str = "<waveform>") -> np.ndarray:
+def prepare_waveform(
+    wav: np.ndarray, sample_rate: int, target_sr: int = 16000, name: str = "<waveform>"
+) -> np.ndarray:
     """Validate an in-memory waveform ([T] or [T, C]) like a file: mono, finite, resampled."""
     return _validated(to_mono(np.asarray(wav, dtype=np.float32)), sample_rate, target_sr, name)
 
@@ -120,7 +124,9 @@ def write_wav(path: str | Path, wav: np.ndarray, sample_rate: int) -> None:
 
 
 @lru_cache(maxsize=16)
-def mel_filters(sample_rate: int, n_fft: int, n_mels: int, f_min: float, f_max: float) -> torch.Tensor:
+def mel_filters(
+    sample_rate: int, n_fft: int, n_mels: int, f_min: float, f_max: float
+) -> torch.Tensor:
     """Slaney-style mel filter bank [n_fft // 2 + 1, n_mels] (transformers.audio_utils)."""
     from transformers.audio_utils import mel_filter_bank
 
@@ -154,7 +160,15 @@ def log_mel(
     squeeze = wav.dim() == 1
     batch = wav.unsqueeze(0) if squeeze else wav
     window = torch.hann_window(n_fft, periodic=True, device=batch.device, dtype=batch.dtype)
-    spec = torch.stft(batch, n_fft, hop_length, window=window, center=True, pad_mode="reflect", return_complex=True)
+    spec = torch.stft(
+        batch,
+        n_fft,
+        hop_length,
+        window=window,
+        center=True,
+        pad_mode="reflect",
+        return_complex=True,
+    )
     power = spec.real.square() + spec.imag.square()  # [B, n_fft // 2 + 1, F]
     bank = mel_filters(sample_rate, n_fft, n_mels, f_min, f_max or sample_rate / 2).to(batch)
     mel = torch.einsum("bkf,km->bmf", power, bank)
@@ -173,7 +187,9 @@ def dct_matrix(n_input: int, n_output: int) -> torch.Tensor:
     return basis.float()
 
 
-def mfcc(wav: torch.Tensor, sample_rate: int = 16000, n_mfcc: int = 13, n_mels: int = 40, **mel_kwargs) -> torch.Tensor:
+def mfcc(
+    wav: torch.Tensor, sample_rate: int = 16000, n_mfcc: int = 13, n_mels: int = 40, **mel_kwargs
+) -> torch.Tensor:
     """MFCC = DCT-II (ortho) of the log-mel spectrogram.
 
     wav: [T] or [B, T] -> [n_mfcc, F] or [B, n_mfcc, F].

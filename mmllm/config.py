@@ -77,10 +77,14 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: Sequenc
     """Build `cls` from an optional YAML file plus dotted overrides, validating every key."""
     data = read_yaml(path) if path is not None else {}
     apply_overrides(data, overrides)
-    return from_dict(cls, data, source=str(path) if path is not None else "<defaults>", overrides=overrides)
+    return from_dict(
+        cls, data, source=str(path) if path is not None else "<defaults>", overrides=overrides
+    )
 
 
-def from_dict(cls: type[T], data: dict[str, Any], source: str = "<dict>", overrides: Sequence[str] = ()) -> T:
+def from_dict(
+    cls: type[T], data: dict[str, Any], source: str = "<dict>", overrides: Sequence[str] = ()
+) -> T:
     """Validate a nested dict into `cls`; errors name each bad key and where it came from."""
     try:
         return TypeAdapter(cls).validate_python(data)
@@ -90,13 +94,18 @@ def from_dict(cls: type[T], data: dict[str, Any], source: str = "<dict>", overri
         for problem in err.errors():
             key = ".".join(str(part) for part in problem["loc"])
             origin = next(
-                (f"command-line override {item!r}" for k, item in override_keys.items()
-                 if key == k or key.startswith(k + ".")),
+                (
+                    f"command-line override {item!r}"
+                    for k, item in override_keys.items()
+                    if key == k or key.startswith(k + ".")
+                ),
                 source,
             )
             where = f"key '{key}': " if key else ""
             lines.append(f"{origin}: {where}{_describe(problem)}")
-        raise ConfigError("invalid config for " + cls.__name__ + ":\n  " + "\n  ".join(lines)) from None
+        raise ConfigError(
+            "invalid config for " + cls.__name__ + ":\n  " + "\n  ".join(lines)
+        ) from None
 
 
 def _describe(problem: dict[str, Any]) -> str:
@@ -131,4 +140,6 @@ def save_config(cfg: Any, directory: str | Path, filename: str = CONFIG_FILENAME
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     """The shared CLI shape: `--config FILE` then any number of `dotted.key=value` overrides."""
     parser.add_argument("--config", type=Path, default=None, help="YAML config file")
-    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted-key overrides, e.g. train.lr=3e-4")
+    parser.add_argument(
+        "overrides", nargs="*", metavar="KEY=VALUE", help="dotted-key overrides, e.g. train.lr=3e-4"
+    )

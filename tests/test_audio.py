@@ -54,11 +54,22 @@ def test_keep_native_rate_and_bytes_roundtrip():
     ("make", "message"),
     [
         (lambda p: p / "missing.wav", "missing.wav: file not found"),
-        (lambda p: _write_bytes(p / "junk.wav", b"not audio at all" * 10), "junk.wav: cannot decode audio"),
-        (lambda p: _write_wav(p / "empty.wav", np.zeros(0, np.float32), 16000), "empty.wav: audio has zero samples"),
-        (lambda p: _write_wav(p / "low.wav", np.zeros(100, np.float32), 2000), "low.wav: unsupported sample rate 2000"),
-        (lambda p: _write_float(p / "nan.wav", np.array([0.1, np.nan, np.inf, 0.2], np.float32)),
-         "nan.wav: audio contains 2 NaN/Inf samples"),
+        (
+            lambda p: _write_bytes(p / "junk.wav", b"not audio at all" * 10),
+            "junk.wav: cannot decode audio",
+        ),
+        (
+            lambda p: _write_wav(p / "empty.wav", np.zeros(0, np.float32), 16000),
+            "empty.wav: audio has zero samples",
+        ),
+        (
+            lambda p: _write_wav(p / "low.wav", np.zeros(100, np.float32), 2000),
+            "low.wav: unsupported sample rate 2000",
+        ),
+        (
+            lambda p: _write_float(p / "nan.wav", np.array([0.1, np.nan, np.inf, 0.2], np.float32)),
+            "nan.wav: audio contains 2 NaN/Inf samples",
+        ),
     ],
 )
 def test_bad_files_name_file_and_problem(tmp_path, make, message):
@@ -98,9 +109,16 @@ def test_log_mel_matches_transformers_numpy_reference():
     wav = rng.standard_normal(16000).astype(np.float32) * 0.1
     ours = log_mel(torch.from_numpy(wav), 16000, n_fft=400, hop_length=160, n_mels=80)
     reference = spectrogram(
-        wav.astype(np.float64), window_function(400, "hann"), frame_length=400, hop_length=160,
-        power=2.0, center=True, pad_mode="reflect", mel_filters=mel_filters(16000, 400, 80, 0.0, 8000.0).double().numpy(),
-        mel_floor=1e-10, log_mel="log",
+        wav.astype(np.float64),
+        window_function(400, "hann"),
+        frame_length=400,
+        hop_length=160,
+        power=2.0,
+        center=True,
+        pad_mode="reflect",
+        mel_filters=mel_filters(16000, 400, 80, 0.0, 8000.0).double().numpy(),
+        mel_floor=1e-10,
+        log_mel="log",
     )
     assert ours.shape == (80, 16000 // 160 + 1) == reference.shape
     np.testing.assert_allclose(ours.numpy(), reference, atol=1e-3)
@@ -118,14 +136,20 @@ def test_log_mel_batched_equals_single_and_peaks_at_tone():
     above_floor = batched[1] > np.log(1e-10) + 1
     assert above_floor.all()
     difference = (batched[0] - batched[1])[above_floor]
-    torch.testing.assert_close(difference, torch.full_like(difference, np.log(4.0)), atol=1e-3, rtol=0)
-    hz_per_mel_bin = mel_filters(16000, 400, 80, 0.0, 8000.0).argmax(dim=0).float() * 40  # bin -> Hz
+    torch.testing.assert_close(
+        difference, torch.full_like(difference, np.log(4.0)), atol=1e-3, rtol=0
+    )
+    hz_per_mel_bin = (
+        mel_filters(16000, 400, 80, 0.0, 8000.0).argmax(dim=0).float() * 40
+    )  # bin -> Hz
     peak_bin = single[:, 10:40].mean(dim=1).argmax()
     assert abs(hz_per_mel_bin[peak_bin].item() - 1000) < 80
 
 
 def test_mfcc_is_orthonormal_dct_of_log_mel():
-    wav = torch.from_numpy(sine(500, 0.3, 16000)) + 0.01 * torch.randn(4800, generator=torch.Generator().manual_seed(0))
+    wav = torch.from_numpy(sine(500, 0.3, 16000)) + 0.01 * torch.randn(
+        4800, generator=torch.Generator().manual_seed(0)
+    )
     ours = mfcc(wav, n_mfcc=13, n_mels=40)
     reference = dct(log_mel(wav, n_mels=40).numpy(), type=2, norm="ortho", axis=0)[:13]
     assert ours.shape == (13, 31)

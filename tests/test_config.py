@@ -28,7 +28,9 @@ class Run:
     optimizer: Optimizer = dataclasses.field(default_factory=Optimizer)
 
 
-@pytest.mark.parametrize("path", sorted(CONFIGS.rglob("*.yaml")), ids=lambda p: str(p.relative_to(CONFIGS)))
+@pytest.mark.parametrize(
+    "path", sorted(CONFIGS.rglob("*.yaml")), ids=lambda p: str(p.relative_to(CONFIGS))
+)
 def test_every_shipped_yaml_loads(path):
     folder = path.relative_to(CONFIGS).parts[0]
     assert folder in CONFIG_CLASSES, f"{path}: no config class registered for configs/{folder}/"
@@ -56,7 +58,9 @@ def test_unknown_key_names_key_and_file(tmp_path):
 
 def test_wrong_type_names_key_and_file(tmp_path):
     path = write(tmp_path, "name: a\nsteps: many\n")
-    with pytest.raises(ConfigError, match=rf"{path}: key 'steps': Input should be a valid integer.*'many'"):
+    with pytest.raises(
+        ConfigError, match=rf"{path}: key 'steps': Input should be a valid integer.*'many'"
+    ):
         load_config(Run, path)
 
 
@@ -68,7 +72,9 @@ def test_missing_required_value_names_key_and_file(tmp_path):
 
 def test_bad_override_names_the_override(tmp_path):
     path = write(tmp_path, "name: a\n")
-    with pytest.raises(ConfigError, match=r"command-line override 'optimizer.lr=fast': key 'optimizer.lr'"):
+    with pytest.raises(
+        ConfigError, match=r"command-line override 'optimizer.lr=fast': key 'optimizer.lr'"
+    ):
         load_config(Run, path, ["optimizer.lr=fast"])
     with pytest.raises(ConfigError, match=r"override 'steps': expected key=value"):
         load_config(Run, path, ["steps"])
