@@ -1,0 +1,1155 @@
+"""All text content of SynthDASB: ASR sentences, keywords, intents, emotion prompts.
+
+SynthDASB is rendered offline by eSpeak NG, so every string here has to be speakable by a
+rule-based TTS and scorable by plain word error rate. Hence one character rule everywhere:
+lowercase a-z words separated by single spaces, apostrophes only inside words ("don't",
+"o'clock"), numbers spelled out ("two hundred and five"). `normalize_text` maps any other
+transcript (e.g. a model's output) onto the same rule before scoring.
+
+Public API: ASR_VOCABULARY, ASR_SHAPES, asr_sentence(_with_shape) for ASR (and TTS) text;
+KS_* for keyword spotting; Intent, INTENTS, ic_phrasings, ic_utterance for intent
+classification; ER_SENTENCES, ER_EMOTIONS for emotion recognition; normalize_text.
+
+Determinism: every generator takes a `random.Random` and draws only from tuples (never from
+sets), so output depends on the rng state alone and not on PYTHONHASHSEED.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+import unicodedata
+from dataclasses import dataclass
+
+
+def _words(text: str) -> tuple[str, ...]:
+    return tuple(text.split())
+
+
+# --------------------------------------------------------------------------------------
+# Word lists. Sized for the corpus: a few thousand training sentences must show a small
+# model every word several times, yet the grammar must stay rich enough that unseen test
+# sentences are not memorized. Hence everyday words only (about 1250 in ASR_VOCABULARY),
+# and few verbs (each brings up to four forms: take, takes, took, taking).
+# --------------------------------------------------------------------------------------
+
+FIRST_NAMES = _words("""
+    thomas david james john robert michael william daniel mark paul steven andrew kevin brian
+    george edward jason ryan eric scott samuel frank patrick jack henry adam peter arthur noah
+    oliver leo oscar max felix victor simon martin carlos omar lucas maria anna mary linda susan
+    sarah karen lisa emily laura amy helen nicole emma rachel julie victoria olivia kelly hannah
+    alice grace julia sophia charlotte rose lucy ella chloe zoe mia nina elena clara eva paula
+    jane kate molly sally
+""")
+
+# Single words only, chosen so eSpeak's English rules pronounce them acceptably.
+PLACE_NAMES = _words("""
+    paris london tokyo berlin madrid rome cairo dublin vienna prague moscow sydney toronto chicago
+    boston seattle miami lisbon athens amsterdam venice barcelona mexico brazil canada spain
+    france italy germany japan china india egypt kenya australia norway sweden greece ireland
+    scotland
+""")
+
+
+def _plural(noun: str) -> str:
+    if noun.endswith(("s", "x", "z", "ch", "sh")):
+        return noun + "es"
+    if noun.endswith("y") and noun[-2] not in "aeiou":
+        return noun[:-1] + "ies"
+    return noun + "s"
+
+
+def _count_nouns(text: str) -> tuple[tuple[str, str | None], ...]:
+    """Countable nouns; "knife/knives" spells out an irregular plural."""
+    out = []
+    for item in text.split():
+        singular, _, plural = item.partition("/")
+        out.append((singular, plural or _plural(singular)))
+    return tuple(out)
+
+
+def _mass_nouns(text: str) -> tuple[tuple[str, str | None], ...]:
+    """Mass or abstract nouns: used in the singular only, so no plural enters the vocabulary."""
+    return tuple((w, None) for w in text.split())
+
+
+@dataclass(frozen=True)
+class _Pool:
+    """A noun class plus the adjectives that sound natural in front of it."""
+
+    nouns: tuple[tuple[str, str | None], ...]
+    adjectives: tuple[str, ...]
+
+
+ADJ_THING = _words("""
+    big small large tiny huge little long short heavy light old new red blue green yellow black
+    white brown pink golden wooden soft hard clean dirty wet dry empty full broken cheap expensive
+    beautiful pretty dark bright strange simple useful nice lovely perfect favorite
+""")
+ADJ_PERSON = _words("""
+    happy sad angry tired hungry thirsty sleepy busy lazy brave shy kind friendly clever polite
+    rude honest calm nervous proud lonely curious worried excited bored careful patient young old
+    tall rich poor famous funny serious nice
+""")
+ADJ_FOOD = _words("""
+    fresh ripe sweet sour salty spicy delicious tasty hot cold warm frozen juicy green red small big
+""")
+ADJ_ABSTRACT = _words("""
+    important difficult easy simple strange interesting boring serious terrible wonderful clear
+    dangerous useful new old secret good bad great
+""")
+ADJ_PLACE = _words("""
+    old new big small quiet busy beautiful empty crowded famous little dark noisy clean lovely
+""")
+ADJ_WEATHER = _words("sunny cloudy windy rainy snowy foggy cold warm hot cool freezing")
+
+PEOPLE = _Pool(
+    _count_nouns("""
+        doctor teacher farmer nurse driver student child/children neighbor friend artist waiter
+        boy girl man/men woman/women baby customer tourist guest uncle aunt cousin brother sister
+        mother father son daughter boss worker person/people
+    """),
+    ADJ_PERSON,
+)
+ANIMALS = _Pool(
+    _count_nouns("""
+        dog cat horse cow sheep/sheep pig rabbit mouse/mice bird duck chicken fox bear lion tiger
+        monkey elephant snake frog fish/fish puppy kitten
+    """),
+    ADJ_PERSON[:28] + _words("young old big small little brown black white"),
+)
+# Documents are also things; they get their own verbs (read, write, send, ...).
+DOCUMENTS = _count_nouns("book letter card ticket newspaper map note")
+THINGS = _Pool(
+    DOCUMENTS
+    + _count_nouns("""
+        box cup key bag bottle glass plate bowl spoon fork knife/knives pen watch hat coat shirt
+        shoe sock umbrella basket ball toy lamp clock phone camera radio chair picture photo jacket
+        dress computer laptop car bicycle boat
+    """),
+    ADJ_THING,
+)
+FOOD = _Pool(
+    _count_nouns("""
+        apple banana orange lemon pear potato/potatoes tomato/tomatoes carrot onion egg cake cookie
+        sandwich pizza
+    """)
+    + _mass_nouns("""
+        bread rice soup cheese milk tea coffee juice water butter sugar salt honey meat chocolate
+        pasta
+    """),
+    ADJ_FOOD,
+)
+ABSTRACT = _Pool(
+    _mass_nouns("""
+        idea plan story problem question answer reason decision dream secret truth news advice
+        history music art science weather nature beauty health love hope mistake lesson price
+        choice chance future language message report song joke change project money homework
+    """),
+    ADJ_ABSTRACT,
+)
+EVENTS = _Pool(
+    _count_nouns("""
+        meeting party game match concert wedding exam class show film movie dinner lunch
+        breakfast trip holiday
+    """),
+    _words("long short big small important boring exciting wonderful terrible early late quiet"),
+)
+VEHICLES = _words("train bus plane ship ferry flight")
+
+# Places with the preposition that sounds natural before them ("on the beach", "at the zoo").
+_PLACE_SPECS = _words("""
+    house:in garden:in kitchen:in park:in school:at market:at station:at library:in church:in
+    hospital:in office:in bank:at shop:in store:in museum:in beach:on river:by lake:by
+    forest:in mountain:on village:in city:in town:in bridge:on road:on street:on farm:on
+    hotel:at restaurant:at cafe:at airport:at island:on bedroom:in bathroom:in theater:at
+    zoo:at playground:in bakery:at
+""")
+PLACES = tuple(tuple(spec.split(":")) for spec in _PLACE_SPECS)  # (noun, preposition)
+PLACE_NOUNS = tuple(noun for noun, _ in PLACES)
+SURFACES = _words("table desk shelf sofa bed floor chair cupboard drawer counter")
+# Things one looks at rather than handles ("she painted the old gate").
+SCENERY = _Pool(
+    _count_nouns("tree flower window door wall roof fence gate cloud star")
+    + _mass_nouns("sky sun moon"),
+    _words("old tall small bright dark beautiful broken red white green strange lovely"),
+)
+ADJ_SOUND = _words("lovely loud quiet strange beautiful terrible wonderful")
+
+ADVERBS_MANNER = _words("""
+    quickly slowly carefully quietly loudly happily sadly gently suddenly politely calmly softly
+    badly easily warmly clearly safely well
+""")
+ADVERBS_FREQUENCY = _words("always never often sometimes usually rarely")
+ADVERBS_DEGREE = _words("very really quite too extremely rather so")
+
+DAYS = _words("monday tuesday wednesday thursday friday saturday sunday")
+MONTHS = _words("""
+    january february march april may june july august september october november december
+""")
+SEASONS = _words("spring summer autumn winter")
+_PERIODS = _words("week month year weekend") + SEASONS + DAYS  # after "last", "next", "every"
+
+# --------------------------------------------------------------------------------------
+# Verbs. Each base gets (third person -s, past, -ing); regular spellings are derived,
+# irregular ones and consonant doubling are written out as "base/past/ing".
+# --------------------------------------------------------------------------------------
+
+_IRREGULAR_VERBS = _words("""
+    bring/brought break/broke buy/bought come/came/coming cost/cost cut/cut/cutting
+    drive/drove/driving eat/ate feed/fed feel/felt find/found fly/flew forget/forgot/forgetting
+    give/gave/giving go/went hear/heard keep/kept leave/left/leaving lose/lost/losing
+    make/made/making meet/met pay/paid put/put/putting read/read run/ran/running see/saw
+    sell/sold send/sent sing/sang sit/sat/sitting sleep/slept swim/swam/swimming teach/taught
+    tell/told understand/understood write/wrote/writing take/took/taking drop/dropped/dropping
+    plan/planned/planning stop/stopped/stopping
+""")
+# States, not actions: "she is wanting" sounds wrong, so these never take -ing.
+_STATIVE = _words("want need like love hate understand prefer cost seem sound")
+
+V_HANDLE = _words("""
+    take carry find lose drop open close clean wash fix break paint make keep move want need
+    like use bring send buy sell
+""")
+V_FOOD = _words("eat cut cook bake taste like love hate prefer smell want buy")
+V_DOC = _words("read write send find keep lose")
+V_PERSON = _words("""
+    meet call visit help remind warn teach pay join miss hear see watch ask answer
+""")
+V_SCENERY = _words("see watch paint")
+V_ANIMAL = _words("feed watch find wash help")
+V_ABSTRACT = _words("""
+    discuss explain understand remember forget change finish start enjoy
+""")
+V_EVENT = _words("attend plan cancel enjoy join miss leave")
+V_INTRANS = _words("""
+    sleep arrive laugh cry run walk swim dance sing wait sit travel work play listen talk stay
+    study live stop
+""")
+V_MOVE = _words("go walk drive run fly travel move return come swim")
+V_PLACE = _words("put leave keep drop")
+V_DITRANS = _words("give send show sell bring buy")
+# Only used by fixed templates ("the train leaves at", "the soup tastes salty", ...).
+V_TEMPLATE = _words("look seem feel sound taste cost end open close tell")
+
+
+@dataclass(frozen=True)
+class VerbForms:
+    """The inflections the grammar uses; all of them are in ASR_VOCABULARY."""
+
+    base: str
+    s: str
+    past: str
+    ing: str | None  # None for stative verbs
+
+
+def _verb_forms(spec: str) -> VerbForms:
+    base, _, rest = spec.partition("/")
+    past, _, ing = rest.partition("/")
+    if base.endswith(("s", "x", "z", "ch", "sh", "o")):
+        s = base + "es"
+    elif base.endswith("y") and base[-2] not in "aeiou":
+        s = base[:-1] + "ies"
+    else:
+        s = base + "s"
+    if not past:
+        if base.endswith("e"):
+            past = base + "d"
+        elif base.endswith("y") and base[-2] not in "aeiou":
+            past = base[:-1] + "ied"
+        else:
+            past = base + "ed"
+    if not ing:
+        if base.endswith("ie"):
+            ing = base[:-2] + "ying"
+        elif base.endswith("e") and not base.endswith(("ee", "ye", "oe")):
+            ing = base[:-1] + "ing"
+        else:
+            ing = base + "ing"
+    return VerbForms(base, s, past, None if base in _STATIVE else ing)
+
+
+# Verb classes, keyed by what has to follow the verb (see `_object`).
+_KIND_VERBS = {
+    "handle": V_HANDLE,
+    "food": V_FOOD,
+    "doc": V_DOC,
+    "person": V_PERSON,
+    "animal": V_ANIMAL,
+    "scenery": V_SCENERY,
+    "abstract": V_ABSTRACT,
+    "event": V_EVENT,
+    "intrans": V_INTRANS,
+    "move": V_MOVE,
+    "place": V_PLACE,
+    "ditrans": V_DITRANS,
+}
+
+
+def _build_verbs() -> dict[str, VerbForms]:
+    specs = {spec.partition("/")[0]: spec for spec in _IRREGULAR_VERBS}
+    groups = (*_KIND_VERBS.values(), V_TEMPLATE)
+    return {base: _verb_forms(specs.get(base, base)) for group in groups for base in group}
+
+
+VERBS = _build_verbs()
+
+# --------------------------------------------------------------------------------------
+# Numbers, spelled the way a person reads them aloud.
+# --------------------------------------------------------------------------------------
+
+ONES = _words("""
+    zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen
+    sixteen seventeen eighteen nineteen
+""")
+TENS = _words("_ _ twenty thirty forty fifty sixty seventy eighty ninety")
+ORDINALS = _words("""
+    first second third fourth fifth sixth seventh eighth ninth tenth eleventh twelfth thirteenth
+    fourteenth fifteenth sixteenth seventeenth eighteenth nineteenth twentieth
+""")
+
+
+def number_words(n: int) -> str:
+    """0 <= n < 1,000,000 as British-style words: 205 -> "two hundred and five"."""
+    if not 0 <= n < 1_000_000:
+        raise ValueError(f"number out of range: {n}")
+    if n < 20:
+        return ONES[n]
+    if n < 100:
+        return TENS[n // 10] + ("" if n % 10 == 0 else " " + ONES[n % 10])
+    if n < 1000:
+        head, rest = ONES[n // 100] + " hundred", n % 100
+        return head if rest == 0 else f"{head} and {number_words(rest)}"
+    head, rest = number_words(n // 1000) + " thousand", n % 1000
+    if rest == 0:
+        return head
+    return f"{head} and {number_words(rest)}" if rest < 100 else f"{head} {number_words(rest)}"
+
+
+def ordinal_words(n: int) -> str:
+    """1 <= n <= 31 (days of a month): 23 -> "twenty third"."""
+    if not 1 <= n <= 31:
+        raise ValueError(f"ordinal out of range: {n}")
+    if n <= 20:
+        return ORDINALS[n - 1]
+    if n == 30:
+        return "thirtieth"
+    return f"{TENS[n // 10]} {ORDINALS[n % 10 - 1]}"
+
+
+def year_words(year: int) -> str:
+    """1100 <= year <= 2099 read in pairs: 1984 -> "nineteen eighty four", 2005 -> "two
+    thousand and five", 2021 -> "twenty twenty one"."""
+    if not 1100 <= year <= 2099:
+        raise ValueError(f"year out of range: {year}")
+    hi, lo = divmod(year, 100)
+    if 2000 <= year < 2010:
+        return number_words(year)
+    if lo == 0:
+        return number_words(hi) + " hundred"
+    return f"{number_words(hi)} {'oh ' if lo < 10 else ''}{number_words(lo)}"
+
+
+def _clock(rng: random.Random) -> str:
+    """A time of day: "seven fifteen", "half past nine", "ten o'clock", "noon"."""
+    hour, minute = rng.randint(1, 12), rng.choice((0, 0, 5, 10, 15, 20, 30, 30, 40, 45, 50))
+    style = rng.random()
+    if style < 0.05:
+        return rng.choice(("noon", "midnight"))
+    if minute == 0:
+        return f"{ONES[hour]} o'clock" if style < 0.6 else ONES[hour]
+    if style < 0.3 and minute in (15, 30, 45):
+        if minute == 45:
+            return f"quarter to {ONES[hour % 12 + 1]}"
+        return f"{'quarter' if minute == 15 else 'half'} past {ONES[hour]}"
+    return f"{ONES[hour]} {'oh ' if minute < 10 else ''}{number_words(minute)}"
+
+
+def _count(rng: random.Random) -> str:
+    """A count >= 2, mostly small, as people usually talk about small amounts."""
+    r = rng.random()
+    if r < 0.6:
+        return number_words(rng.randint(2, 12))
+    return number_words(rng.randint(13, 99) if r < 0.85 else rng.randint(100, 999))
+
+
+def _amount(rng: random.Random, unit: str, lo: int = 1, hi: int = 99) -> str:
+    n = rng.randint(lo, hi)
+    return f"{number_words(n)} {unit if n == 1 else unit + 's'}"
+
+
+def _price(rng: random.Random) -> str:
+    currency = rng.choice(("dollar", "dollar", "euro", "pound"))
+    price = _amount(rng, currency, 1, rng.choice((20, 100, 2000)))
+    if currency == "dollar" and rng.random() < 0.25:
+        price += " and " + _amount(rng, "cent", 5, 95)
+    return price
+
+
+# --------------------------------------------------------------------------------------
+# Phrase builders. Each returns a list of words.
+# --------------------------------------------------------------------------------------
+
+_SUBJECT_PRONOUNS = tuple(
+    zip(_words("i you he she we they"), _words("1s 2 3s 3s 1p 3p"), strict=True)
+)
+_OBJECT_PRONOUNS = _words("me you him her us them")
+_POSSESSIVES = _words("my your his her our their")
+_SING_DETS = ("the",) * 6 + ("a",) * 4 + ("this", "that", "another") + _POSSESSIVES
+_PLURAL_DETS = ("the",) * 4 + ("some", "these", "those", "many", "several") + _POSSESSIVES
+_MASS_DETS = ("the",) * 4 + ("some", "this", "that") + _POSSESSIVES
+_TENSES = ("past",) * 4 + ("present",) * 3 + ("progressive",) * 2 + ("future", "modal", "going")
+_MODALS = _words("can could should might must would")
+_NEG_MODALS = _words("can't couldn't shouldn't")
+
+
+def _indefinite(word: str) -> str:
+    if word.startswith(("uni", "use", "usu", "eu", "one")):
+        return "a"
+    return "an" if word[0] in "aeiou" or word in ("honest", "hour") else "a"
+
+
+def _noun_phrase(
+    rng: random.Random, pool: _Pool, plural: bool | None = None, adjectives: bool = True
+) -> tuple[list[str], bool]:
+    """(words, is_plural) for a determiner + up to two adjectives + noun."""
+    noun, plural_form = rng.choice(pool.nouns)
+    if plural is None:
+        plural = rng.random() < 0.3
+    plural = plural and plural_form is not None
+    words = [plural_form if plural else noun]
+    r = rng.random() if adjectives else 0.0
+    for _ in range(0 if r < 0.45 else 1 if r < 0.9 else 2):
+        adjective = rng.choice(pool.adjectives)
+        if adjective not in words:
+            words.insert(0, adjective)
+    if plural:
+        det = rng.choice(_PLURAL_DETS + ("NUM", "NUM", "a few"))
+        det = _count(rng) if det == "NUM" else det
+    elif plural_form is None:
+        det = rng.choice(_MASS_DETS)
+    else:
+        det = rng.choice(_SING_DETS)
+        det = _indefinite(words[0]) if det == "a" else det
+    return det.split() + words, plural
+
+
+def _bare_plural(rng: random.Random, pool: _Pool) -> list[str]:
+    """ "[adjective] nouns" without determiner, for "three red apples", "any cookies"."""
+    noun = rng.choice([plural for _, plural in pool.nouns if plural])
+    return [rng.choice(pool.adjectives), noun] if rng.random() < 0.4 else [noun]
+
+
+def _np(rng: random.Random, pool: _Pool, plural: bool | None = None) -> list[str]:
+    return _noun_phrase(rng, pool, plural)[0]
+
+
+def _the(rng: random.Random, nouns: tuple[str, ...], adjectives: tuple[str, ...] = ()) -> list[str]:
+    """ "the [adjective] noun" over a plain word list."""
+    words = ["the"]
+    if adjectives and rng.random() < 0.3:
+        words.append(rng.choice(adjectives))
+    return words + [rng.choice(nouns)]
+
+
+def _subject(rng: random.Random) -> tuple[list[str], str]:
+    """(words, person) where person is one of 1s, 2, 3s, 1p, 3p, for agreement."""
+    r = rng.random()
+    if r < 0.25:
+        pronoun, person = rng.choice(_SUBJECT_PRONOUNS)
+        return [pronoun], person
+    if r < 0.5:
+        if rng.random() < 0.15:
+            return [rng.choice(FIRST_NAMES), "and", rng.choice(FIRST_NAMES)], "3p"
+        return [rng.choice(FIRST_NAMES)], "3s"
+    words, plural = _noun_phrase(rng, PEOPLE if r < 0.88 else ANIMALS)
+    return words, "3p" if plural else "3s"
+
+
+def _person_object(rng: random.Random) -> list[str]:
+    r = rng.random()
+    if r < 0.4:
+        return [rng.choice(FIRST_NAMES)]
+    if r < 0.6:
+        return [rng.choice(_OBJECT_PRONOUNS)]
+    return _np(rng, PEOPLE)
+
+
+def _be(person: str, past: bool = False, negative: bool = False) -> list[str]:
+    if person == "1s":
+        return ["was" + ("n't" if negative else "")] if past else ["am"] + (["not"] * negative)
+    word = ("was" if past else "is") if person == "3s" else ("were" if past else "are")
+    return [word + "n't" if negative else word]
+
+
+def _verb_group(
+    rng: random.Random, base: str, person: str, tense: str, negative: bool = False
+) -> list[str]:
+    """The conjugated verb: "took", "doesn't take", "were taking", "will take", ..."""
+    forms = VERBS[base]
+    if tense == "progressive" and forms.ing is None:
+        tense = "past"
+    if tense == "past":
+        return ["didn't", base] if negative else [forms.past]
+    if tense == "present":
+        if negative:
+            return ["doesn't" if person == "3s" else "don't", base]
+        return [forms.s if person == "3s" else base]
+    if tense == "progressive":
+        return _be(person, False, negative) + [forms.ing]  # present: fits any time phrase
+    if tense == "future":
+        return ["won't" if negative else "will", base]
+    if tense == "going":
+        return _be(person, False, negative) + ["going", "to", base]
+    return [rng.choice(_NEG_MODALS) if negative else rng.choice(_MODALS), base]
+
+
+def _question_verb(rng: random.Random, base: str, person: str, tense: str) -> tuple[list[str], str]:
+    """(auxiliary, main verb) for subject-auxiliary inversion: "did" ... "take"."""
+    forms = VERBS[base]
+    if tense == "progressive" and forms.ing is not None:
+        return _be(person), forms.ing
+    if tense == "present":
+        return ["does" if person == "3s" else "do"], base
+    if tense in ("future", "going"):
+        return ["will"], base
+    if tense == "modal":
+        return [rng.choice(("can", "could", "should", "would"))], base
+    return ["did"], base
+
+
+def _time_phrase(rng: random.Random, tense: str) -> list[str]:
+    """A time adverbial that agrees with the tense ("yesterday" only with the past)."""
+    r = rng.random()
+    if tense == "past":
+        if r < 0.2:
+            return ["yesterday"]
+        if r < 0.35:
+            return ["last", rng.choice(_PERIODS + ("night",))]
+        if r < 0.5:
+            return ["on", rng.choice(DAYS)]
+        if r < 0.65:
+            return ["in", rng.choice(MONTHS)]
+        if r < 0.8:
+            return [*_amount(rng, rng.choice(("day", "week", "year")), 2, 12).split(), "ago"]
+        return ["this", rng.choice(("morning", "afternoon"))]
+    if tense == "present":
+        if r < 0.5:
+            return ["every", rng.choice(_PERIODS + ("day", "morning", "evening"))]
+        if r < 0.8:
+            return ["in", "the", rng.choice(("morning", "afternoon", "evening"))]
+        return ["at", rng.choice(("night", "weekends"))]
+    if r < 0.2:
+        return [rng.choice(("tomorrow", "tonight", "today", "soon", "later"))]
+    if r < 0.4 and tense == "progressive":
+        return rng.choice((["now"], ["right", "now"], ["at", "the", "moment"]))
+    if r < 0.6:
+        return ["next", rng.choice(_PERIODS)]
+    if r < 0.8:
+        return ["on", rng.choice(DAYS)]
+    return ["in", rng.choice(MONTHS)]
+
+
+def _location(rng: random.Random) -> list[str]:
+    """Where something happens: "in the old kitchen", "near the river", "in paris"."""
+    r = rng.random()
+    if r < 0.2:
+        return [rng.choice(("in", "in", "near")), rng.choice(PLACE_NAMES)]
+    if r < 0.8:
+        noun, prep = rng.choice(PLACES)
+        prep = prep if rng.random() < 0.6 else rng.choice(("near", "behind", "outside"))
+        return [prep, *_the(rng, (noun,), ADJ_PLACE)]
+    return [rng.choice(("on", "under", "behind", "beside", "near")), *_the(rng, SURFACES)]
+
+
+def _destination(rng: random.Random) -> list[str]:
+    r = rng.random()
+    if r < 0.35:
+        return ["to", rng.choice(PLACE_NAMES)]
+    if r < 0.9:
+        return ["to", *_the(rng, PLACE_NOUNS, ADJ_PLACE)]
+    return ["home"]
+
+
+def _spot(rng: random.Random) -> list[str]:
+    """Where a thing is put: "on the shelf", "in the drawer", "under the bed"."""
+    if rng.random() < 0.25:
+        return ["in", "the", rng.choice(_words("drawer cupboard box basket bag"))]
+    return [rng.choice(("on", "under", "behind", "beside", "near")), *_the(rng, SURFACES)]
+
+
+# How often each verb class is drawn, via repetition.
+_KINDS = _words("""
+    handle handle handle food food doc person person animal scenery abstract abstract event
+    intrans intrans intrans move move place ditrans
+""")
+_KIND_POOLS = {
+    "scenery": SCENERY,
+    "handle": THINGS,
+    "food": FOOD,
+    "doc": _Pool(DOCUMENTS, ADJ_THING),
+    "animal": ANIMALS,
+    "abstract": ABSTRACT,
+    "event": EVENTS,
+    "place": THINGS,
+}
+
+
+def _object(rng: random.Random, kind: str) -> list[str]:
+    """Everything after the verb that the verb needs (object, recipient, destination)."""
+    if kind == "person":
+        return _person_object(rng)
+    if kind == "intrans":
+        return [rng.choice(ADVERBS_MANNER)] if rng.random() < 0.5 else []
+    if kind == "move":
+        return _destination(rng)
+    if kind == "ditrans":
+        pool = rng.choice((THINGS, FOOD, THINGS))
+        return _person_object(rng) + _np(rng, pool)
+    words = _np(rng, _KIND_POOLS[kind])
+    return words + _spot(rng) if kind == "place" else words
+
+
+def _clause(rng: random.Random, extras: float = 0.35) -> list[str]:
+    """subject + verb + object + optional place, time and manner."""
+    subject, person = _subject(rng)
+    kind = rng.choice(_KINDS)
+    base, tense = rng.choice(_KIND_VERBS[kind]), rng.choice(_TENSES)
+    negative = rng.random() < 0.12
+    words = list(subject)
+    if tense in ("past", "present") and not negative and rng.random() < 0.15:
+        words.append(rng.choice(ADVERBS_FREQUENCY))
+    words += _verb_group(rng, base, person, tense, negative) + _object(rng, kind)
+    if kind not in ("move", "place") and rng.random() < extras:
+        words += _location(rng)
+    if rng.random() < extras:
+        words += _time_phrase(rng, tense)
+    elif kind not in ("intrans",) and rng.random() < extras / 2:
+        words.append(rng.choice(ADVERBS_MANNER))
+    return words
+
+
+# --------------------------------------------------------------------------------------
+# Sentence shapes.
+# --------------------------------------------------------------------------------------
+
+
+def _statement(rng: random.Random) -> list[str]:
+    return _clause(rng)
+
+
+def _yes_no_question(rng: random.Random) -> list[str]:
+    r = rng.random()
+    if r < 0.15:
+        pool = rng.choice((THINGS, FOOD, PEOPLE))
+        subject, plural = _noun_phrase(rng, pool)
+        aux = rng.choice(("are", "were") if plural else ("is", "was"))
+        return [aux, *subject, rng.choice(ADVERBS_DEGREE + ("",) * 4), rng.choice(pool.adjectives)]
+    if r < 0.25:
+        things = _bare_plural(rng, rng.choice((THINGS, FOOD, ANIMALS)))
+        return ["are", "there", "any", *things, *_location(rng)]
+    subject, person = _subject(rng)
+    kind, tense = rng.choice(_KINDS), rng.choice(_TENSES)
+    aux, verb = _question_verb(rng, rng.choice(_KIND_VERBS[kind]), person, tense)
+    words = aux + subject + [verb] + _object(rng, kind)
+    return words + _time_phrase(rng, tense) if r < 0.45 else words
+
+
+def _wh_question(rng: random.Random) -> list[str]:
+    subject, person = _subject(rng)
+    tense = rng.choice(_TENSES)
+    r = rng.random()
+    if r < 0.2:  # object gap: "what did the old doctor buy at the market"
+        kind = rng.choice(("handle", "food", "doc", "abstract", "event"))
+        aux, verb = _question_verb(rng, rng.choice(_KIND_VERBS[kind]), person, tense)
+        return ["what", *aux, *subject, verb, *(_location(rng) if rng.random() < 0.5 else [])]
+    if r < 0.35:  # "where did maria put the blue box"
+        verbs = V_PLACE + ("find", "buy", "lose")
+        aux, verb = _question_verb(rng, rng.choice(verbs), person, tense)
+        return ["where", *aux, *subject, verb, *_np(rng, THINGS)]
+    if r < 0.45:  # subject gap: "who broke the window"
+        kind = rng.choice(("handle", "food", "person", "animal", "ditrans"))
+        verb = _verb_group(rng, rng.choice(_KIND_VERBS[kind]), "3s", tense)
+        return ["who", *verb, *_object(rng, kind)]
+    if r < 0.55:
+        aux, verb = _question_verb(rng, rng.choice(V_PERSON), person, tense)
+        return ["who", *aux, *subject, verb, *_location(rng)]
+    if r < 0.65:  # "when will the students attend the concert"
+        kind = rng.choice(("event", "move", "abstract", "intrans"))
+        aux, verb = _question_verb(rng, rng.choice(_KIND_VERBS[kind]), person, tense)
+        return [rng.choice(("when", "why", "how")), *aux, *subject, verb, *_object(rng, kind)]
+    if r < 0.75:
+        kind = rng.choice(("handle", "food", "animal"))  # "how many cows did you feed"
+        noun = rng.choice([plural for _, plural in _KIND_POOLS[kind].nouns if plural])
+        aux, verb = _question_verb(rng, rng.choice(_KIND_VERBS[kind]), person, tense)
+        return ["how", "many", noun, *aux, *subject, verb, *_location(rng)]
+    if r < 0.83:
+        aux = ["is"] if person == "3s" else ["am"] if person == "1s" else ["are"]
+        return ["why", *aux, *subject, rng.choice(ADVERBS_DEGREE[:4]), rng.choice(ADJ_PERSON)]
+    if r < 0.9:
+        return ["how", "much", "does", *_the(rng, _THING_NOUNS, ADJ_THING), "cost"]
+    if r < 0.96:
+        aux, verb = _question_verb(rng, rng.choice(V_HANDLE), person, tense)
+        return ["which", rng.choice(_THING_NOUNS), *aux, *subject, verb]
+    return ["whose", rng.choice(_THING_NOUNS), "is", rng.choice(("this", "that"))]
+
+
+_THING_NOUNS = tuple(noun for noun, _ in THINGS.nouns)
+_EVENT_NOUNS = tuple(noun for noun, _ in EVENTS.nouns)
+_SCHEDULES = (  # things that run on a timetable, with their verbs
+    (VEHICLES, ("leave", "arrive")),
+    (_EVENT_NOUNS, ("start", "end", "finish")),
+    (_words("shop bank museum library market cafe"), ("open", "close")),
+)
+
+
+def _number(rng: random.Random) -> list[str]:
+    r = rng.random()
+    if r < 0.15:
+        things = _bare_plural(rng, rng.choice((THINGS, FOOD, ANIMALS, PEOPLE)))
+        return ["there", rng.choice(("are", "were")), _count(rng), *things, *_location(rng)]
+    subject, person = _subject(rng)
+    tense = rng.choice(("past", "present", "future", "progressive"))
+    if r < 0.3:
+        kind = rng.choice(("handle", "food"))
+        verb = _verb_group(rng, rng.choice(_KIND_VERBS[kind]), person, tense)
+        return [*subject, *verb, _count(rng), *_bare_plural(rng, _KIND_POOLS[kind])]
+    if r < 0.45:
+        thing = _the(rng, _THING_NOUNS, ADJ_THING)
+        if rng.random() < 0.5:
+            return [*thing, *_verb_group(rng, "cost", "3s", tense), _price(rng)]
+        paid = _verb_group(rng, "pay", person, tense)
+        return [*subject, *paid, _price(rng), "for", *thing]
+    if r < 0.55:
+        year = year_words(rng.randint(1900, 2029))
+        if rng.random() < 0.5:
+            return [*subject, *_be(person, past=True), "born", "in", year]
+        return [*_the(rng, PLACE_NOUNS, ADJ_PLACE), "was", "built", "in", year]
+    if r < 0.75:
+        what, verbs = rng.choice(_SCHEDULES)
+        when = ["at", _clock(rng)] + _time_phrase(rng, tense) * (rng.random() < 0.3)
+        return [*_the(rng, what), *_verb_group(rng, rng.choice(verbs), "3s", tense), *when]
+    if r < 0.85:
+        day = ["the", ordinal_words(rng.randint(1, 31)), "of", rng.choice(MONTHS)]
+        event = [rng.choice(_POSSESSIVES + ("the",)), rng.choice(_EVENT_NOUNS)]
+        return [*event, *_be("3s", rng.random() < 0.3), "on", *day]
+    if r < 0.92:
+        return [rng.choice(FIRST_NAMES), "is", _amount(rng, "year", 2, 99), "old"]
+    if r < 0.96:
+        digits = [ONES[rng.randint(0, 9)] for _ in range(rng.randint(4, 7))]
+        return [rng.choice(_POSSESSIVES), rng.choice(("number", "code")), "is", *digits]
+    if rng.random() < 0.5:
+        unit = rng.choice(("minute", "hour", "day"))
+        return ["the", rng.choice(_EVENT_NOUNS), "took", _amount(rng, unit, 1, 90)]
+    distance = _amount(rng, rng.choice(("meter", "kilometer")), 1, 90)
+    return [*_the(rng, PLACE_NOUNS), "is", distance, "away"]
+
+
+def _names(rng: random.Random) -> list[str]:
+    a, b = rng.choice(FIRST_NAMES), rng.choice(FIRST_NAMES)
+    tense = rng.choice(_TENSES)
+    r = rng.random()
+    if r < 0.3:  # "maria gave thomas three apples"
+        pool = rng.choice((THINGS, FOOD))
+        verb = _verb_group(rng, rng.choice(V_DITRANS), "3s", tense)
+        return [a, *verb, b, *_np(rng, pool)]
+    if r < 0.5:
+        verb = _verb_group(rng, rng.choice(("tell", "ask", "teach", "remind", "warn")), "3s", tense)
+        return [a, *verb, b, "about", *_np(rng, rng.choice((ABSTRACT, EVENTS)))]
+    if r < 0.7:
+        verb = _verb_group(rng, rng.choice(V_PERSON), "3s", tense)
+        return [a, *verb, b, *_location(rng)]
+    if r < 0.85:
+        kind = rng.choice(("handle", "food", "event", "abstract"))
+        verb = _verb_group(rng, rng.choice(("ask", "tell", "help", "remind")), "3s", "past")
+        return [a, *verb, b, "to", rng.choice(_KIND_VERBS[kind]), *_object(rng, kind)]
+    relation = rng.choice(_words("friends cousins neighbors brothers sisters partners"))
+    return [a, "and", b, rng.choice(("are", "were")), rng.choice(("", "old", "good")), relation]
+
+
+_FAMOUS_FOR = _words("history music art weather nature beauty bread cheese coffee tea")
+
+
+def _places(rng: random.Random) -> list[str]:
+    subject, person = _subject(rng)
+    place, other = rng.choice(PLACE_NAMES), rng.choice(PLACE_NAMES)
+    tense = rng.choice(("past", "past", "future", "going", "present", "progressive"))
+    r = rng.random()
+    if r < 0.3:
+        base = rng.choice(("fly", "travel", "drive", "move", "go", "return"))
+        verb = _verb_group(rng, base, person, tense)
+        return [*subject, *verb, "to", place, *_time_phrase(rng, tense)]
+    if r < 0.45:
+        verb = _verb_group(rng, rng.choice(("live", "work", "study", "stay")), person, "past")
+        return [*subject, *verb, "in", place, "for", _amount(rng, "year", 1, 30)]
+    if r < 0.6:
+        be, weather, when = (
+            rng.choice(("is", "was")),
+            rng.choice(ADJ_WEATHER),
+            rng.choice(SEASONS + MONTHS),
+        )
+        return ["the", "weather", "in", place, be, weather, "in", when]
+    if r < 0.7:
+        verb = _verb_group(rng, rng.choice(("drive", "fly", "travel", "walk")), person, "past")
+        return [*subject, *verb, "from", place, "to", other]
+    if r < 0.8:
+        verb = _verb_group(rng, "visit", person, tense)
+        return [*subject, *verb, place, *_time_phrase(rng, tense)]
+    if r < 0.88:
+        return ["is", place, "far", "from", other]
+    if r < 0.95:
+        return [place, "is", "famous", "for", "its", rng.choice(_FAMOUS_FOR)]
+    verb = _verb_group(rng, rng.choice(("buy", "find", "sell")), person, "past")
+    return [*subject, *verb, *_np(rng, THINGS), "in", place]
+
+
+def _command(rng: random.Random) -> list[str]:
+    r = rng.random()
+    kind = rng.choice(("handle", "food", "doc", "animal", "place", "scenery"))
+    verbs = tuple(v for v in _KIND_VERBS[kind] if v not in _STATIVE)  # not "don't prefer the cake"
+    action = [rng.choice(verbs), *_object(rng, kind)]
+    if r < 0.35:
+        return ["please", *action] if rng.random() < 0.5 else [*action, "please"]
+    if r < 0.45:
+        return ["don't", *action]
+    if r < 0.55:
+        kind = rng.choice(("move", "event", "food", "intrans"))
+        return ["let's", rng.choice(_KIND_VERBS[kind]), *_object(rng, kind)]
+    if r < 0.7:
+        pool = rng.choice((THINGS, FOOD))
+        request = [rng.choice(("could", "can", "would")), "you", rng.choice(V_DITRANS), "me"]
+        return request + _np(rng, pool) + ["please"] * (rng.random() < 0.3)
+    if r < 0.8:
+        device = rng.choice(_words("lamp radio computer laptop phone camera oven heater fan"))
+        return [rng.choice(("turn", "switch")), rng.choice(("on", "off")), "the", device]
+    if r < 0.9:
+        return [rng.choice(("remember", "try", "try", "remember")), "to", *action]
+    verb = rng.choice(V_INTRANS)
+    return [verb, rng.choice(ADVERBS_MANNER), *(["please"] * (rng.random() < 0.4))]
+
+
+def _description(rng: random.Random) -> list[str]:
+    tense_be = rng.choice(("is", "was"))
+    degree = [rng.choice(ADVERBS_DEGREE)] * (rng.random() < 0.5)
+    r = rng.random()
+    if r < 0.35:
+        pool = rng.choice((THINGS, FOOD, ABSTRACT, PEOPLE, ANIMALS, SCENERY))
+        subject, plural = _noun_phrase(rng, pool, adjectives=False)
+        be = {"is": "are", "was": "were"}[tense_be] if plural else tense_be
+        be += "n't" if rng.random() < 0.15 else ""
+        return [*subject, be, *degree, rng.choice(pool.adjectives)]
+    if r < 0.55:
+        subject, person = _subject(rng)
+        base = rng.choice(("look", "seem", "feel"))
+        verb = _verb_group(rng, base, person, rng.choice(("past", "present", "progressive")))
+        return [*subject, *verb, *degree, rng.choice(ADJ_PERSON)]
+    if r < 0.7:
+        subject = _np(rng, FOOD, False)
+        verb = _verb_group(rng, rng.choice(("taste", "smell", "look")), "3s", "present")
+        return [*subject, *verb, *degree, rng.choice(ADJ_FOOD)]
+    if r < 0.8:
+        subject = ["the", rng.choice(("music", "song", "idea", "plan", "story", "news"))]
+        verb = _verb_group(rng, "sound", "3s", rng.choice(("past", "present", "future")))
+        return [*subject, *verb, *degree, rng.choice(ADJ_SOUND)]
+    if r < 0.9:
+        when = rng.choice(
+            (["it's", "today"], ["it", "was", "yesterday"], ["it'll", "be", "tonight"])
+        )
+        return [*when[:-1], *degree, rng.choice(ADJ_WEATHER), when[-1]]
+    thing = [rng.choice(ADJ_THING), rng.choice(_THING_NOUNS)][rng.randint(0, 1) :]
+    return ["there", tense_be, _indefinite(thing[0]), *thing, *_location(rng)]
+
+
+def _compound(rng: random.Random) -> list[str]:
+    conjunction = rng.choice(_words("and but because so while after before although until when if"))
+    return [*_clause(rng, extras=0.0), conjunction, *_clause(rng, extras=0.0)]
+
+
+_SHAPE_BUILDERS = (
+    ("statement", _statement, 20),
+    ("yes_no_question", _yes_no_question, 10),
+    ("wh_question", _wh_question, 12),
+    ("number", _number, 14),
+    ("names", _names, 12),
+    ("places", _places, 9),
+    ("command", _command, 10),
+    ("description", _description, 7),
+    ("compound", _compound, 6),
+)
+ASR_SHAPES: tuple[str, ...] = tuple(name for name, _, _ in _SHAPE_BUILDERS)
+ASR_MIN_WORDS, ASR_MAX_WORDS = 4, 16
+
+
+def asr_sentence_with_shape(rng: random.Random) -> tuple[str, str]:
+    """(shape, sentence): one ASR transcript of ASR_MIN_WORDS..ASR_MAX_WORDS words."""
+    name, build, _ = rng.choices(_SHAPE_BUILDERS, weights=[w for _, _, w in _SHAPE_BUILDERS])[0]
+    # Resample within the shape rather than truncating, so every sentence stays grammatical
+    # and the shape mix stays as weighted.
+    for _ in range(1000):
+        words = [w for part in build(rng) for w in part.split()]  # parts may be multi-word
+        if ASR_MIN_WORDS <= len(words) <= ASR_MAX_WORDS:
+            return name, " ".join(words)
+    raise RuntimeError(f"shape {name!r} never produced a sentence of allowed length")
+
+
+def asr_sentence(rng: random.Random) -> str:
+    """One ASR transcript; see asr_sentence_with_shape."""
+    return asr_sentence_with_shape(rng)[1]
+
+
+# Words used literally by the templates above (the lists cover everything else).
+_FUNCTION_WORDS = _words("""
+    i you he she we they it me him her us them my your his our their its the a an this that
+    these those some any many several few another every am is are was were be not do does did
+    don't doesn't didn't will won't can can't could couldn't should shouldn't might must would
+    isn't aren't wasn't weren't it's it'll let's going to in on at near behind outside under
+    beside by for about from and but because so while after before although until when if what
+    where who why how which whose much please there home now right moment yesterday today
+    tomorrow tonight soon later last next ago night morning afternoon evening day days weekends
+    born built far famous its old good friends cousins neighbors brothers sisters partners
+    turn switch off oven heater fan number code took weather hundred thousand o'clock oh half
+    past quarter noon midnight dollar dollars euro euros pound pounds cents year years
+    minute minutes hour hours kilometer kilometers meter meters week weeks month weekend of try away
+""")
+
+
+def _build_vocabulary() -> frozenset[str]:
+    words = set(_FUNCTION_WORDS + FIRST_NAMES + PLACE_NAMES + PLACE_NOUNS + SURFACES + ADJ_SOUND)
+    words |= set(VEHICLES + DAYS + MONTHS + SEASONS + ONES + TENS[2:] + ORDINALS + ("thirtieth",))
+    words |= set(ADJ_PLACE + ADJ_WEATHER)
+    words |= set(ADVERBS_MANNER + ADVERBS_FREQUENCY + ADVERBS_DEGREE)
+    for pool in (PEOPLE, ANIMALS, THINGS, FOOD, ABSTRACT, EVENTS, SCENERY):
+        words |= set(pool.adjectives)
+        for singular, plural in pool.nouns:
+            words |= {singular, plural} - {None}
+    for forms in VERBS.values():
+        words |= {forms.base, forms.s, forms.past, forms.ing} - {None}
+    return frozenset(words)
+
+
+ASR_VOCABULARY: frozenset[str] = _build_vocabulary()
+
+# --------------------------------------------------------------------------------------
+# Keyword spotting (Speech Commands v2 style: 10 commands + unknown + silence).
+# --------------------------------------------------------------------------------------
+
+KS_COMMANDS = ("yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go")
+# The 25 auxiliary words of Speech Commands v2 that stand in for "unknown".
+KS_UNKNOWN_WORDS = _words("""
+    backward bed bird cat dog eight five follow forward four happy house learn marvin nine one
+    seven sheila six three tree two visual wow zero
+""")
+KS_UNKNOWN = "_unknown_"
+KS_SILENCE = "_silence_"
+KS_LABELS = KS_COMMANDS + (KS_UNKNOWN, KS_SILENCE)
+
+# --------------------------------------------------------------------------------------
+# Intent classification (Fluent Speech Commands style: action, object, location).
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Intent:
+    """A Fluent-Speech-Commands-style intent; `label` is its class name."""
+
+    action: str
+    object: str
+    location: str = "none"
+
+    @property
+    def label(self) -> str:
+        return f"{self.action}_{self.object}_{self.location}"
+
+
+_ROOMS = ("none", "kitchen", "bedroom", "washroom", "living_room")
+_LANGUAGES = ("none", "chinese", "korean", "english", "german", "spanish")
+INTENTS: tuple[Intent, ...] = (
+    *(Intent(action, "lights", room) for action in ("activate", "deactivate") for room in _ROOMS),
+    *(Intent(action, "heat", room) for action in ("increase", "decrease") for room in _ROOMS),
+    *(Intent(action, obj) for action in ("activate", "deactivate") for obj in ("lamp", "music")),
+    Intent("increase", "volume"),
+    Intent("decrease", "volume"),
+    *(Intent("bring", obj) for obj in ("newspaper", "juice", "socks", "shoes")),
+    *(Intent("change_language", language) for language in _LANGUAGES),
+)
+
+
+# "{in}" becomes " in the kitchen" (or nothing when there is no location); templates with
+# "{room}" only apply when there is a location. "{x}" is the object phrase or language.
+def _alternatives(text: str) -> tuple[str, ...]:
+    return tuple(" ".join(alt.split()) for alt in text.split("|"))
+
+
+_IC_TEMPLATES = {
+    ("activate", "lights"): _alternatives("""
+        turn on the lights{in} | switch on the lights{in} | turn the lights on{in} | lights on{in}
+        | put the lights on{in} | turn on the {room} lights | {room} lights on please
+    """),
+    ("deactivate", "lights"): _alternatives("""
+        turn off the lights{in} | switch off the lights{in} | turn the lights off{in}
+        | lights off{in} | kill the lights{in} | turn off the {room} lights
+        | {room} lights off please
+    """),
+    ("increase", "heat"): _alternatives("""
+        turn up the heat{in} | increase the temperature{in} | make it warmer{in}
+        | it's too cold{in} | raise the heating{in} | heat up the {room} | make the {room} warmer
+    """),
+    ("decrease", "heat"): _alternatives("""
+        turn down the heat{in} | decrease the temperature{in} | make it cooler{in}
+        | it's too hot{in} | lower the heating{in} | cool down the {room} | make the {room} cooler
+    """),
+    ("activate", "lamp"): _alternatives("""
+        turn on the lamp | switch on the lamp | turn the lamp on | lamp on please | put the lamp on
+    """),
+    ("deactivate", "lamp"): _alternatives("""
+        turn off the lamp | switch off the lamp | turn the lamp off | lamp off please
+        | shut off the lamp
+    """),
+    ("activate", "music"): _alternatives("""
+        play the music | play some music | turn on the music | put on some music | start the music
+        | music on please
+    """),
+    ("deactivate", "music"): _alternatives("""
+        stop the music | turn off the music | pause the music | switch off the music
+        | turn the music off | music off please
+    """),
+    ("increase", "volume"): _alternatives("""
+        turn up the volume | increase the volume | volume up | make it louder | louder please
+        | i can't hear anything
+    """),
+    ("decrease", "volume"): _alternatives("""
+        turn down the volume | decrease the volume | volume down | make it quieter
+        | quieter please | it's too loud
+    """),
+    ("bring", "item"): _alternatives("""
+        bring me {x} | get me {x} | fetch {x} | i need {x} | can you bring me {x} | go and get {x}
+    """),
+    ("change_language", "language"): _alternatives("""
+        change the language to {x} | switch the language to {x} | set the language to {x}
+        | use {x} | switch to {x} | i want to use {x}
+    """),
+    ("change_language", "none"): _alternatives("""
+        change the language | switch the language | use a different language
+        | i want another language | change language
+    """),
+}
+_IC_ITEMS = dict(newspaper="the newspaper", juice="some juice", socks="my socks", shoes="my shoes")
+
+
+def ic_phrasings(intent: Intent) -> tuple[str, ...]:
+    """All the ways SynthDASB words `intent`: at least 3, distinct, never shared between
+    intents (a located intent always names its room, an unlocated one never does)."""
+    if intent not in INTENTS:
+        raise ValueError(f"unknown intent: {intent.label}")
+    action, obj = intent.action, intent.object
+    if obj in _IC_ITEMS:
+        key = (action, "item")
+    elif action == "change_language" and obj != "none":
+        key = (action, "language")
+    else:
+        key = (action, obj)
+    room = intent.location.replace("_", " ")
+    where = "" if intent.location == "none" else f" in the {room}"
+    x = _IC_ITEMS.get(obj, obj)
+    return tuple(
+        template.format(x=x, room=room, **{"in": where})
+        for template in _IC_TEMPLATES[key]
+        if intent.location != "none" or "{room}" not in template
+    )
+
+
+def ic_utterance(intent: Intent, rng: random.Random) -> str:
+    """One phrasing of `intent`, chosen by `rng`."""
+    return rng.choice(ic_phrasings(intent))
+
+
+# --------------------------------------------------------------------------------------
+# Emotion recognition: neutral wording, the emotion is carried by prosody alone.
+# --------------------------------------------------------------------------------------
+
+ER_EMOTIONS = ("neutral", "happy", "sad", "angry")
+ER_SENTENCES = tuple(
+    " ".join(line.split())
+    for line in """
+    the meeting starts at ten in the morning
+    i put the keys on the kitchen table
+    the bus stops at the end of the street
+    we are going to the market on saturday
+    she left the box next to the door
+    the train arrives in about twenty minutes
+    he read the letter twice before dinner
+    they moved the chairs into the other room
+    the shop closes at six on sundays
+    my brother called me this afternoon
+    the report is on the second shelf
+    we will paint the fence next week
+    there is a car parked outside the house
+    the children walked home after school
+    i have to answer this message today
+    the window in the hall is open
+    she bought a new coat last week
+    the package came in the morning
+    he sat down at the end of the table
+    we talked about it on the phone
+    the dog is sleeping in the garden
+    the lights in the office are on
+    i will see you at the station
+    they finished the work on friday
+    the water in the kettle is warm
+    the doctor said she would call back
+    i found your book under the sofa
+    the flight was moved to tuesday
+    we drove to the lake this morning
+    he is waiting for you downstairs
+    the cat sat on the window ledge
+    my sister lives in a small town
+    the library opens again on monday
+    i wrote the address on a card
+    they are building a new bridge
+    the rain stopped a few minutes ago
+    she always takes the early train
+    we need to buy more bread
+    the clock on the wall is slow
+    he carried the bags up the stairs
+    the teacher handed out the papers
+    the plates are in the top cupboard
+    i saw him at the corner shop
+    the film lasts about two hours
+    they sold the old car last year
+    the garden gate is painted green
+    my phone is on the kitchen counter
+    we watched the news after dinner
+    the guests will arrive at eight
+    she turned off the radio
+    the road to the village is closed
+    he keeps his tools in the shed
+    the letter arrived on thursday
+    i left my umbrella at the office
+    the kettle is next to the toaster
+    our neighbors have a brown dog
+    the museum is across the river
+    the bakery sells fresh bread daily
+    he moved to a new flat in march
+    we have a meeting every monday
+""".strip().splitlines()
+)
+
+# --------------------------------------------------------------------------------------
+# Normalization.
+# --------------------------------------------------------------------------------------
+
+_CURLY_APOSTROPHES = str.maketrans({"\u2019": "'", "\u2018": "'", "\u02bc": "'", "`": "'"})
+_NOT_ALLOWED = re.compile(r"[^a-z' ]+")
+
+
+def normalize_text(text: str) -> str:
+    """The one normalizer for SynthDASB transcripts and model outputs before scoring.
+
+    Lowercases, folds accents ("café" -> "cafe") and typographic apostrophes, turns every
+    other character (punctuation, digits, hyphens, newlines) into a word break, drops
+    apostrophes that are quotes rather than part of a word, and collapses whitespace.
+    """
+    text = unicodedata.normalize("NFKD", text.translate(_CURLY_APOSTROPHES))
+    text = "".join(c for c in text if not unicodedata.combining(c)).lower()
+    text = _NOT_ALLOWED.sub(" ", text)
+    return " ".join(w for w in (w.strip("'") for w in text.split()) if w)
