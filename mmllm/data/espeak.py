@@ -100,7 +100,12 @@ class Espeak:
     def _fresh_library(self) -> Iterator[ctypes.CDLL]:
         lib = ctypes.CDLL(self.library_path)
         try:
-            lib.espeak_Initialize.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
+            lib.espeak_Initialize.argtypes = [
+                ctypes.c_int,
+                ctypes.c_int,
+                ctypes.c_char_p,
+                ctypes.c_int,
+            ]
             lib.espeak_SetVoiceByName.argtypes = [ctypes.c_char_p]
             lib.espeak_SetParameter.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int]
             lib.espeak_SetSynthCallback.argtypes = [SYNTH_CALLBACK]
@@ -108,9 +113,13 @@ class Espeak:
                 ctypes.c_void_p, ctypes.c_size_t, ctypes.c_uint, ctypes.c_int,
                 ctypes.c_uint, ctypes.c_uint, ctypes.POINTER(ctypes.c_uint), ctypes.c_void_p,
             ]  # fmt: skip
-            lib.native_rate = lib.espeak_Initialize(AUDIO_OUTPUT_SYNCHRONOUS, 0, self.data_path, INITIALIZE_DONT_EXIT)
+            lib.native_rate = lib.espeak_Initialize(
+                AUDIO_OUTPUT_SYNCHRONOUS, 0, self.data_path, INITIALIZE_DONT_EXIT
+            )
             if lib.native_rate <= 0:
-                raise RuntimeError(f"espeak_Initialize failed (data path {self.data_path.decode()})")
+                raise RuntimeError(
+                    f"espeak_Initialize failed (data path {self.data_path.decode()})"
+                )
             yield lib
         finally:
             lib.espeak_Terminate()
@@ -180,7 +189,11 @@ def align_words(text: str, wav: np.ndarray, word_events: list[tuple[int, int]]) 
     for a, first in enumerate(anchors):
         last = anchors[a + 1] if a + 1 < len(anchors) else len(words)
         if last - first > 1:  # words first+1..last-1 had no event of their own
-            span_end = starts[last] if last < len(words) else _last_active_time(active, starts[first], duration)
+            span_end = (
+                starts[last]
+                if last < len(words)
+                else _last_active_time(active, starts[first], duration)
+            )
             letters = [len(w) for w in words[first:last]]
             cursor = starts[first]
             for k, count in enumerate(letters[:-1], start=first):
@@ -190,7 +203,9 @@ def align_words(text: str, wav: np.ndarray, word_events: list[tuple[int, int]]) 
     for i, word in enumerate(words):
         start = round(starts[i], 3)
         limit = starts[i + 1] if i + 1 < len(words) else duration
-        aligned.append({"word": word, "start": start, "end": round(_last_active_time(active, start, limit), 3)})
+        aligned.append(
+            {"word": word, "start": start, "end": round(_last_active_time(active, start, limit), 3)}
+        )
     return aligned
 
 

@@ -20,8 +20,6 @@ held out by role (see `mmllm.data.voices`).
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 import dataclasses
 import hashlib
 import io
@@ -30,6 +28,8 @@ import multiprocessing
 import random
 import sys
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import datasets

@@ -19,7 +19,6 @@ import random
 from dataclasses import asdict, dataclass
 
 from mmllm.data.espeak import Voice
-from mmllm.data.text import ER_EMOTIONS as EMOTIONS
 
 # English voices shipped with eSpeak NG (espeak-ng-data/lang/gmw), minus en-Shaw (Shavian script).
 LANGUAGES = (

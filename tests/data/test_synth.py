@@ -173,7 +173,9 @@ def test_espeak_words_and_voices():
     first = espeak.synthesize("put it in the kitchen door", Voice("en-us", "f4", pitch=60))
     other = espeak.synthesize("put it in the kitchen door", Voice("en-gb-scotland", "m3", pitch=30))
     assert [w["word"] for w in first.words] == ["put", "it", "in", "the", "kitchen", "door"]
-    assert all(a["end"] <= b["start"] + 1e-3 for a, b in zip(first.words, first.words[1:], strict=False))
+    assert all(
+        a["end"] <= b["start"] + 1e-3 for a, b in zip(first.words, first.words[1:], strict=False)
+    )
     assert first.wav.size != other.wav.size or not np.array_equal(first.wav, other.wav)
     with pytest.raises(ValueError, match="no voice 'xx-nope\\+m1'"):
         espeak.synthesize("hello", Voice("xx-nope", "m1"))
@@ -182,7 +184,13 @@ def test_espeak_words_and_voices():
 def test_rows_are_pure_functions_of_their_spec():
     # eSpeak keeps state between utterances; reloading it per utterance must make that moot.
     cfg = SynthConfig.from_name("tiny")
-    speakers = speaker_pool(cfg.seed, cfg.num_speakers, cfg.num_sid_speakers, cfg.num_valid_speakers, cfg.num_test_speakers)
+    speakers = speaker_pool(
+        cfg.seed,
+        cfg.num_speakers,
+        cfg.num_sid_speakers,
+        cfg.num_valid_speakers,
+        cfg.num_test_speakers,
+    )
     specs = plan_task(cfg, "se", "valid", speakers)[:6]
     get_espeak().synthesize("this process has used espeak before", Voice())
     alone = [render(spec) for spec in reversed(specs)][::-1]
