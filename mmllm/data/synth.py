@@ -50,7 +50,7 @@ from mmllm.data import noise as noise_lib
 from mmllm.data import text as text_lib
 from mmllm.data.espeak import OUTPUT_SAMPLE_RATE, Voice, get_espeak
 from mmllm.data.schema import SPLITS, TASKS, make_row, rows_to_dataset
-from mmllm.data.voices import EMOTIONS, SPLIT_ROLES, Speaker, speaker_pool, with_emotion
+from mmllm.data.voices import SPLIT_ROLES, Speaker, speaker_pool, with_emotion
 from mmllm.fileio import atomic_directory, atomic_write_text
 
 KS_CLIP_SECONDS = 1.0
@@ -237,7 +237,7 @@ def _plan_sv(cfg, rng, index, split, pool, sid_set):
 
 
 def _plan_er(cfg, rng, index, split, pool, sid_set):
-    emotion = EMOTIONS[index % len(EMOTIONS)]
+    emotion = text_lib.ER_EMOTIONS[index % len(text_lib.ER_EMOTIONS)]
     speaker = rng.choice(pool)
     voice = with_emotion(speaker.voice, emotion)
     return {

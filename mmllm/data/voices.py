@@ -47,6 +47,7 @@ ROLES = ("sid", "train", "valid", "test")
 SPLIT_ROLES = {"train": ("sid", "train"), "valid": ("valid",), "test": ("test",)}
 
 # (pitch shift, pitch-range shift, rate factor, volume) per emotion, on eSpeak's scales.
+# Keys are mmllm.data.text.ER_EMOTIONS.
 EMOTION_PROSODY = {
     "neutral": (0, 0, 1.00, 100),
     "happy": (14, 30, 1.12, 115),

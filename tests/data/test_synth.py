@@ -23,7 +23,7 @@ from mmllm.data.synth import (
     row_renderer,
     sentence_side,
 )
-from mmllm.data.voices import EMOTIONS, speaker_pool
+from mmllm.data.voices import speaker_pool
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +57,7 @@ def test_label_sets(tiny):
     assert train_labels["ks"] == set(text_lib.KS_LABELS) and len(text_lib.KS_LABELS) == 12
     assert train_labels["ic"] == {intent.label for intent in text_lib.INTENTS}
     assert len(train_labels["ic"]) >= 24
-    assert train_labels["er"] == set(EMOTIONS)
+    assert train_labels["er"] == set(text_lib.ER_EMOTIONS)
     assert len(train_labels["sid"]) == 40
     assert set(load_task(tiny, "sid")["test"]["label"]) <= train_labels["sid"]
     assert train_labels["sv"] == {"same", "different"}
