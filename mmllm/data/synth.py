@@ -140,6 +140,16 @@ class SynthConfig:
     def from_name(cls, size: str, **overrides) -> SynthConfig:
         return cls(size=size, **overrides)
 
+    def speakers(self) -> list[Speaker]:
+        """The speaker pool this config draws (deterministic in `seed`)."""
+        return speaker_pool(
+            self.seed,
+            self.num_speakers,
+            self.num_sid_speakers,
+            self.num_valid_speakers,
+            self.num_test_speakers,
+        )
+
 
 # ----------------------------------------------------------------------------- planning
 
@@ -426,13 +436,7 @@ def build(
             f"{out}: holds a SynthDASB build with config hash {found}, not {wanted}; "
             "use another --out, or --force to rebuild it"
         )
-    speakers = speaker_pool(
-        cfg.seed,
-        cfg.num_speakers,
-        cfg.num_sid_speakers,
-        cfg.num_valid_speakers,
-        cfg.num_test_speakers,
-    )
+    speakers = cfg.speakers()
     plans = {
         (task, split): plan_task(cfg, task, split, speakers)
         for task in cfg.counts

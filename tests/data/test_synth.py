@@ -184,13 +184,7 @@ def test_espeak_words_and_voices():
 def test_rows_are_pure_functions_of_their_spec():
     # eSpeak keeps state between utterances; reloading it per utterance must make that moot.
     cfg = SynthConfig.from_name("tiny")
-    speakers = speaker_pool(
-        cfg.seed,
-        cfg.num_speakers,
-        cfg.num_sid_speakers,
-        cfg.num_valid_speakers,
-        cfg.num_test_speakers,
-    )
+    speakers = cfg.speakers()
     specs = plan_task(cfg, "se", "valid", speakers)[:6]
     get_espeak().synthesize("this process has used espeak before", Voice())
     alone = [render(spec) for spec in reversed(specs)][::-1]
@@ -221,13 +215,7 @@ def test_small_build_time_counts_and_row_determinism(tmp_path):
     assert seconds < 300, f"small took {seconds:.0f} s"
     asr_words = {w for t in load_task(out, "asr")["train"]["text"] for w in t.split()}
     assert len(asr_words) >= 1000
-    speakers = speaker_pool(
-        cfg.seed,
-        cfg.num_speakers,
-        cfg.num_sid_speakers,
-        cfg.num_valid_speakers,
-        cfg.num_test_speakers,
-    )
+    speakers = cfg.speakers()
     for task in TASKS:
         data = load_task(out, task)
         assert [data[s].num_rows for s in SPLITS] == [getattr(cfg.counts[task], s) for s in SPLITS]
