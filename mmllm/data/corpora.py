@@ -46,7 +46,7 @@ from datasets.exceptions import DatasetsError
 from pydantic import field_validator
 from tqdm import tqdm
 
-from mmllm.config import add_config_arguments, config_dataclass, load_config
+from mmllm.config import add_config_arguments, config_dataclass, load_config, save_config
 from mmllm.data.adapters import (
     ADAPTERS,
     Adapter,
@@ -56,6 +56,7 @@ from mmllm.data.adapters import (
     get_adapter,
 )
 from mmllm.data.schema import SPLITS, make_row, rows_to_dataset
+from mmllm.fileio import atomic_directory
 
 # ADAPTERS and CorpusError are re-exported: callers import the whole API from here.
 __all__ = [
@@ -413,11 +414,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True, help="directory for save_to_disk")
     args = parser.parse_args(argv)
     try:
-        corpus = load_corpus(load_config(CorpusConfig, args.config, args.overrides))
+        cfg = load_config(CorpusConfig, args.config, args.overrides)
+        corpus = load_corpus(cfg)
     except ValueError as err:  # CorpusError, ConfigError
         print(f"error: {err}", file=sys.stderr)
         return 1
-    corpus.save_to_disk(str(args.out))
+    # Written beside its resolved config, and atomically: a failed run leaves no half corpus.
+    with atomic_directory(args.out) as tmp:
+        corpus.save_to_disk(str(tmp))
+        save_config(cfg, tmp)
     print({split: len(ds) for split, ds in corpus.items()}, "->", args.out)
     return 0
 
