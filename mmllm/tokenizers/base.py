@@ -1,0 +1,143 @@
+"""The one interface every audio tokenizer implements, its config, and the registry.
+
+    tokenizer = build_tokenizer(TokenizerConfig(name="encodec", weights="facebook/encodec_24khz",
+                                                bandwidth_kbps=6.0))
+    codes, frame_lengths = tokenizer.encode(wav, lengths)   # wav [B, T] at tokenizer.sample_rate
+    audio, audio_lengths = tokenizer.decode(codes, frame_lengths)
+
+Codes are int64 `[B, K, F]` (K = num_codebooks, F = frames of the longest item); frames at
+or beyond `frame_lengths[b]` are padding and hold `PAD_CODE`. Batched encoding with
+right-padding gives exactly the codes of encoding each item alone (tested per backend).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from mmllm.config import config_dataclass
+
+PAD_CODE = -1  # marks frames beyond an item's length in a batch
+
+
+@config_dataclass
+class TokenizerConfig:
+    """Which tokenizer, and how it is set up. Fields a backend does not use must stay unset.
+
+    name:            registry key (see `TOKENIZERS`): mfcc-kmeans, mel-rvq, encodec, dac,
+                     mimi, hubert-kmeans, wavlm-kmeans, wav2vec2-kmeans, speechtokenizer
+    weights:         hub id or local directory of pretrained weights (compression / SSL
+                     backends), or the directory of fitted k-means centroids
+    num_codebooks:   how many codebooks to keep (Mimi, DAC, mel-rvq)
+    bandwidth_kbps:  EnCodec target bandwidth (1.5, 3, 6, 12, 24); never left implicit
+    layers:          SSL layers to cluster, one codebook each
+    codebook_size:   k of the k-means backends
+    deduplicate:     collapse runs of repeated units (semantic tokens)
+    centroids:       directory with centroids.safetensors + card.json (k-means backends)
+    vocoder:         directory of a trained token vocoder (step 5) for decoding
+    device:          where encoding runs ("cpu", "cuda")
+    trust_remote_code: only for hub models that need it; off unless asked for
+    """
+
+    name: str
+    weights: str | None = None
+    num_codebooks: int | None = None
+    bandwidth_kbps: float | None = None
+    layers: list[int] = dataclasses.field(default_factory=list)
+    codebook_size: int | None = None
+    deduplicate: bool = False
+    centroids: str | None = None
+    vocoder: str | None = None
+    device: str = "cpu"
+    trust_remote_code: bool = False
+    options: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+class AudioTokenizer(ABC):
+    """Waveforms <-> discrete codes. Subclasses set the five properties in __init__."""
+
+    name: str
+    sample_rate: int  # Hz of the waveforms encode() takes and decode() returns
+    frame_rate_hz: float  # code frames per second of audio
+    num_codebooks: int  # K
+    codebook_size: int  # codes per codebook
+    can_decode: bool = False
+
+    def __init__(self, cfg: TokenizerConfig) -> None:
+        self.cfg = cfg
+
+    @property
+    def bitrate_bps(self) -> float:
+        """K x log2(codebook_size) x frame rate."""
+        return self.num_codebooks * math.log2(self.codebook_size) * self.frame_rate_hz
+
+    def frame_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
+        """Samples -> number of code frames for each item (ceil(T / hop) by default)."""
+        hop = self.sample_rate / self.frame_rate_hz
+        return torch.ceil(lengths.double() / hop).long()
+
+    @abstractmethod
+    def encode(self, wav: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """wav [B, T] float32 at `sample_rate`, lengths [B] -> (codes [B, K, F] int64, frame_lengths [B])."""
+
+    def decode(self, codes: torch.Tensor, frame_lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """codes [B, K, F], frame_lengths [B] -> (wav [B, T] at `sample_rate`, lengths [B])."""
+        raise NotImplementedError(
+            f"tokenizer {self.name!r} cannot decode; configure a vocoder (tokenizers/train_vocoder.py)"
+        )
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "sample_rate": self.sample_rate,
+            "frame_rate_hz": self.frame_rate_hz,
+            "num_codebooks": self.num_codebooks,
+            "codebook_size": self.codebook_size,
+            "bitrate_bps": self.bitrate_bps,
+            "can_decode": self.can_decode,
+        }
+
+
+TOKENIZERS: dict[str, Callable[[TokenizerConfig], AudioTokenizer]] = {}
+
+
+def register_tokenizer(name: str):
+    """Class decorator: make a backend buildable by `name` from a TokenizerConfig."""
+
+    def wrap(cls):
+        if name in TOKENIZERS:
+            raise ValueError(f"tokenizer {name!r} registered twice")
+        TOKENIZERS[name] = cls
+        cls.name = name
+        return cls
+
+    return wrap
+
+
+def build_tokenizer(cfg: TokenizerConfig) -> AudioTokenizer:
+    """Build any registered tokenizer from its config (imports every backend module once)."""
+    import mmllm.tokenizers.backends  # noqa: F401  (registers the backends)
+
+    if cfg.name not in TOKENIZERS:
+        raise ValueError(f"unknown tokenizer {cfg.name!r}; known: {sorted(TOKENIZERS)}")
+    return TOKENIZERS[cfg.name](cfg)
+
+
+def pad_batch(waveforms: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """[T_i] tensors -> (wav [B, max T] zero right-padded, lengths [B])."""
+    lengths = torch.tensor([w.numel() for w in waveforms], dtype=torch.long)
+    batch = torch.zeros(len(waveforms), int(lengths.max()) if len(waveforms) else 0)
+    for i, w in enumerate(waveforms):
+        batch[i, : w.numel()] = w
+    return batch, lengths
+
+
+def mask_padding(codes: torch.Tensor, frame_lengths: torch.Tensor) -> torch.Tensor:
+    """Set frames at or beyond each item's length to PAD_CODE. codes [B, K, F]."""
+    frames = torch.arange(codes.shape[-1], device=codes.device)
+    return codes.masked_fill(frames[None, None, :] >= frame_lengths[:, None, None].to(codes.device), PAD_CODE)
