@@ -1,0 +1,345 @@
+"""The token cache: every corpus row's audio encoded once, read back as `[K, F]` arrays.
+
+Layout of one cached split (`<out>/<task>/<split>/`):
+
+    index.json      entries in corpus order: {key, row, stream, offset, frames}; skipped rows
+    codes.bin       all codes, uint16 (int32 when codebook_size > 65536), each entry a
+                    contiguous [K, frames] block starting at element `offset`
+    parts/          work in progress: one file per fixed block of rows (removed when merged)
+
+and `<out>/cache.json` records the tokenizer config and hash and the corpus fingerprint; a
+cache built for anything else is refused, never silently reused.
+
+Resumable by construction: rows are split into fixed parts (`rows_per_part` rows, by
+index); a part is written to a temporary file and renamed, so after a kill -9 every part is
+either complete or absent, and a rerun encodes only the missing ones. Merging writes the
+final files atomically too. The result is byte-identical to an uninterrupted run. Under
+`accelerate launch --num_processes N` (GPUs) or `torchrun --nproc_per_node N` (CPU, where
+accelerate starts one process) process p encodes parts p, p+N, ...; the main process merges
+after a barrier. The sharded cache is byte-identical to a one-process one (tested).
+
+Streams: a row's input audio is stream "audio" (key = row id); its reference audio (SE clean,
+SS sources, SV enrollment) are streams "ref0", "ref1", ... (key = "<id>#ref<j>").
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from datasets import Dataset
+from tqdm import tqdm
+
+from mmllm.audio import AudioError, decode_audio_value
+from mmllm.config import config_hash, config_to_dict
+from mmllm.fileio import atomic_write_bytes, atomic_write_text
+from mmllm.tokenizers.base import AudioTokenizer, TokenizerConfig, pad_batch
+
+CACHE_CARD = "cache.json"
+INDEX = "index.json"
+CODES = "codes.bin"
+
+
+class CacheError(ValueError):
+    """A cache that does not match what was asked for, or is incomplete."""
+
+
+@dataclass
+class AudioItem:
+    key: str
+    row: int
+    stream: str
+    wav: np.ndarray  # [T] at the tokenizer's sample rate
+
+
+def code_dtype(codebook_size: int) -> np.dtype:
+    return np.dtype(np.uint16) if codebook_size <= 65536 else np.dtype(np.int32)
+
+
+def check_or_write_card(
+    out: Path, cfg: TokenizerConfig, tokenizer: AudioTokenizer, corpus: dict
+) -> None:
+    """Refuse a cache directory made for another tokenizer config or corpus; else record ours."""
+    card = {
+        "tokenizer_hash": config_hash(cfg),
+        "tokenizer": config_to_dict(cfg),
+        "tokenizer_properties": tokenizer.describe(),
+        "corpus": corpus,
+    }
+    path = out / CACHE_CARD
+    if path.is_file():
+        found = json.loads(path.read_text())
+        for key in ("tokenizer_hash", "corpus"):
+            if found.get(key) != card[key]:
+                raise CacheError(
+                    f"{out}: token cache was built with a different {key.replace('_', ' ')} "
+                    f"({found.get(key)} != {card[key]}); use another --out or delete it"
+                )
+        return
+    atomic_write_text(path, json.dumps(card, indent=1, sort_keys=True))
+
+
+def _row_items(row: dict, index: int, sample_rate: int) -> list[AudioItem]:
+    """Decode a row's audio streams; AudioError names the row id and stream."""
+    items = [AudioItem(row["id"], index, "audio", _decode(row["audio"], sample_rate, row["id"]))]
+    for j, ref in enumerate(row.get("refs") or []):
+        key = f"{row['id']}#ref{j}"
+        items.append(AudioItem(key, index, f"ref{j}", _decode(ref, sample_rate, key)))
+    return items
+
+
+def _decode(value: dict, sample_rate: int, name: str) -> np.ndarray:
+    return decode_audio_value(value, target_sr=sample_rate, name=name)  # resampled by soxr
+
+
+def length_batches(items: list[AudioItem], max_batch_samples: int) -> Iterator[list[AudioItem]]:
+    """Group items of similar length (sorted) so padded batches stay under max_batch_samples."""
+    batch: list[AudioItem] = []
+    for item in sorted(items, key=lambda it: it.wav.size):
+        if batch and (len(batch) + 1) * item.wav.size > max_batch_samples:
+            yield batch
+            batch = []
+        batch.append(item)
+    if batch:
+        yield batch
+
+
+def encode_items(
+    tokenizer: AudioTokenizer, items: list[AudioItem], max_batch_samples: int
+) -> dict[str, np.ndarray]:
+    """key -> codes [K, F] (int64) for every item, encoded in length-bucketed batches."""
+    out: dict[str, np.ndarray] = {}
+    for batch in length_batches(items, max_batch_samples):
+        wav, lengths = pad_batch([torch.from_numpy(it.wav) for it in batch])
+        with torch.inference_mode():
+            codes, frame_lengths = tokenizer.encode(wav, lengths)
+        for item, item_codes, frames in zip(batch, codes, frame_lengths.tolist(), strict=True):
+            out[item.key] = item_codes[:, :frames].cpu().numpy()
+    return out
+
+
+def encode_part(
+    tokenizer: AudioTokenizer, dataset: Dataset, rows: range, path: Path, max_batch_samples: int
+) -> dict:
+    """Encode rows of one part and write them (atomically) to `path` (.npz); return stats."""
+    items, skipped = [], []
+    for index in rows:
+        row = dataset[index]
+        try:
+            items.extend(_row_items(row, index, tokenizer.sample_rate))
+        except AudioError as err:
+            skipped.append({"id": row["id"], "row": index, "error": str(err)})
+    codes = encode_items(tokenizer, items, max_batch_samples)
+    entries = [{"key": it.key, "row": it.row, "stream": it.stream} for it in items]
+    arrays = {f"codes_{i}": codes[e["key"]] for i, e in enumerate(entries)}
+    meta = json.dumps({"entries": entries, "skipped": skipped})
+    buffer = _npz_bytes(arrays | {"meta": np.frombuffer(meta.encode(), dtype=np.uint8)})
+    atomic_write_bytes(path, buffer)
+    return {
+        "audio_seconds": sum(it.wav.size for it in items) / tokenizer.sample_rate,
+        "skipped": len(skipped),
+    }
+
+
+def _npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    return buffer.getvalue()
+
+
+def part_path(split_dir: Path, part: int) -> Path:
+    return split_dir / "parts" / f"part-{part:06d}.npz"
+
+
+def extract_split(
+    tokenizer: AudioTokenizer,
+    dataset: Dataset,
+    split_dir: Path,
+    rows_per_part: int = 256,
+    max_batch_samples: int = 16000 * 120,
+    process_index: int = 0,
+    num_processes: int = 1,
+    desc: str = "",
+) -> dict:
+    """Encode this process's share of the missing parts of one split. Returns stats."""
+    num_parts = (len(dataset) + rows_per_part - 1) // rows_per_part
+    (split_dir / "parts").mkdir(parents=True, exist_ok=True)
+    todo = [
+        p
+        for p in range(process_index, num_parts, num_processes)
+        if not part_path(split_dir, p).is_file()
+    ]
+    stats = {"parts": len(todo), "audio_seconds": 0.0, "skipped": 0}
+    started = time.perf_counter()
+    with tqdm(total=len(todo) * rows_per_part, desc=desc, unit="row", disable=not todo) as bar:
+        for part in todo:
+            rows = range(part * rows_per_part, min((part + 1) * rows_per_part, len(dataset)))
+            part_stats = encode_part(
+                tokenizer, dataset, rows, part_path(split_dir, part), max_batch_samples
+            )
+            stats["audio_seconds"] += part_stats["audio_seconds"]
+            stats["skipped"] += part_stats["skipped"]
+            bar.update(len(rows))
+            bar.set_postfix(
+                audio_s_per_s=f"{stats['audio_seconds'] / (time.perf_counter() - started):.0f}"
+            )
+    return stats
+
+
+def merge_split(
+    split_dir: Path, num_rows: int, rows_per_part: int, num_codebooks: int, codebook_size: int
+) -> dict:
+    """Merge complete parts into codes.bin + index.json (atomically), then drop the parts."""
+    num_parts = (num_rows + rows_per_part - 1) // rows_per_part
+    missing = [p for p in range(num_parts) if not part_path(split_dir, p).is_file()]
+    if missing:
+        raise CacheError(
+            f"{split_dir}: cannot merge, {len(missing)} parts missing (first: {missing[0]})"
+        )
+    dtype = code_dtype(codebook_size)
+    entries, skipped, chunks, offset = [], [], [], 0
+    for part in range(num_parts):
+        with np.load(part_path(split_dir, part)) as data:
+            meta = json.loads(data["meta"].tobytes().decode())
+            for i, entry in enumerate(meta["entries"]):
+                codes = data[f"codes_{i}"]
+                entries.append(entry | {"offset": offset, "frames": int(codes.shape[1])})
+                chunks.append(codes.astype(dtype).ravel())
+                offset += codes.size
+            skipped.extend(meta["skipped"])
+    atomic_write_bytes(split_dir / CODES, np.concatenate(chunks).tobytes() if chunks else b"")
+    index = {
+        "num_rows": num_rows,
+        "num_codebooks": num_codebooks,
+        "dtype": dtype.name,
+        "entries": entries,
+        "skipped": skipped,
+    }
+    atomic_write_text(split_dir / INDEX, json.dumps(index))
+    for part in range(num_parts):
+        part_path(split_dir, part).unlink()
+    (split_dir / "parts").rmdir()
+    return index
+
+
+class CachedSplit:
+    """Read side: codes of one cached split through a memmap (no decoding, no copies)."""
+
+    def __init__(self, split_dir: str | Path) -> None:
+        split_dir = Path(split_dir)
+        if not (split_dir / INDEX).is_file():
+            raise CacheError(
+                f"{split_dir}: no complete token cache here (missing {INDEX}); run tokenizers/extract.py"
+            )
+        self.index = json.loads((split_dir / INDEX).read_text())
+        self.num_codebooks = self.index["num_codebooks"]
+        size = (split_dir / CODES).stat().st_size
+        self.codes = (
+            np.memmap(split_dir / CODES, dtype=self.index["dtype"], mode="r")
+            if size
+            else np.zeros(0)
+        )
+        self.entries = self.index["entries"]
+        self.by_key = {e["key"]: e for e in self.entries}
+        self.skipped = self.index["skipped"]
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def get(self, key: str) -> np.ndarray:
+        """codes [K, F] of one entry (row id, or "<id>#ref<j>")."""
+        entry = self.by_key[key]
+        size = entry["frames"] * self.num_codebooks
+        return np.asarray(self.codes[entry["offset"] : entry["offset"] + size]).reshape(
+            self.num_codebooks, entry["frames"]
+        )
+
+
+def extract_corpus(
+    cfg: TokenizerConfig,
+    data_dir: str | Path,
+    out: str | Path,
+    tasks: list[str] | None = None,
+    splits: tuple[str, ...] = ("train", "valid", "test"),
+    rows_per_part: int = 256,
+    max_batch_seconds: float = 120.0,
+) -> Path:
+    """Encode every task/split of a corpus directory (task subfolders of DatasetDicts) once.
+
+    Runs sharded when launched with `accelerate launch --num_processes N`; safe to kill and
+    rerun at any moment. Returns `out`.
+    """
+    from accelerate import PartialState
+    from datasets import load_from_disk
+
+    from mmllm.config import save_config
+    from mmllm.tokenizers.base import build_tokenizer
+
+    # cpu=True lets torchrun's processes form a gloo group on machines without a GPU.
+    state = PartialState(cpu=not torch.cuda.is_available())
+    data_dir, out = Path(data_dir), Path(out)
+    tasks = tasks or sorted(
+        p.name for p in data_dir.iterdir() if (p / "dataset_dict.json").is_file()
+    )
+    if not tasks:
+        raise CacheError(f"{data_dir}: no task folders (DatasetDict directories) to tokenize")
+    corpora = {task: load_from_disk(str(data_dir / task)) for task in tasks}
+    corpus_id = {
+        task: {split: corpora[task][split]._fingerprint for split in splits} for task in tasks
+    }
+    tokenizer = build_tokenizer(cfg)
+    if state.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        check_or_write_card(
+            out, cfg, tokenizer, {"path": str(data_dir.resolve()), "fingerprints": corpus_id}
+        )
+        save_config(cfg, out)
+    state.wait_for_everyone()
+    max_batch_samples = int(max_batch_seconds * tokenizer.sample_rate)
+    totals = {"audio_seconds": 0.0, "skipped": 0}
+    started = time.perf_counter()
+    for task in tasks:
+        for split in splits:
+            split_dir = out / task / split
+            if (split_dir / INDEX).is_file():
+                continue
+            stats = extract_split(
+                tokenizer,
+                corpora[task][split],
+                split_dir,
+                rows_per_part,
+                max_batch_samples,
+                state.process_index,
+                state.num_processes,
+                desc=f"{task}/{split}",
+            )
+            totals["audio_seconds"] += stats["audio_seconds"]
+            state.wait_for_everyone()
+            if state.is_main_process:
+                index = merge_split(
+                    split_dir,
+                    len(corpora[task][split]),
+                    rows_per_part,
+                    tokenizer.num_codebooks,
+                    tokenizer.codebook_size,
+                )
+                totals["skipped"] += len(index["skipped"])
+                for bad in index["skipped"]:
+                    print(f"skipped {task}/{split} row {bad['id']}: {bad['error']}")
+            state.wait_for_everyone()
+    if state.is_main_process:
+        seconds = time.perf_counter() - started
+        rate = totals["audio_seconds"] / seconds if seconds else 0.0
+        share = "" if state.num_processes == 1 else f" by process 0 of {state.num_processes}"
+        print(
+            f"token cache {out}: {totals['audio_seconds']:.0f} s of audio encoded{share} at {rate:.0f} audio-s/s, "
+            f"{totals['skipped']} rows skipped (listed in each split's {INDEX})"
+        )
+    return out

@@ -1,0 +1,157 @@
+"""Token cache: codes match direct encoding, bad rows are skipped and counted, kill -9 resumes exactly."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from fake_tokenizer import EnergyTokenizer
+
+from mmllm.audio import decode_audio_value
+from mmllm.data.cache import CachedSplit, CacheError, extract_corpus
+from mmllm.data.schema import make_row, rows_to_dataset
+from mmllm.data.synth import load_task
+from mmllm.tokenizers.base import TokenizerConfig
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+ENERGY = TokenizerConfig(name="test-energy")
+
+
+def direct_codes(value: dict) -> np.ndarray:
+    wav = torch.from_numpy(decode_audio_value(value))
+    codes, frames = EnergyTokenizer(ENERGY).encode(wav[None], torch.tensor([wav.numel()]))
+    return codes[0, :, : frames[0]].numpy()
+
+
+def test_cached_codes_equal_direct_encoding(synth_tiny, tmp_path):
+    out = extract_corpus(
+        ENERGY,
+        synth_tiny,
+        tmp_path / "cache",
+        tasks=["se", "ks"],
+        rows_per_part=5,
+        max_batch_seconds=5,
+    )
+    for task in ("se", "ks"):
+        data = load_task(synth_tiny, task)
+        for split in ("train", "test"):
+            cached = CachedSplit(out / task / split)
+            assert len(cached) == sum(1 + len(r) for r in data[split]["refs"])
+            for row in data[split].select(range(7)):
+                np.testing.assert_array_equal(cached.get(row["id"]), direct_codes(row["audio"]))
+                for j, ref in enumerate(row["refs"]):
+                    np.testing.assert_array_equal(
+                        cached.get(f"{row['id']}#ref{j}"), direct_codes(ref)
+                    )
+    assert not list(out.rglob("parts"))
+    card = json.loads((out / "cache.json").read_text())
+    assert card["tokenizer"]["name"] == "test-energy" and (out / "config.yaml").is_file()
+    # a cache made for another tokenizer config is refused
+    with pytest.raises(CacheError, match="different tokenizer hash"):
+        extract_corpus(
+            TokenizerConfig(name="test-energy", options={"other": 1}),
+            synth_tiny,
+            out,
+            tasks=["se"],
+        )
+
+
+def test_bad_rows_are_skipped_counted_and_named(tmp_path, capsys):
+    wav = np.sin(np.arange(8000) / 5).astype(np.float32) * 0.3
+    rows = [make_row(f"ks-{i}", "ks", wav, label="yes") for i in range(4)]
+    rows[2]["audio"] = {"bytes": b"definitely not a wav", "path": None}
+    from datasets import DatasetDict
+
+    corpus = tmp_path / "corpus"
+    DatasetDict({"train": rows_to_dataset(rows, "bad")}).save_to_disk(str(corpus / "ks"))
+    out = extract_corpus(ENERGY, corpus, tmp_path / "cache", splits=("train",), rows_per_part=2)
+    cached = CachedSplit(out / "ks" / "train")
+    assert [e["key"] for e in cached.entries] == ["ks-0", "ks-1", "ks-3"]
+    assert [s["id"] for s in cached.skipped] == [
+        "ks-2"
+    ] and "cannot decode audio" in cached.skipped[0]["error"]
+    printed = capsys.readouterr().out
+    assert "skipped ks/train row ks-2" in printed and "1 rows skipped" in printed
+
+
+def run_extract(data: Path, out: Path, sleep: float) -> subprocess.Popen:
+    code = (
+        "import sys, fake_tokenizer; from mmllm.data.cache import extract_corpus; "
+        "from mmllm.tokenizers.base import TokenizerConfig; "
+        "extract_corpus(TokenizerConfig(name='test-energy'), sys.argv[1], sys.argv[2], "
+        "tasks=['asr', 'ss'], rows_per_part=4, max_batch_seconds=4)"
+    )
+    env = dict(
+        os.environ,
+        PYTHONPATH=f"{HERE}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+        FAKE_TOKENIZER_SLEEP=str(sleep),
+    )
+    return subprocess.Popen(
+        [sys.executable, "-c", code, str(data), str(out)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def test_kill_9_then_rerun_gives_the_uninterrupted_cache(synth_tiny, tmp_path):
+    reference = tmp_path / "reference"
+    assert run_extract(synth_tiny, reference, sleep=0.0).wait(timeout=300) == 0
+    killed = tmp_path / "killed"
+
+    def progress() -> int:  # parts written so far (merged splits count all of theirs)
+        return len(list(killed.rglob("part-*.npz"))) + 100 * len(list(killed.rglob("index.json")))
+
+    for _ in range(2):  # kill -9 twice after it has made some progress
+        before = progress()
+        process = run_extract(synth_tiny, killed, sleep=0.05)
+        deadline = time.time() + 120
+        while time.time() < deadline and progress() < before + 2:
+            time.sleep(0.02)
+        process.send_signal(signal.SIGKILL)
+        assert process.wait() == -signal.SIGKILL
+    assert list(killed.rglob("part-*.npz")), "the kills should have left finished parts behind"
+    assert run_extract(synth_tiny, killed, sleep=0.0).wait(timeout=300) == 0
+    assert not list(killed.rglob("*.tmp-*")) and not list(killed.rglob("parts"))
+    for path in sorted(reference.rglob("*")):
+        if path.is_file():
+            assert (killed / path.relative_to(reference)).read_bytes() == path.read_bytes(), path
+    shutil.rmtree(killed)
+
+
+def test_two_process_launch_matches_one_process(synth_tiny, tmp_path):
+    env = dict(os.environ, PYTHONPATH=f"{HERE}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    script = str(HERE / "run_fake_extract.py")
+    single = subprocess.run(
+        [sys.executable, script, str(synth_tiny), str(tmp_path / "one"), "ks,sv"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert single.returncode == 0, single.stderr
+    # On CPU accelerate starts one process; torchrun starts two that form a gloo group.
+    launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
+    sharded = subprocess.run(
+        [*launch, script, str(synth_tiny), str(tmp_path / "two"), "ks,sv"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert sharded.returncode == 0, sharded.stderr
+    assert "by process 0 of 2" in sharded.stdout
+    for path in sorted((tmp_path / "one").rglob("*")):
+        if path.is_file():
+            assert (
+                tmp_path / "two" / path.relative_to(tmp_path / "one")
+            ).read_bytes() == path.read_bytes(), path
