@@ -155,3 +155,17 @@ def test_two_process_launch_matches_one_process(synth_tiny, tmp_path):
             assert (
                 tmp_path / "two" / path.relative_to(tmp_path / "one")
             ).read_bytes() == path.read_bytes(), path
+
+
+def test_stats_report_from_a_cache(synth_tiny, tmp_path):
+    from mmllm.tokenizers.stats import save_report, token_statistics
+
+    out = extract_corpus(ENERGY, synth_tiny, tmp_path / "cache", tasks=["asr"], splits=("test",))
+    report = token_statistics(out, synth_tiny, "asr", "test")
+    assert report["bitrate_bps"] == 2 * 4 * 50 and report["tokens_per_second"] == 100
+    level, index = report["codebooks"]
+    assert 0 < level["usage"] <= 1 and 1 <= level["perplexity"] <= 16
+    assert index["usage"] == 1.0  # frame index mod 16 uses every code
+    assert 0 < index["purity"] <= 1 and level["frames_in_words"] > 0.5 * level["frames"]
+    json_path, png_path = save_report(report, tmp_path / "report")
+    assert json_path.is_file() and png_path.read_bytes()[:4] == b"\x89PNG"
