@@ -9,10 +9,11 @@ import yaml
 from mmllm.config import ConfigError, config_dataclass, config_hash, load_config, save_config
 from mmllm.data.corpora import CorpusConfig
 from mmllm.data.synth import SynthConfig
+from mmllm.tokenizers.base import TokenizerConfig
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 # Which dataclass each configs/ subfolder holds; a new folder must be added here.
-CONFIG_CLASSES = {"synth": SynthConfig, "corpora": CorpusConfig}
+CONFIG_CLASSES = {"synth": SynthConfig, "corpora": CorpusConfig, "tokenizers": TokenizerConfig}
 
 
 @config_dataclass

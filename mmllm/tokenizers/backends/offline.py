@@ -1,1 +1,646 @@
-"""Placeholder: being written."""
+"""Offline tokenizers: no pretrained weights, fitted on any corpus in minutes on a CPU.
+
+- `mfcc-kmeans`: HuBERT's first-iteration units. 13 MFCCs (40 mels, 25 ms Hann window,
+  10 ms hop) normalised with corpus mean/variance, two consecutive frames stacked into one
+  26-dim frame at 50 Hz (20 ms, HuBERT's frame rate), one codebook of k = 500 k-means units.
+  Encode only.
+- `mel-rvq`: residual k-means over 80-bin log-mel frames (64 ms window, 20 ms hop = 50 Hz):
+  codebook j quantizes what codebooks < j left over, so the first codebooks carry the coarse
+  spectrum and later ones refine it (K = 4, k = 256 by default = 1.6 kbps). Decodable: the sum
+  of the chosen centroids is a log-mel spectrogram, inverted to linear magnitude through the
+  pseudo-inverse of the mel filter bank and to a waveform with Griffin-Lim.
+
+Both take 16 kHz audio. Fit the centroids once, then point the config key `centroids` at them:
+
+    python tokenizers/fit_kmeans.py --tokenizer configs/tokenizers/mel-rvq.yaml \
+        --data data/synthdasb --out runs/tokenizers/mel-rvq
+
+Frame convention: an item of T samples has F = ceil(T / 320) code frames; frame f is centred
+on sample 320 f (the MFCC frames stacked into it on samples 320 f and 320 f + 160). Each item
+is reflect-padded by half a window on both sides (zero-padded if it is shorter than that),
+then zero-padded on the right, and the STFT runs with center=False: frame f of an item only
+ever sees that item's own samples and padding, so encoding a right-padded batch gives
+exactly the codes of encoding each item alone. Frames at or beyond F hold PAD_CODE.
+
+Matrix products take different BLAS kernels for different batch shapes (a one-frame item
+goes through another path than a 100-frame batch) and so differ in the last float32 bit.
+Features are therefore computed in float64 and rounded to float32, and distances to the
+centroids are computed in float64: a code can only differ between batch and single
+encoding at a float64-level tie.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from mmllm.audio import dct_matrix, decode_audio_value, mel_filters
+from mmllm.tokenizers.base import (
+    PAD_CODE,
+    AudioTokenizer,
+    TokenizerConfig,
+    mask_padding,
+    pad_batch,
+    register_tokenizer,
+)
+from mmllm.tokenizers.kmeans import (
+    assign,
+    fit_kmeans,
+    load_centroids,
+    sample_frames,
+    save_centroids,
+)
+
+SAMPLE_RATE = 16000
+FRAME_RATE_HZ = 50
+HOP_LENGTH = SAMPLE_RATE // FRAME_RATE_HZ  # 320 samples per code frame
+
+# mfcc-kmeans features: 100 Hz MFCCs, two stacked per code frame.
+MFCC_N_FFT = 400
+MFCC_HOP = 160
+MFCC_N_MELS = 40
+N_MFCC = 13
+MFCC_STACK = HOP_LENGTH // MFCC_HOP
+MFCC_LOG_FLOOR = 1e-10  # as mmllm.audio.mfcc, so interior frames match it exactly
+
+# mel-rvq features: 80-bin natural-log mel power at 50 Hz.
+MEL_N_FFT = 1024
+MEL_N_MELS = 80
+MEL_LOG_FLOOR = 1e-5  # -11.5: digital silence should not dominate the clustering
+GRIFFIN_LIM_ITERS = 32
+GRIFFIN_LIM_MOMENTUM = 0.99
+GRIFFIN_LIM_SEED = 0
+
+DEFAULT_CODEBOOK_SIZE = {"mfcc-kmeans": 500, "mel-rvq": 256}
+DEFAULT_NUM_CODEBOOKS = {"mfcc-kmeans": 1, "mel-rvq": 4}
+OFFLINE_TOKENIZERS = tuple(DEFAULT_CODEBOOK_SIZE)
+
+# What the features are; recorded in every card and checked when centroids are loaded, so
+# centroids fitted on other features are refused instead of giving meaningless codes.
+FEATURE_SPECS: dict[str, dict[str, Any]] = {
+    "mfcc-kmeans": {
+        "feature": "mfcc",
+        "sample_rate": SAMPLE_RATE,
+        "n_fft": MFCC_N_FFT,
+        "hop_length": MFCC_HOP,
+        "n_mels": MFCC_N_MELS,
+        "n_mfcc": N_MFCC,
+        "stack": MFCC_STACK,
+        "log_floor": MFCC_LOG_FLOOR,
+        "normalisation": "per-coefficient mean/std (mfcc_mean, mfcc_std)",
+    },
+    "mel-rvq": {
+        "feature": "log-mel",
+        "sample_rate": SAMPLE_RATE,
+        "n_fft": MEL_N_FFT,
+        "hop_length": HOP_LENGTH,
+        "n_mels": MEL_N_MELS,
+        "log_floor": MEL_LOG_FLOOR,
+    },
+}
+
+
+def _fit_command(name: str) -> str:
+    return (
+        f"python tokenizers/fit_kmeans.py --tokenizer configs/tokenizers/{name}.yaml "
+        f"--data SYNTHDASB_DIR --out DIR"
+    )
+
+
+# ----------------------------------------------------------------------------- features
+
+
+def code_frame_lengths(lengths: torch.Tensor) -> torch.Tensor:
+    """Samples [B] -> code frames [B] = ceil(T / 320)."""
+    return torch.div(lengths.long() + HOP_LENGTH - 1, HOP_LENGTH, rounding_mode="floor")
+
+
+def framed_power(
+    wav: torch.Tensor, lengths: torch.Tensor, n_fft: int, hop: int, num_frames: torch.Tensor
+) -> torch.Tensor:
+    """Power spectrogram frames computed item by item's own padding (see module docstring).
+
+    wav [B, T], lengths [B], num_frames [B] -> power [B, max(num_frames), n_fft // 2 + 1];
+    frame f of item b is centred on sample f * hop of that item. Rows at or beyond
+    num_frames[b] are padding (computed from zeros, never from another item's samples).
+    """
+    batch = wav.shape[0]
+    max_frames = int(num_frames.max()) if batch else 0
+    n_freq = n_fft // 2 + 1
+    if max_frames == 0:
+        return wav.new_zeros(batch, 0, n_freq, dtype=torch.float64)
+    pad = n_fft // 2
+    total = (max_frames - 1) * hop + n_fft
+    buffer = wav.new_zeros(batch, total, dtype=torch.float64)
+    for b in range(batch):
+        length = int(lengths[b])
+        if length == 0:
+            continue
+        mode = "reflect" if length > pad else "constant"
+        padded = F.pad(wav[b, :length][None, None], (pad, pad), mode=mode)[0, 0]
+        keep = min(padded.numel(), total)
+        buffer[b, :keep] = padded[:keep]
+    window = torch.hann_window(n_fft, periodic=True, device=wav.device, dtype=torch.float64)
+    spec = torch.stft(buffer, n_fft, hop, window=window, center=False, return_complex=True)
+    power = spec.real.square() + spec.imag.square()  # [B, n_freq, frames]
+    return power[..., :max_frames].transpose(1, 2)
+
+
+def mfcc_frames(wav: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Raw (unnormalised) 100 Hz MFCCs. wav [B, T] 16 kHz, lengths [B] ->
+    (mfcc [B, 2 F, 13], frame_lengths [B] = F, code frames), F = ceil(T / 320)."""
+    frame_lengths = code_frame_lengths(lengths)
+    power = framed_power(wav, lengths, MFCC_N_FFT, MFCC_HOP, MFCC_STACK * frame_lengths)
+    bank = mel_filters(SAMPLE_RATE, MFCC_N_FFT, MFCC_N_MELS, 0.0, SAMPLE_RATE / 2).to(power)
+    logmel = torch.log(torch.clamp(power @ bank, min=MFCC_LOG_FLOOR))
+    return (logmel @ dct_matrix(MFCC_N_MELS, N_MFCC).to(logmel)).float(), frame_lengths
+
+
+def stack_mfcc(mfcc: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """[..., 2 F, 13] raw MFCCs -> [..., F, 26] normalised, consecutive pairs concatenated."""
+    normalised = (mfcc - mean.to(mfcc)) / std.to(mfcc)
+    *lead, frames, dim = normalised.shape
+    return normalised.reshape(*lead, frames // MFCC_STACK, MFCC_STACK * dim)
+
+
+def log_mel_frames(wav: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """50 Hz log-mel. wav [B, T] 16 kHz, lengths [B] -> (log-mel [B, F, 80], frame_lengths [B])."""
+    frame_lengths = code_frame_lengths(lengths)
+    power = framed_power(wav, lengths, MEL_N_FFT, HOP_LENGTH, frame_lengths)
+    bank = mel_filters(SAMPLE_RATE, MEL_N_FFT, MEL_N_MELS, 0.0, SAMPLE_RATE / 2).to(power)
+    return torch.log(torch.clamp(power @ bank, min=MEL_LOG_FLOOR)).float(), frame_lengths
+
+
+def griffin_lim(
+    magnitude: torch.Tensor,
+    length: int,
+    n_fft: int,
+    hop: int,
+    iterations: int = GRIFFIN_LIM_ITERS,
+    seed: int = GRIFFIN_LIM_SEED,
+    momentum: float = GRIFFIN_LIM_MOMENTUM,
+) -> torch.Tensor:
+    """Fast Griffin-Lim (Perraudin et al. 2013). magnitude [B, n_fft // 2 + 1, F] of centred
+    frames -> waveform [B, length]. Random initial phase from a CPU generator seeded `seed`."""
+    generator = torch.Generator().manual_seed(seed)
+    phase = torch.rand(magnitude.shape, generator=generator).to(magnitude.device)
+    angles = torch.polar(torch.ones_like(magnitude), 2 * math.pi * phase)
+    window = torch.hann_window(n_fft, periodic=True, device=magnitude.device)
+    num_frames = magnitude.shape[-1]
+    previous = torch.zeros_like(angles)
+    for _ in range(iterations):
+        wav = torch.istft(magnitude * angles, n_fft, hop, window=window, length=length)
+        rebuilt = torch.stft(
+            wav, n_fft, hop, window=window, center=True, pad_mode="reflect", return_complex=True
+        )[..., :num_frames]
+        angles = rebuilt - (momentum / (1 + momentum)) * previous
+        angles = angles / angles.abs().clamp(min=1e-16)
+        previous = rebuilt
+    return torch.istft(magnitude * angles, n_fft, hop, window=window, length=length)
+
+
+# ----------------------------------------------------------------------------- tokenizers
+
+
+class _OfflineTokenizer(AudioTokenizer):
+    """Shared set-up: config checks, centroid loading, the encode skeleton."""
+
+    sample_rate = SAMPLE_RATE
+    frame_rate_hz = float(FRAME_RATE_HZ)
+    allowed_options: tuple[str, ...] = ()
+
+    def __init__(self, cfg: TokenizerConfig) -> None:
+        super().__init__(cfg)
+        self._check_unused(cfg)
+        self.device = torch.device(cfg.device)
+        if cfg.centroids is None:
+            raise ValueError(
+                f"{self.name}: config key 'centroids' is unset; fit the centroids first with "
+                f"`{_fit_command(self.name)}` and set centroids: DIR"
+            )
+        directory = Path(cfg.centroids)
+        if not directory.is_dir():
+            raise FileNotFoundError(
+                f"{self.name}: config key 'centroids' names {directory}, which does not exist; "
+                f"create it with `{_fit_command(self.name)}`"
+            )
+        tensors, self.card = load_centroids(directory)
+        if self.card.get("tokenizer") != self.name:
+            raise ValueError(
+                f"{directory}: centroids were fitted for {self.card.get('tokenizer')!r}, "
+                f"not {self.name!r} (config key 'centroids')"
+            )
+        if self.card.get("features") != FEATURE_SPECS[self.name]:
+            raise ValueError(
+                f"{directory}: centroids were fitted on features {self.card.get('features')}, "
+                f"this version computes {FEATURE_SPECS[self.name]}; refit them with "
+                f"`{_fit_command(self.name)}`"
+            )
+        self._load(tensors, directory)
+        if cfg.codebook_size is not None and cfg.codebook_size != self.codebook_size:
+            raise ValueError(
+                f"{self.name}: config key 'codebook_size' is {cfg.codebook_size} but the "
+                f"centroids in {directory} have k={self.codebook_size}"
+            )
+
+    def _check_unused(self, cfg: TokenizerConfig) -> None:
+        unused = {
+            "weights": cfg.weights,
+            "bandwidth_kbps": cfg.bandwidth_kbps,
+            "layers": cfg.layers or None,
+            "vocoder": cfg.vocoder,
+        }
+        for key, value in unused.items():
+            if value is not None:
+                raise ValueError(f"{self.name}: config key {key!r} is not used; leave it unset")
+        if cfg.deduplicate:
+            raise ValueError(f"{self.name}: config key 'deduplicate' is not supported yet")
+        if cfg.trust_remote_code:
+            raise ValueError(f"{self.name}: config key 'trust_remote_code' is not used")
+        unknown = sorted(set(cfg.options) - set(self.allowed_options))
+        if unknown:
+            raise ValueError(
+                f"{self.name}: unknown config key(s) {['options.' + k for k in unknown]}; "
+                f"allowed: {['options.' + k for k in self.allowed_options]}"
+            )
+
+    def _load(self, tensors: dict[str, torch.Tensor], directory: Path) -> None:
+        raise NotImplementedError
+
+    def _features(
+        self, wav: torch.Tensor, lengths: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """wav [B, T] on self.device -> (frames [B, F, D], frame_lengths [B])."""
+        raise NotImplementedError
+
+    def _quantize(self, frames: torch.Tensor) -> torch.Tensor:
+        """frames [N, D] -> codes [N, K]."""
+        raise NotImplementedError
+
+    @staticmethod
+    def _tensor(tensors: dict[str, torch.Tensor], key: str, directory: Path) -> torch.Tensor:
+        if key not in tensors:
+            raise ValueError(f"{directory}: centroids file has no tensor {key!r}")
+        return tensors[key].float()
+
+    @torch.no_grad()
+    def encode(self, wav: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """wav [B, T] float32 at 16 kHz, lengths [B] -> (codes [B, K, F] int64, frame_lengths [B]).
+
+        F = ceil(max length / 320); codes at or beyond ceil(lengths[b] / 320) are PAD_CODE.
+        """
+        if wav.dim() != 2:
+            raise ValueError(f"{self.name}: wav must be [B, T], got shape {tuple(wav.shape)}")
+        lengths = torch.as_tensor(lengths).long().cpu()
+        if lengths.shape != (wav.shape[0],):
+            raise ValueError(
+                f"{self.name}: lengths must be [B={wav.shape[0]}], got {tuple(lengths.shape)}"
+            )
+        if wav.shape[0] and (int(lengths.min()) < 0 or int(lengths.max()) > wav.shape[1]):
+            raise ValueError(f"{self.name}: lengths must lie in [0, T={wav.shape[1]}]")
+        out_device = wav.device
+        frames, frame_lengths = self._features(wav.to(self.device, torch.float32), lengths)
+        batch, num_frames, dim = frames.shape
+        codes = self._quantize(frames.reshape(-1, dim)).reshape(batch, num_frames, -1)
+        codes = mask_padding(codes.permute(0, 2, 1), frame_lengths)
+        return codes.to(out_device), frame_lengths
+
+
+@register_tokenizer("mfcc-kmeans")
+class MfccKMeansTokenizer(_OfflineTokenizer):
+    """13 MFCC x 2 stacked frames at 50 Hz -> one codebook of k k-means units (encode only)."""
+
+    num_codebooks = 1
+
+    def _check_unused(self, cfg: TokenizerConfig) -> None:
+        super()._check_unused(cfg)
+        if cfg.num_codebooks not in (None, 1):
+            raise ValueError(
+                f"mfcc-kmeans: config key 'num_codebooks' must be 1 or unset, got {cfg.num_codebooks}"
+            )
+
+    def _load(self, tensors: dict[str, torch.Tensor], directory: Path) -> None:
+        self.centroids = self._tensor(tensors, "centroids", directory).to(self.device)
+        self.mfcc_mean = self._tensor(tensors, "mfcc_mean", directory).to(self.device)
+        self.mfcc_std = self._tensor(tensors, "mfcc_std", directory).to(self.device)
+        if self.centroids.shape[1] != MFCC_STACK * N_MFCC:
+            raise ValueError(
+                f"{directory}: centroids have dim {self.centroids.shape[1]}, expected 26"
+            )
+        self.codebook_size = self.centroids.shape[0]
+
+    def _features(self, wav, lengths):
+        mfcc, frame_lengths = mfcc_frames(wav, lengths)
+        return stack_mfcc(mfcc, self.mfcc_mean, self.mfcc_std), frame_lengths
+
+    def _quantize(self, frames):
+        return assign(frames.double(), self.centroids)[:, None]
+
+
+@register_tokenizer("mel-rvq")
+class MelRvqTokenizer(_OfflineTokenizer):
+    """Residual k-means over 80-bin log-mel frames at 50 Hz; decodes with Griffin-Lim.
+
+    `num_codebooks` may be fewer than were fitted: residual codebooks truncate cleanly.
+    options.griffin_lim_iters (default 32) sets the decoder's phase-reconstruction iterations.
+    """
+
+    can_decode = True
+    allowed_options = ("griffin_lim_iters",)
+
+    def _load(self, tensors: dict[str, torch.Tensor], directory: Path) -> None:
+        codebooks = self._tensor(tensors, "codebooks", directory)  # [K, k, 80]
+        if codebooks.dim() != 3 or codebooks.shape[2] != MEL_N_MELS:
+            raise ValueError(
+                f"{directory}: codebooks must be [K, k, 80], got {tuple(codebooks.shape)}"
+            )
+        wanted = self.cfg.num_codebooks or codebooks.shape[0]
+        if not 1 <= wanted <= codebooks.shape[0]:
+            raise ValueError(
+                f"mel-rvq: config key 'num_codebooks' is {wanted} but {directory} holds "
+                f"{codebooks.shape[0]} codebooks"
+            )
+        self.codebooks = codebooks[:wanted].to(self.device)
+        self.num_codebooks = wanted
+        self.codebook_size = codebooks.shape[1]
+        self.griffin_lim_iters = int(self.cfg.options.get("griffin_lim_iters", GRIFFIN_LIM_ITERS))
+        bank = mel_filters(SAMPLE_RATE, MEL_N_FFT, MEL_N_MELS, 0.0, SAMPLE_RATE / 2).double()
+        self.inverse_bank = torch.linalg.pinv(bank).float().to(self.device)  # [80, 513]
+
+    def _features(self, wav, lengths):
+        return log_mel_frames(wav, lengths)
+
+    def _quantize(self, frames):
+        residual = frames.double()
+        codes = []
+        for codebook in self.codebooks.double():
+            index = assign(residual, codebook)
+            residual = residual - codebook[index]
+            codes.append(index)
+        return torch.stack(codes, dim=1)
+
+    def reconstruct_log_mel(self, codes: torch.Tensor, frame_lengths: torch.Tensor) -> torch.Tensor:
+        """codes [B, K', F] (K' <= K, first K' codebooks) -> log-mel [B, F, 80]: the sum of the
+        chosen centroids; frames beyond frame_lengths are silence (the log floor)."""
+        if codes.dim() != 3 or codes.shape[1] > self.num_codebooks:
+            raise ValueError(
+                f"mel-rvq: codes must be [B, K<={self.num_codebooks}, F], got {tuple(codes.shape)}"
+            )
+        codes = codes.to(self.device)
+        valid = (
+            torch.arange(codes.shape[-1], device=self.device)[None, :]
+            < frame_lengths.to(self.device)[:, None]
+        )  # [B, F]
+        inside = codes.masked_fill(~valid[:, None, :], 0)
+        if inside.numel() and (int(inside.min()) < 0 or int(inside.max()) >= self.codebook_size):
+            raise ValueError(
+                f"mel-rvq: codes within frame_lengths must lie in [0, {self.codebook_size})"
+            )
+        log_mel = torch.zeros(*valid.shape, MEL_N_MELS, device=self.device)
+        for j in range(codes.shape[1]):
+            log_mel += self.codebooks[j][inside[:, j]]
+        return log_mel.masked_fill(~valid[..., None], math.log(MEL_LOG_FLOOR))
+
+    @torch.no_grad()
+    def decode(
+        self, codes: torch.Tensor, frame_lengths: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """codes [B, K, F], frame_lengths [B] -> (wav [B, F * 320] 16 kHz, lengths = frame_lengths * 320).
+
+        log-mel (sum of centroids) -> mel power -> linear power via the pseudo-inverse of the
+        mel filter bank (clamped at 0) -> magnitude -> Griffin-Lim. Samples beyond each item's
+        length are zero.
+        """
+        out_device = codes.device
+        frame_lengths = torch.as_tensor(frame_lengths).long().cpu()
+        log_mel = self.reconstruct_log_mel(codes, frame_lengths)
+        power = (log_mel.exp() @ self.inverse_bank).clamp(min=0.0)  # [B, F, 513]
+        length = codes.shape[-1] * HOP_LENGTH
+        wav = griffin_lim(
+            power.sqrt().transpose(1, 2), length, MEL_N_FFT, HOP_LENGTH, self.griffin_lim_iters
+        )
+        lengths = frame_lengths * HOP_LENGTH
+        sample = torch.arange(length, device=wav.device)[None, :]
+        wav = wav.masked_fill(sample >= lengths.to(wav.device)[:, None], 0.0)
+        return wav.to(out_device), lengths
+
+
+# ----------------------------------------------------------------------------- fitting
+
+
+def _corpus_waveforms(
+    data_dir: str | Path, splits: Sequence[str], tasks: Sequence[str]
+) -> Iterator[torch.Tensor]:
+    """Every `audio` cell of the given SynthDASB tasks and splits -> wav [T] float32 16 kHz."""
+    from mmllm.data.synth import load_task
+
+    for task in tasks:
+        dataset = load_task(data_dir, task)
+        for split in splits:
+            if split not in dataset:
+                raise KeyError(f"{data_dir}/{task}: no split {split!r} (has {list(dataset)})")
+            rows = dataset[split].select_columns(["id", "audio"])
+            for row in rows:
+                wav = decode_audio_value(row["audio"], SAMPLE_RATE, name=row["id"])
+                yield torch.from_numpy(wav)
+
+
+@dataclasses.dataclass
+class _MfccStats:
+    """Running per-coefficient sums (float64) over every MFCC frame streamed past."""
+
+    count: int = 0
+    total: torch.Tensor = dataclasses.field(
+        default_factory=lambda: torch.zeros(N_MFCC, dtype=torch.float64)
+    )
+    squares: torch.Tensor = dataclasses.field(
+        default_factory=lambda: torch.zeros(N_MFCC, dtype=torch.float64)
+    )
+
+    def update(self, mfcc: torch.Tensor) -> None:
+        mfcc = mfcc.double().cpu()
+        self.count += mfcc.shape[0]
+        self.total += mfcc.sum(dim=0)
+        self.squares += mfcc.square().sum(dim=0)
+
+    def mean_std(self) -> tuple[torch.Tensor, torch.Tensor]:
+        mean = self.total / self.count
+        variance = (self.squares / self.count - mean.square()).clamp(min=1e-12)
+        return mean.float(), variance.sqrt().float()
+
+
+def _feature_batches(
+    name: str,
+    waveforms: Iterator[torch.Tensor],
+    device: torch.device,
+    stats: _MfccStats | None,
+    batch_items: int = 16,
+) -> Iterator[torch.Tensor]:
+    """Waveforms -> [n, D] frames of the tokenizer's features (valid frames only).
+    mfcc-kmeans: raw stacked MFCC [n, 26] (normalised after the pass; `stats` accumulates)."""
+
+    def flush(items: list[torch.Tensor]) -> torch.Tensor:
+        wav, lengths = pad_batch(items)
+        wav = wav.to(device)
+        if name == "mfcc-kmeans":
+            mfcc, frame_lengths = mfcc_frames(wav, lengths)
+            valid = [mfcc[b, : MFCC_STACK * int(n)] for b, n in enumerate(frame_lengths)]
+            for item in valid:
+                stats.update(item)
+            return torch.cat([v.reshape(-1, MFCC_STACK * N_MFCC) for v in valid])
+        log_mel, frame_lengths = log_mel_frames(wav, lengths)
+        return torch.cat([log_mel[b, : int(n)] for b, n in enumerate(frame_lengths)])
+
+    items: list[torch.Tensor] = []
+    for wav in waveforms:
+        items.append(wav)
+        if len(items) == batch_items:
+            yield flush(items)
+            items = []
+    if items:
+        yield flush(items)
+
+
+@torch.no_grad()
+def fit_offline_tokenizer(
+    name: str,
+    data_dir: str | Path,
+    out_dir: str | Path,
+    k: int,
+    num_codebooks: int,
+    max_frames: int,
+    seed: int,
+    splits: Sequence[str] = ("train",),
+    tasks: Sequence[str] | None = None,
+    *,
+    device: str = "cpu",
+    batch_size: int = 4096,
+    max_steps: int = 200,
+    progress: bool = True,
+) -> Path:
+    """Fit `mfcc-kmeans` or `mel-rvq` centroids on a SynthDASB directory -> out_dir.
+
+    Streams the `audio` of every row of `tasks` (default: all SynthDASB tasks) x `splits`,
+    computes the tokenizer's features, keeps a uniform reservoir sample of at most
+    `max_frames` frames, and fits k-means (mel-rvq: `num_codebooks` residual stages, stage j
+    on what stages < j left over, seed + j). Writes centroids.safetensors (mfcc-kmeans:
+    centroids [k, 26], mfcc_mean [13], mfcc_std [13]; mel-rvq: codebooks [K, k, 80]) and
+    card.json. `batch_size` / `max_steps` are the k-means minibatch settings.
+    """
+    from mmllm.data.schema import TASKS
+
+    if name not in OFFLINE_TOKENIZERS:
+        raise ValueError(
+            f"fit_offline_tokenizer: unknown offline tokenizer {name!r}; known: {OFFLINE_TOKENIZERS}"
+        )
+    if name == "mfcc-kmeans" and num_codebooks != 1:
+        raise ValueError(f"mfcc-kmeans has one codebook, got num_codebooks={num_codebooks}")
+    if num_codebooks < 1:
+        raise ValueError(f"{name}: num_codebooks must be >= 1, got {num_codebooks}")
+    tasks = tuple(TASKS if tasks is None else tasks)
+    run_device = torch.device(device)
+    stats = _MfccStats() if name == "mfcc-kmeans" else None
+    seen = 0
+
+    def counted(batches: Iterator[torch.Tensor]) -> Iterator[torch.Tensor]:
+        nonlocal seen
+        for batch in batches:
+            seen += batch.shape[0]
+            yield batch
+
+    waveforms = _corpus_waveforms(data_dir, splits, tasks)
+    frames = sample_frames(
+        counted(_feature_batches(name, waveforms, run_device, stats)), max_frames, seed
+    )
+    frames = frames.to(run_device)
+    fit = {"seed": seed, "batch_size": batch_size, "max_steps": max_steps, "progress": progress}
+    tensors: dict[str, torch.Tensor] = {}
+    if name == "mfcc-kmeans":
+        mean, std = stats.mean_std()
+        frames = stack_mfcc(frames.reshape(-1, MFCC_STACK, N_MFCC), mean, std).squeeze(1)
+        result = fit_kmeans(frames, k, **fit)
+        tensors = {"centroids": result.centroids, "mfcc_mean": mean, "mfcc_std": std}
+        inertia: list[float] = [result.inertia]
+        source = "13 MFCC (40 mels, 25 ms / 10 ms), mean/var normalised, 2 frames stacked (50 Hz)"
+    else:
+        residual = frames
+        codebooks, inertia = [], []
+        for stage in range(num_codebooks):
+            result = fit_kmeans(residual, k, **{**fit, "seed": seed + stage})
+            residual = residual - result.centroids[assign(residual, result.centroids)]
+            codebooks.append(result.centroids)
+            inertia.append(result.inertia)
+        tensors = {"codebooks": torch.stack(codebooks)}
+        source = "80-bin log-mel (64 ms / 20 ms, 50 Hz), residual k-means"
+    card = {
+        "tokenizer": name,
+        "feature_source": source,
+        "features": FEATURE_SPECS[name],
+        "layers": [],
+        "k": k,
+        "num_codebooks": num_codebooks,
+        "data": str(data_dir),
+        "splits": list(splits),
+        "tasks": list(tasks),
+        "num_frames": int(frames.shape[0]),
+        "frames_seen": seen,
+        "inertia": inertia,  # per stage: mean squared distance (residual energy after stage j)
+        "seed": seed,
+        "kmeans": {"batch_size": batch_size, "max_steps": max_steps},
+    }
+    out_dir = Path(out_dir)
+    save_centroids(out_dir, tensors, card)
+    return out_dir
+
+
+def fit_offline_from_config(
+    cfg: TokenizerConfig,
+    data_dir: str | Path,
+    out_dir: str | Path,
+    max_frames: int,
+    seed: int,
+    splits: Sequence[str] = ("train",),
+    tasks: Sequence[str] | None = None,
+    progress: bool = True,
+) -> tuple[Path, TokenizerConfig]:
+    """fit_offline_tokenizer with k / num_codebooks / device from `cfg` (or the backend's
+    defaults) -> (out_dir, the config resolved to use these centroids)."""
+    k = cfg.codebook_size or DEFAULT_CODEBOOK_SIZE[cfg.name]
+    num_codebooks = cfg.num_codebooks or DEFAULT_NUM_CODEBOOKS[cfg.name]
+    out = fit_offline_tokenizer(
+        cfg.name,
+        data_dir,
+        out_dir,
+        k,
+        num_codebooks,
+        max_frames,
+        seed,
+        splits,
+        tasks,
+        device=cfg.device,
+        progress=progress,
+    )
+    resolved = dataclasses.replace(
+        cfg,
+        centroids=str(out),
+        codebook_size=k,
+        num_codebooks=None if cfg.name == "mfcc-kmeans" else num_codebooks,
+    )
+    return out, resolved
+
+
+__all__ = [
+    "PAD_CODE",
+    "MelRvqTokenizer",
+    "MfccKMeansTokenizer",
+    "fit_offline_from_config",
+    "fit_offline_tokenizer",
+    "log_mel_frames",
+    "mfcc_frames",
+]

@@ -1,0 +1,270 @@
+"""Offline tokenizers (mfcc-kmeans, mel-rvq): fitting on SynthDASB tiny, encode, decode."""
+
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from mmllm.audio import decode_audio_value, mfcc
+from mmllm.config import load_config
+from mmllm.data.synth import SynthConfig, build, load_task
+from mmllm.tokenizers import PAD_CODE, TokenizerConfig, build_tokenizer
+from mmllm.tokenizers.backends.offline import (
+    fit_offline_tokenizer,
+    log_mel_frames,
+    mfcc_frames,
+)
+from mmllm.tokenizers.base import pad_batch
+
+ROOT = Path(__file__).resolve().parents[2]
+K = 32
+TASKS = ("asr", "sid")
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("synth") / "tiny"
+    return build(SynthConfig.from_name("tiny", tasks=list(TASKS)), out, workers=2)
+
+
+def _fit(corpus: Path, out: Path, name: str, num_codebooks: int) -> Path:
+    return fit_offline_tokenizer(
+        name,
+        corpus,
+        out,
+        k=K,
+        num_codebooks=num_codebooks,
+        max_frames=8000,
+        seed=0,
+        tasks=TASKS,
+        max_steps=60,
+        progress=False,
+    )
+
+
+@pytest.fixture(scope="module")
+def mfcc_dir(corpus, tmp_path_factory) -> Path:
+    return _fit(corpus, tmp_path_factory.mktemp("mfcc") / "km", "mfcc-kmeans", 1)
+
+
+@pytest.fixture(scope="module")
+def rvq_dir(corpus, tmp_path_factory) -> Path:
+    return _fit(corpus, tmp_path_factory.mktemp("rvq") / "km", "mel-rvq", 4)
+
+
+@pytest.fixture(scope="module")
+def tokenizers(mfcc_dir, rvq_dir) -> dict:
+    return {
+        "mfcc-kmeans": build_tokenizer(
+            TokenizerConfig(name="mfcc-kmeans", centroids=str(mfcc_dir))
+        ),
+        "mel-rvq": build_tokenizer(TokenizerConfig(name="mel-rvq", centroids=str(rvq_dir))),
+    }
+
+
+@pytest.fixture(scope="module")
+def held_out(corpus) -> list[torch.Tensor]:
+    """Test-split speech (never fitted on) cropped to 0.31 s, 1.0 s and 0.77 s."""
+    rows = load_task(corpus, "asr")["test"]
+    speech = [torch.from_numpy(decode_audio_value(row["audio"])) for row in rows]
+    speech = [s for s in speech if s.numel() >= 24000][:3]
+    start = 3200  # skip the leading silence
+    return [s[start : start + n] for s, n in zip(speech, (4960, 16000, 12320), strict=True)]
+
+
+def test_fit_writes_centroids_and_card(mfcc_dir, rvq_dir, corpus):
+    for directory, name, tensors in (
+        (mfcc_dir, "mfcc-kmeans", {"centroids": [K, 26], "mfcc_mean": [13], "mfcc_std": [13]}),
+        (rvq_dir, "mel-rvq", {"codebooks": [4, K, 80]}),
+    ):
+        card = json.loads((directory / "card.json").read_text())
+        assert card["tokenizer"] == name and card["k"] == K and card["seed"] == 0
+        assert card["tensors"] == tensors
+        assert card["data"] == str(corpus) and card["tasks"] == list(TASKS)
+        assert card["splits"] == ["train"] and card["layers"] == []
+        assert card["num_frames"] == 8000 < card["frames_seen"]  # reservoir-sampled
+        assert card["feature_source"] and card["date"]
+    rvq_inertia = json.loads((rvq_dir / "card.json").read_text())["inertia"]
+    assert len(rvq_inertia) == 4
+    assert all(a > b for a, b in zip(rvq_inertia, rvq_inertia[1:], strict=False)), rvq_inertia
+
+
+def test_properties(tokenizers, rvq_dir):
+    mfcc_tok, rvq_tok = tokenizers["mfcc-kmeans"], tokenizers["mel-rvq"]
+    for tok in (mfcc_tok, rvq_tok):
+        assert tok.sample_rate == 16000 and tok.frame_rate_hz == 50 and tok.codebook_size == K
+    assert (mfcc_tok.num_codebooks, rvq_tok.num_codebooks) == (1, 4)
+    assert mfcc_tok.bitrate_bps == 1 * math.log2(K) * 50 == 250.0
+    assert rvq_tok.bitrate_bps == 4 * math.log2(K) * 50 == 1000.0
+    assert not mfcc_tok.can_decode and rvq_tok.can_decode
+    two = build_tokenizer(TokenizerConfig(name="mel-rvq", centroids=str(rvq_dir), num_codebooks=2))
+    assert two.num_codebooks == 2 and two.bitrate_bps == 500.0
+
+
+@pytest.mark.parametrize("name", ["mfcc-kmeans", "mel-rvq"])
+def test_batched_encode_equals_one_by_one(tokenizers, held_out, name):
+    tok = tokenizers[name]
+    items = [*held_out, held_out[0][:100]]  # plus a 100-sample item (shorter than a window)
+    wav, lengths = pad_batch(items)
+    codes, frame_lengths = tok.encode(wav, lengths)
+    assert frame_lengths.tolist() == [16, 50, 39, 1]  # ceil(T / 320)
+    assert codes.shape == (4, tok.num_codebooks, 50) and codes.dtype == torch.long
+    for b, item in enumerate(items):
+        alone, alone_lengths = tok.encode(item[None], torch.tensor([item.numel()]))
+        assert alone.shape == (1, tok.num_codebooks, int(frame_lengths[b]))
+        assert alone_lengths.tolist() == [int(frame_lengths[b])]
+        assert torch.equal(codes[b, :, : int(frame_lengths[b])], alone[0]), f"item {b}"
+        assert (codes[b, :, int(frame_lengths[b]) :] == PAD_CODE).all()
+        valid = alone[0]
+        assert int(valid.min()) >= 0 and int(valid.max()) < K
+    # Real speech uses many units, not a handful.
+    assert codes[1, 0].unique().numel() >= 8
+
+
+def test_empty_item_in_batch(tokenizers, held_out):
+    wav, lengths = pad_batch([held_out[0], torch.zeros(0)])
+    codes, frame_lengths = tokenizers["mel-rvq"].encode(wav, lengths)
+    assert frame_lengths.tolist() == [16, 0] and (codes[1] == PAD_CODE).all()
+
+
+def test_mfcc_features_match_reference_mfcc(held_out):
+    item = held_out[1]
+    ours, frame_lengths = mfcc_frames(item[None], torch.tensor([item.numel()]))
+    reference = mfcc(item).T  # centred STFT with reflect padding: 101 frames
+    assert ours.shape == (1, 2 * int(frame_lengths[0]), 13) == (1, 100, 13)
+    torch.testing.assert_close(ours[0], reference[:100], atol=1e-3, rtol=1e-4)
+
+
+def test_rvq_error_falls_with_every_codebook(tokenizers, held_out):
+    tok = tokenizers["mel-rvq"]
+    wav, lengths = pad_batch(held_out)
+    target, frame_lengths = log_mel_frames(wav, lengths)
+    codes, _ = tok.encode(wav, lengths)
+    valid = torch.arange(50)[None, :] < frame_lengths[:, None]
+    errors = []
+    for used in range(1, 5):
+        rebuilt = tok.reconstruct_log_mel(codes[:, :used], frame_lengths)
+        errors.append(float((rebuilt - target)[valid].square().mean()))
+    assert all(a > b for a, b in zip(errors, errors[1:], strict=False)), errors
+    assert errors[-1] < 0.6 * errors[0], errors
+
+
+def test_decode_length_and_spectrum(tokenizers, held_out):
+    tok = tokenizers["mel-rvq"]
+    wav, lengths = pad_batch(held_out)
+    codes, frame_lengths = tok.encode(wav, lengths)
+    audio, audio_lengths = tok.decode(codes, frame_lengths)
+    assert audio.shape == (3, 50 * 320) and audio.dtype == torch.float32
+    assert audio_lengths.tolist() == [16 * 320, 50 * 320, 39 * 320]
+    assert (audio[0, 16 * 320 :] == 0).all() and torch.isfinite(audio).all()
+    original, _ = log_mel_frames(wav, lengths)
+    decoded, _ = log_mel_frames(audio, audio_lengths)
+    for b, frames in enumerate(frame_lengths.tolist()):
+        pair = torch.stack([original[b, :frames].flatten(), decoded[b, :frames].flatten()])
+        assert float(torch.corrcoef(pair)[0, 1]) > 0.8, b
+    again, _ = tok.decode(codes, frame_lengths)
+    assert torch.equal(audio, again), "Griffin-Lim uses a fixed seed"
+
+
+def test_mfcc_kmeans_cannot_decode(tokenizers):
+    with pytest.raises(NotImplementedError, match="cannot decode"):
+        tokenizers["mfcc-kmeans"].decode(torch.zeros(1, 1, 3, dtype=torch.long), torch.tensor([3]))
+
+
+def test_missing_centroids_errors_name_key_and_command(tmp_path):
+    with pytest.raises(
+        ValueError, match="config key 'centroids' is unset.*tokenizers/fit_kmeans.py"
+    ):
+        build_tokenizer(TokenizerConfig(name="mel-rvq"))
+    with pytest.raises(
+        FileNotFoundError, match=f"'centroids' names {tmp_path / 'nope'}.*fit_kmeans.py"
+    ):
+        build_tokenizer(TokenizerConfig(name="mfcc-kmeans", centroids=str(tmp_path / "nope")))
+
+
+def test_config_mismatches_are_refused(mfcc_dir, rvq_dir):
+    with pytest.raises(ValueError, match="'codebook_size' is 500 but .* k=32"):
+        build_tokenizer(
+            TokenizerConfig(name="mfcc-kmeans", centroids=str(mfcc_dir), codebook_size=500)
+        )
+    with pytest.raises(ValueError, match="fitted for 'mfcc-kmeans', not 'mel-rvq'"):
+        build_tokenizer(TokenizerConfig(name="mel-rvq", centroids=str(mfcc_dir)))
+    with pytest.raises(ValueError, match="'num_codebooks' is 5 but .* holds 4"):
+        build_tokenizer(TokenizerConfig(name="mel-rvq", centroids=str(rvq_dir), num_codebooks=5))
+    with pytest.raises(ValueError, match="'deduplicate' is not supported"):
+        build_tokenizer(
+            TokenizerConfig(name="mfcc-kmeans", centroids=str(mfcc_dir), deduplicate=True)
+        )
+    with pytest.raises(ValueError, match="'weights' is not used"):
+        build_tokenizer(TokenizerConfig(name="mel-rvq", centroids=str(rvq_dir), weights="x"))
+    with pytest.raises(ValueError, match=r"options\.hop"):
+        build_tokenizer(TokenizerConfig(name="mel-rvq", centroids=str(rvq_dir), options={"hop": 1}))
+
+
+@pytest.mark.parametrize(
+    ("name", "k", "codebooks"), [("mfcc-kmeans", 500, None), ("mel-rvq", 256, 4)]
+)
+def test_shipped_configs_load(name, k, codebooks):
+    cfg = load_config(TokenizerConfig, ROOT / "configs" / "tokenizers" / f"{name}.yaml")
+    assert (cfg.name, cfg.codebook_size, cfg.num_codebooks) == (name, k, codebooks)
+    assert cfg.centroids == f"runs/tokenizers/{name}"
+
+
+def _script():
+    spec = importlib.util.spec_from_file_location(
+        "fit_kmeans_script", ROOT / "tokenizers" / "fit_kmeans.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_fit_script_writes_loadable_config(corpus, tmp_path, held_out):
+    out = tmp_path / "mfcc"
+    rc = _script().main(
+        [
+            "--tokenizer",
+            str(ROOT / "configs/tokenizers/mfcc-kmeans.yaml"),
+            "--data",
+            str(corpus),
+            "--out",
+            str(out),
+            "--max-frames",
+            "3000",
+            "--tasks",
+            "asr",
+            "codebook_size=16",
+        ]
+    )
+    assert rc == 0
+    assert sorted(p.name for p in out.iterdir()) == [
+        "card.json",
+        "centroids.safetensors",
+        "config.yaml",
+    ]
+    cfg = load_config(TokenizerConfig, out / "config.yaml")
+    assert (cfg.centroids, cfg.codebook_size) == (str(out), 16)
+    tok = build_tokenizer(cfg)
+    codes, _ = tok.encode(held_out[1][None], torch.tensor([16000]))
+    assert codes.shape == (1, 1, 50) and int(codes.max()) < 16
+    assert json.loads((out / "card.json").read_text())["num_frames"] <= 3000
+
+
+def test_fit_script_errors(tmp_path, corpus, capsys):
+    config = tmp_path / "encodec.yaml"
+    config.write_text("name: encodec\nbandwidth_kbps: 6.0\n")
+    assert (
+        _script().main(
+            ["--tokenizer", str(config), "--data", str(corpus), "--out", str(tmp_path / "o")]
+        )
+        == 2
+    )
+    assert "'encodec' has no k-means centroids to fit" in capsys.readouterr().err
+    mfcc_config = str(ROOT / "configs/tokenizers/mfcc-kmeans.yaml")
+    assert (
+        _script().main(["--tokenizer", mfcc_config, "--data", str(corpus), "codebook_sise=3"]) == 2
+    )
+    assert "codebook_sise" in capsys.readouterr().err
