@@ -438,17 +438,24 @@ def _corpus_waveforms(
     data_dir: str | Path, splits: Sequence[str], tasks: Sequence[str]
 ) -> Iterator[torch.Tensor]:
     """Every `audio` cell of the given SynthDASB tasks and splits -> wav [T] float32 16 kHz."""
+    from tqdm import tqdm
+
     from mmllm.data.synth import load_task
 
-    for task in tasks:
-        dataset = load_task(data_dir, task)
-        for split in splits:
-            if split not in dataset:
-                raise KeyError(f"{data_dir}/{task}: no split {split!r} (has {list(dataset)})")
-            rows = dataset[split].select_columns(["id", "audio"])
-            for row in rows:
-                wav = decode_audio_value(row["audio"], SAMPLE_RATE, name=row["id"])
-                yield torch.from_numpy(wav)
+    datasets = {task: load_task(data_dir, task) for task in tasks}
+    for task, dataset in datasets.items():
+        missing = [split for split in splits if split not in dataset]
+        if missing:
+            raise KeyError(f"{data_dir}/{task}: no split {missing[0]!r} (has {list(dataset)})")
+    total = sum(datasets[task][split].num_rows for task in tasks for split in splits)
+    with tqdm(total=total, desc="features", unit="row") as bar:
+        for dataset in datasets.values():
+            for split in splits:
+                for row in dataset[split].select_columns(["id", "audio"]):
+                    yield torch.from_numpy(
+                        decode_audio_value(row["audio"], SAMPLE_RATE, name=row["id"])
+                    )
+                    bar.update()
 
 
 @dataclasses.dataclass
