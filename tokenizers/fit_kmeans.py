@@ -56,16 +56,17 @@ def main(argv: list[str] | None = None) -> int:
             cfg, args.data, out, args.max_frames, args.seed, splits=splits, tasks=tasks
         )
     elif cfg.name.endswith("-kmeans"):
-        try:
-            from mmllm.tokenizers.backends.ssl import fit_ssl_kmeans
-        except ImportError:
+        from mmllm.tokenizers.backends.ssl import fit_ssl_kmeans
+
+        if len(splits) != 1:
             print(
-                f"error: {cfg.name}: mmllm.tokenizers.backends.ssl has no fit_ssl_kmeans yet; "
-                "SSL k-means fitting is not available in this version",
+                f"error: {cfg.name}: SSL k-means fits on one split, got --splits {args.splits}",
                 file=sys.stderr,
             )
             return 2
-        fit_ssl_kmeans(cfg, args.data, out, args.max_frames, args.seed)
+        fit_ssl_kmeans(
+            cfg, args.data, out, args.max_frames, args.seed, tasks=tasks, split=splits[0]
+        )
         resolved = dataclasses.replace(cfg, centroids=str(out))
     else:
         print(f"error: tokenizer {cfg.name!r} has no k-means centroids to fit", file=sys.stderr)

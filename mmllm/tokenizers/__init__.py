@@ -12,4 +12,11 @@ from mmllm.tokenizers.base import (
     register_tokenizer,
 )
 
-__all__ = ["PAD_CODE", "TOKENIZERS", "AudioTokenizer", "TokenizerConfig", "build_tokenizer", "register_tokenizer"]
+__all__ = [
+    "PAD_CODE",
+    "TOKENIZERS",
+    "AudioTokenizer",
+    "TokenizerConfig",
+    "build_tokenizer",
+    "register_tokenizer",
+]

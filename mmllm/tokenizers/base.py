@@ -85,7 +85,9 @@ class AudioTokenizer(ABC):
     def encode(self, wav: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """wav [B, T] float32 at `sample_rate`, lengths [B] -> (codes [B, K, F] int64, frame_lengths [B])."""
 
-    def decode(self, codes: torch.Tensor, frame_lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def decode(
+        self, codes: torch.Tensor, frame_lengths: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """codes [B, K, F], frame_lengths [B] -> (wav [B, T] at `sample_rate`, lengths [B])."""
         raise NotImplementedError(
             f"tokenizer {self.name!r} cannot decode; configure a vocoder (tokenizers/train_vocoder.py)"
@@ -140,4 +142,6 @@ def pad_batch(waveforms: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor
 def mask_padding(codes: torch.Tensor, frame_lengths: torch.Tensor) -> torch.Tensor:
     """Set frames at or beyond each item's length to PAD_CODE. codes [B, K, F]."""
     frames = torch.arange(codes.shape[-1], device=codes.device)
-    return codes.masked_fill(frames[None, None, :] >= frame_lengths[:, None, None].to(codes.device), PAD_CODE)
+    return codes.masked_fill(
+        frames[None, None, :] >= frame_lengths[:, None, None].to(codes.device), PAD_CODE
+    )

@@ -9,4 +9,11 @@ from mmllm.tokenizers.base import TokenizerConfig
 
 if __name__ == "__main__":
     data, out, tasks = sys.argv[1], sys.argv[2], sys.argv[3].split(",")
-    extract_corpus(TokenizerConfig(name="test-energy"), data, out, tasks=tasks, rows_per_part=4, max_batch_seconds=4)
+    extract_corpus(
+        TokenizerConfig(name="test-energy"),
+        data,
+        out,
+        tasks=tasks,
+        rows_per_part=4,
+        max_batch_seconds=4,
+    )

@@ -4,4 +4,4 @@ Backends that need optional packages import them lazily, inside the constructor,
 this import never fails; building such a backend without its package gives a clear error.
 """
 
-from mmllm.tokenizers.backends import compression, offline, ssl, speechtokenizer  # noqa: F401
+from mmllm.tokenizers.backends import compression, offline, speechtokenizer, ssl  # noqa: F401
