@@ -147,13 +147,13 @@ def main(argv: list[str] | None = None) -> int:
         print(name, "cache", results["backends"][name]["cache"], flush=True)
     encodec = results["backends"]["encodec-6kbps"]
     results["targets"] = {
-        "encodec_batched_over_one_by_one >= 3": encodec["batched_over_one_by_one"] >= 3,
-        "cache_read_over_encode >= 100": all(
-            b["cache"]["read_over_encode_speedup"] >= 100
-            for b in results["backends"].values()
-            if "cache" in b
-        ),
-    }
+        "encodec batched / one-by-one >= 3": encodec["batched_over_one_by_one"],
+        "met: encodec batched": encodec["batched_over_one_by_one"] >= 3,
+        **{f"{name} cache read / re-encode >= 100": b["cache"]["read_over_encode_speedup"]
+           for name, b in results["backends"].items() if "cache" in b},
+        **{f"met: {name} cache": b["cache"]["read_over_encode_speedup"] >= 100
+           for name, b in results["backends"].items() if "cache" in b},
+    }  # fmt: skip
     args.out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(args.out, json.dumps(results, indent=1))
     print(json.dumps(results["targets"], indent=1), "->", args.out)

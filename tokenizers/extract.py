@@ -26,7 +26,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tasks", default=None, help="comma-separated tasks (default: all found)")
     parser.add_argument("--splits", default="train,valid,test")
     parser.add_argument("--rows-per-part", type=int, default=256, help="rows per resumable part")
-    parser.add_argument("--batch-seconds", type=float, default=120.0, help="padded audio per batch")
+    parser.add_argument(
+        "--batch-seconds",
+        type=float,
+        default=None,
+        help="padded audio per batch (default: 120 on GPU, 8 on CPU)",
+    )
     parser.add_argument(
         "overrides", nargs="*", metavar="KEY=VALUE", help="tokenizer config overrides"
     )

@@ -269,7 +269,7 @@ def extract_corpus(
     tasks: list[str] | None = None,
     splits: tuple[str, ...] = ("train", "valid", "test"),
     rows_per_part: int = 256,
-    max_batch_seconds: float = 120.0,
+    max_batch_seconds: float | None = None,
 ) -> Path:
     """Encode every task/split of a corpus directory (task subfolders of DatasetDicts) once.
 
@@ -302,6 +302,10 @@ def extract_corpus(
         )
         save_config(cfg, out)
     state.wait_for_everyone()
+    if max_batch_seconds is None:
+        # bench/tokenize.py: on CPU, big padded batches of conv codecs run slower than small
+        # ones (memory bound); on GPUs batching pays.
+        max_batch_seconds = 120.0 if torch.cuda.is_available() else 8.0
     max_batch_samples = int(max_batch_seconds * tokenizer.sample_rate)
     totals = {"audio_seconds": 0.0, "skipped": 0}
     started = time.perf_counter()
