@@ -4,6 +4,8 @@ Pretrained backends are tiny random-init models of the real transformers classes
 in test_compression.py / test_ssl.py); k-means backends are fitted on the corpus itself.
 """
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -59,9 +61,7 @@ def configs(synth_tiny, tmp_path_factory) -> dict[str, TokenizerConfig]:
         tasks=["ks"],
         progress=False,
     )
-    out["wavlm-kmeans"] = TokenizerConfig(
-        **{**ssl.__dict__, "centroids": str(root / "wavlm-centroids")}
-    )
+    out["wavlm-kmeans"] = dataclasses.replace(ssl, centroids=str(root / "wavlm-centroids"))
     return out  # fmt: skip
 
 
