@@ -31,6 +31,7 @@ from mmllm.audio import decode_audio_value
 from mmllm.data.cache import CachedSplit, extract_corpus
 from mmllm.data.synth import SynthConfig, build, load_task
 from mmllm.fileio import atomic_write_text
+from mmllm.runtime import keep_freed_memory
 from mmllm.tokenizers.base import TokenizerConfig, build_tokenizer, pad_batch
 
 
@@ -84,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--out", type=Path, default=Path("bench/results/tokenize.json"))
     args = parser.parse_args(argv)
+    results_malloc = keep_freed_memory()  # as extract.py does (mmllm/runtime.py)
     torch.manual_seed(0)
     work = Path(tempfile.mkdtemp(prefix="mmllm-bench-"))
     data = args.data or build(SynthConfig.from_name("tiny"), work / "synth")
@@ -105,7 +107,11 @@ def main(argv: list[str] | None = None) -> int:
         "mimi-8": TokenizerConfig(name="mimi", weights=pretrained_random("mimi", work), num_codebooks=8),
     }  # fmt: skip
     results: dict = {
-        "machine": {"platform": platform.platform(), "threads": torch.get_num_threads()},
+        "machine": {
+            "platform": platform.platform(),
+            "threads": torch.get_num_threads(),
+            "glibc_keep_freed_memory": results_malloc,
+        },
         "audio_seconds_per_measurement": args.seconds,
         "batch_size": args.batch_size,
         "backends": {},

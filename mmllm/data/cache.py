@@ -38,6 +38,7 @@ from tqdm import tqdm
 from mmllm.audio import AudioError, decode_audio_value
 from mmllm.config import config_hash, config_to_dict
 from mmllm.fileio import atomic_write_bytes, atomic_write_text
+from mmllm.runtime import keep_freed_memory
 from mmllm.tokenizers.base import AudioTokenizer, TokenizerConfig, pad_batch
 
 CACHE_CARD = "cache.json"
@@ -284,6 +285,7 @@ def extract_corpus(
 
     # cpu=True lets torchrun's processes form a gloo group on machines without a GPU.
     state = PartialState(cpu=not torch.cuda.is_available())
+    keep_freed_memory()  # large activations without page faults (see mmllm/runtime.py)
     data_dir, out = Path(data_dir), Path(out)
     tasks = tasks or sorted(
         p.name for p in data_dir.iterdir() if (p / "dataset_dict.json").is_file()

@@ -1,0 +1,35 @@
+"""Process-level settings for heavy CPU jobs.
+
+glibc serves every allocation above its mmap threshold (at most 32 MB) with a fresh mmap
+and unmaps it on free, so each large activation tensor costs page faults on first touch.
+Convolutional codecs on long audio allocate such tensors in every layer: in
+bench/tokenize.py the kernel time exceeded half the wall time. Keeping freed memory in the
+heap instead makes EnCodec's encoder 1.3x faster one item at a time and 2.5x faster on a
+batch of 8 (8 x 3 s: 0.89 s -> 0.69 s and 1.51 s -> 0.61 s on 2 cores). The cost: the
+process keeps its peak memory until it exits, which suits batch jobs (extraction, benches).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import sys
+
+M_TRIM_THRESHOLD = -1  # mallopt parameters from glibc's malloc.h
+M_MMAP_MAX = -4
+
+
+def keep_freed_memory() -> bool:
+    """Ask glibc to serve large allocations from the heap and keep freed memory (Linux only).
+
+    Returns whether the setting was applied (False on other C libraries or platforms).
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    return bool(mallopt(M_MMAP_MAX, 0)) and bool(mallopt(M_TRIM_THRESHOLD, 2**31 - 1))
