@@ -118,6 +118,8 @@ def save_report(report: dict, out_dir: str | Path) -> tuple[Path, Path]:
     axes[0].set(title="code perplexity", xlabel="codebook", ylabel="exp(entropy)")
     axes[1].bar(index, [b["purity"] or 0.0 for b in books], color="tab:orange")
     axes[1].set(title="word purity", xlabel="codebook", ylim=(0, 1))
+    for axis in axes:
+        axis.set_xticks(index)  # one integer tick per codebook
     fig.suptitle(
         f"{report['tokenizer']} on {report['task']}/{report['split']} ({report['bitrate_bps']:.0f} bps)"
     )
