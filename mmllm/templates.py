@@ -1,0 +1,195 @@
+"""Every prompt format in one place: corpus rows -> (prompt ids, target ids).
+
+Task rows (prompt -> target; AUDIO(x) = <|audio_start|> codes of x <|audio_end|>):
+
+    asr          <|task_asr|> AUDIO(in) <|text|>                      -> transcript <|eos_task|>
+    ks ic er sid <|task_x|>   AUDIO(in) <|text|>                      -> label <|eos_task|>
+    sv           <|task_sv|>  AUDIO(enrollment) <|sep|> AUDIO(in) <|text|> -> yes|no <|eos_task|>
+    tts          <|task_tts|> <|text|> transcript <|sep|> speaker <|speech|> -> AUDIO(out) <|eos_task|>
+    se           <|task_se|>  AUDIO(noisy) <|speech|>                 -> AUDIO(clean) <|eos_task|>
+    ss           <|task_ss|>  AUDIO(mixture) <|speech|>      -> AUDIO(source 1) <|sep|> AUDIO(source 2) <|eos_task|>
+
+Unconditional LM documents (loss on every token): `text` (<|text|> words <|eos_task|>),
+`audio` (<|speech|> AUDIO <|eos_task|>) and `interleaved`, SpiritLM-style: the utterance is
+cut at word boundaries (from the corpus alignments) into spans of 1-5 words that alternate
+between <|text|> words and <|speech|> AUDIO of the frames those words cover.
+
+Input audio uses the `input_tokenizer`'s codes, output audio the `output_tokenizer`'s (they
+may differ, e.g. semantic in, compression out). Codes are laid out by a codebook pattern
+(`flatten` or `first`; `delay` needs the multi-stream model and is refused here). The same
+`render` without its target is the generation prompt (eval/dasb.py, mmllm.generate).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from mmllm.data.packing import Document
+from mmllm.patterns import get_pattern
+from mmllm.vocab import MultimodalVocab
+
+CodesLookup = Callable[[str], np.ndarray]  # key ("<id>" or "<id>#ref<j>") -> codes [K, F]
+LABEL_TASKS = ("ks", "ic", "er", "sid")
+LM_DOCUMENTS = ("text", "audio", "interleaved")
+SV_ANSWERS = {"same": "yes", "different": "no"}
+
+
+@dataclass
+class Rendered:
+    """A rendered example: the model reads `prompt` and must produce `target`."""
+
+    prompt: list[int]
+    target: list[int]
+    loss_on_prompt: bool = False  # True for LM documents: every token is a target
+
+    @property
+    def input_ids(self) -> list[int]:
+        return self.prompt + self.target
+
+    @property
+    def loss_mask(self) -> list[bool]:
+        return [self.loss_on_prompt] * len(self.prompt) + [True] * len(self.target)
+
+    def document(self, name: str, task: str) -> Document:
+        return Document(self.input_ids, self.loss_mask, name=name, task=task)
+
+
+class TemplateRenderer:
+    """Renders corpus rows with one vocabulary, one text tokenizer and one codebook pattern."""
+
+    def __init__(
+        self,
+        vocab: MultimodalVocab,
+        text_tokenizer,
+        input_tokenizer: str,
+        output_tokenizer: str | None = None,
+        pattern: str = "flatten",
+        frame_rate_hz: float = 50.0,
+    ) -> None:
+        if pattern == "delay":
+            raise ValueError(
+                "pattern 'delay' needs the multi-stream model; templates lay out flatten or first"
+            )
+        self.vocab = vocab
+        self.text_tokenizer = text_tokenizer
+        self.input_tokenizer = input_tokenizer
+        self.output_tokenizer = output_tokenizer or input_tokenizer
+        self.pattern = get_pattern(pattern)
+        self.frame_rate_hz = frame_rate_hz  # of the input tokenizer, to cut speech at word times
+        for name in (self.input_tokenizer, self.output_tokenizer):
+            vocab.block(name)  # fails early, naming the tokenizer, if the vocab lacks it
+
+    # ------------------------------------------------------------------ pieces
+
+    def text(self, text: str) -> list[int]:
+        return list(self.text_tokenizer.encode(text, add_special_tokens=False))
+
+    def audio_tokens(self, codes: np.ndarray, tokenizer: str) -> list[int]:
+        """codes [K, F] -> pattern-ordered audio ids (no start/end markers)."""
+        ids = self.vocab.audio_ids(tokenizer, torch.as_tensor(np.asarray(codes, dtype=np.int64)))
+        return self.pattern.build(ids, fill=self.vocab.pad_audio_id).reshape(-1).tolist()
+
+    def audio(self, codes: np.ndarray, tokenizer: str) -> list[int]:
+        """AUDIO(x): <|audio_start|> ids <|audio_end|>."""
+        return [
+            self.vocab.audio_start_id,
+            *self.audio_tokens(codes, tokenizer),
+            self.vocab.audio_end_id,
+        ]
+
+    # ------------------------------------------------------------------ rows
+
+    def render(
+        self, row: dict, input_codes: CodesLookup, output_codes: CodesLookup | None = None
+    ) -> Rendered:
+        """One corpus row of its task -> Rendered (loss on the target only)."""
+        output_codes = output_codes or input_codes
+        task, v = row["task"], self.vocab
+        start = [v.task_id(task)]
+        source = self.audio(input_codes(row["id"]), self.input_tokenizer) if task != "tts" else []
+        end = [v.eos_task_id]
+        if task == "asr":
+            return Rendered(start + source + [v.text_tag_id], self.text(row["text"]) + end)
+        if task in LABEL_TASKS:
+            return Rendered(start + source + [v.text_tag_id], self.text(row["label"]) + end)
+        if task == "sv":
+            enrollment = self.audio(input_codes(f"{row['id']}#ref0"), self.input_tokenizer)
+            prompt = start + enrollment + [v.sep_id] + source + [v.text_tag_id]
+            return Rendered(prompt, self.text(SV_ANSWERS[row["label"]]) + end)
+        if task == "tts":
+            prompt = (
+                start
+                + [v.text_tag_id]
+                + self.text(row["text"])
+                + [v.sep_id]
+                + self.text(row["speaker"])
+            )
+            target = self.audio(output_codes(row["id"]), self.output_tokenizer)
+            return Rendered(prompt + [v.speech_tag_id], target + end)
+        if task == "se":
+            clean = self.audio(output_codes(f"{row['id']}#ref0"), self.output_tokenizer)
+            return Rendered(start + source + [v.speech_tag_id], clean + end)
+        if task == "ss":
+            first = self.audio(output_codes(f"{row['id']}#ref0"), self.output_tokenizer)
+            second = self.audio(output_codes(f"{row['id']}#ref1"), self.output_tokenizer)
+            return Rendered(start + source + [v.speech_tag_id], first + [v.sep_id] + second + end)
+        raise ValueError(f"row {row['id']}: no template for task {task!r}")
+
+    # ------------------------------------------------------------------ LM documents
+
+    def lm_document(
+        self, kind: str, row: dict, input_codes: CodesLookup, seed: int = 0
+    ) -> Rendered:
+        """An unconditional document from a row with speech: text, audio or interleaved."""
+        v = self.vocab
+        if kind == "text":
+            return Rendered(
+                [v.text_tag_id] + self.text(row["text"]), [v.eos_task_id], loss_on_prompt=True
+            )
+        if kind == "audio":
+            speech = [v.speech_tag_id] + self.audio(input_codes(row["id"]), self.input_tokenizer)
+            return Rendered(speech, [v.eos_task_id], loss_on_prompt=True)
+        if kind == "interleaved":
+            return Rendered(
+                self.interleave(row, input_codes(row["id"]), seed),
+                [v.eos_task_id],
+                loss_on_prompt=True,
+            )
+        raise ValueError(f"unknown LM document kind {kind!r}; known: {LM_DOCUMENTS}")
+
+    def interleave(self, row: dict, codes: np.ndarray, seed: int = 0) -> list[int]:
+        """Word-level interleaving: spans of 1-5 words alternate text and speech (seeded per row)."""
+        words = row["words"]
+        if not words:
+            raise ValueError(
+                f"row {row['id']}: interleaving needs word alignments, and it has none"
+            )
+        rng = random.Random(f"{seed}-{row['id']}")
+        ids, index, speech = [], 0, rng.random() < 0.5
+        num_frames = codes.shape[1]
+        while index < len(words):
+            span = words[index : index + rng.randint(1, 5)]
+            following = (
+                words[index + len(span)]["start"] if index + len(span) < len(words) else None
+            )
+            if speech:
+                first = min(int(round(span[0]["start"] * self.frame_rate_hz)), num_frames)
+                last_time = following if following is not None else span[-1]["end"]
+                last = (
+                    num_frames
+                    if following is None
+                    else min(int(round(last_time * self.frame_rate_hz)), num_frames)
+                )
+                ids += [self.vocab.speech_tag_id] + self.audio(
+                    codes[:, first : max(last, first + 1)], self.input_tokenizer
+                )
+            else:
+                ids += [self.vocab.text_tag_id] + self.text(" ".join(w["word"] for w in span))
+            index += len(span)
+            speech = not speech
+        return ids
