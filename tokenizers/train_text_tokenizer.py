@@ -6,7 +6,7 @@
 Uses every non-empty train-split `text` of the tasks. Writes a Hugging Face tokenizer
 (`AutoTokenizer.from_pretrained(OUT)` loads it offline; <unk> <s> </s> <pad> = ids 0-3, byte
 fallback on), the raw `spm.model` and `text_tokenizer_card.json`. Logic:
-`mmllm.vocab.train_text_tokenizer`.
+`mmllm.text_tokenizer.train_text_tokenizer`.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tasks", default=",".join(TASKS), help="comma-separated SynthDASB tasks")
     args = parser.parse_args(argv)
 
-    from mmllm.vocab import synth_texts, train_text_tokenizer
+    from mmllm.text_tokenizer import synth_texts, train_text_tokenizer
 
     tasks = [t for t in args.tasks.split(",") if t]
     unknown = [t for t in tasks if t not in TASKS]
