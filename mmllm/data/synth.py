@@ -28,16 +28,18 @@ import multiprocessing
 import random
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
 import datasets
 import numpy as np
 import soundfile as sf
+import torch
 from datasets import DatasetDict, load_from_disk
 from tqdm import tqdm
 
+from mmllm.audio import decode_audio_value
 from mmllm.config import (
     ConfigError,
     add_config_arguments,
@@ -506,9 +508,33 @@ def load_task(root: str | Path, task: str) -> DatasetDict:
     return load_from_disk(str(path))
 
 
+def corpus_waveforms(
+    root: str | Path,
+    tasks: Sequence[str],
+    splits: Sequence[str],
+    sample_rate: int = OUTPUT_SAMPLE_RATE,
+) -> Iterator[torch.Tensor]:
+    """Every `audio` cell of `tasks` x `splits` of a corpus directory -> wav [T] float32 at
+    `sample_rate`, in order, with a progress bar (used to fit tokenizers on a corpus)."""
+    corpora = {task: load_task(root, task) for task in tasks}
+    for task, data in corpora.items():
+        missing = [split for split in splits if split not in data]
+        if missing:
+            raise KeyError(f"{root}/{task}: no split {missing[0]!r} (has {list(data)})")
+    total = sum(corpora[task][split].num_rows for task in tasks for split in splits)
+    with tqdm(total=total, desc="audio", unit="row") as bar:
+        for data in corpora.values():
+            for split in splits:
+                for row in data[split].select_columns(["id", "audio"]):
+                    yield torch.from_numpy(
+                        decode_audio_value(row["audio"], sample_rate, name=row["id"])
+                    )
+                    bar.update()
+
+
 def write_preview(root: Path, per_task: int) -> Path:
     """Write the first `per_task` test rows of each task as WAVs (refs too) plus an index."""
-    from mmllm.audio import decode_audio_value, write_wav
+    from mmllm.audio import write_wav
 
     folder = root / "preview"
     folder.mkdir(exist_ok=True)

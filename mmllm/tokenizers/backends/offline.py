@@ -40,7 +40,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from mmllm.audio import dct_matrix, decode_audio_value, mel_filters
+from mmllm.audio import dct_matrix, mel_filters
 from mmllm.tokenizers.base import (
     PAD_CODE,
     AudioTokenizer,
@@ -434,30 +434,6 @@ class MelRvqTokenizer(_OfflineTokenizer):
 # ----------------------------------------------------------------------------- fitting
 
 
-def _corpus_waveforms(
-    data_dir: str | Path, splits: Sequence[str], tasks: Sequence[str]
-) -> Iterator[torch.Tensor]:
-    """Every `audio` cell of the given SynthDASB tasks and splits -> wav [T] float32 16 kHz."""
-    from tqdm import tqdm
-
-    from mmllm.data.synth import load_task
-
-    datasets = {task: load_task(data_dir, task) for task in tasks}
-    for task, dataset in datasets.items():
-        missing = [split for split in splits if split not in dataset]
-        if missing:
-            raise KeyError(f"{data_dir}/{task}: no split {missing[0]!r} (has {list(dataset)})")
-    total = sum(datasets[task][split].num_rows for task in tasks for split in splits)
-    with tqdm(total=total, desc="features", unit="row") as bar:
-        for dataset in datasets.values():
-            for split in splits:
-                for row in dataset[split].select_columns(["id", "audio"]):
-                    yield torch.from_numpy(
-                        decode_audio_value(row["audio"], SAMPLE_RATE, name=row["id"])
-                    )
-                    bar.update()
-
-
 @dataclasses.dataclass
 class _MfccStats:
     """Running per-coefficient sums (float64) over every MFCC frame streamed past."""
@@ -561,7 +537,9 @@ def fit_offline_tokenizer(
             seen += batch.shape[0]
             yield batch
 
-    waveforms = _corpus_waveforms(data_dir, splits, tasks)
+    from mmllm.data.synth import corpus_waveforms  # datasets only when fitting
+
+    waveforms = corpus_waveforms(data_dir, tasks, splits, SAMPLE_RATE)
     frames = sample_frames(
         counted(_feature_batches(name, waveforms, run_device, stats)), max_frames, seed
     )

@@ -325,17 +325,10 @@ class Wav2Vec2KMeansTokenizer(SSLKMeansTokenizer):
 # ----------------------------------------------------------------------------- fitting
 
 
-def _synth_waveforms(
-    data_dir: str | Path, tasks: Sequence[str], split: str, counts: dict[str, int]
-) -> Iterator[torch.Tensor]:
-    from mmllm.audio import decode_audio_value
-    from mmllm.data.synth import load_task
-
-    for task in tasks:
-        rows = load_task(data_dir, task)[split]
-        for row in rows:
-            counts["rows"] += 1
-            yield torch.from_numpy(decode_audio_value(row["audio"], SAMPLE_RATE, name=row["id"]))
+def _counted(waveforms: Iterator[torch.Tensor], counts: dict[str, int]) -> Iterator[torch.Tensor]:
+    for wave in waveforms:
+        counts["rows"] += 1
+        yield wave
 
 
 def fit_ssl_kmeans(
@@ -378,8 +371,10 @@ def fit_ssl_kmeans(
                 yield torch.cat([f[i, :frames] for f in layer_features], dim=1)  # [n_i, L * D]
 
     def frame_batches() -> Iterator[torch.Tensor]:
+        from mmllm.data.synth import corpus_waveforms  # datasets only when fitting
+
         batch: list[torch.Tensor] = []
-        for wave in _synth_waveforms(data_dir, tasks, split, counts):
+        for wave in _counted(corpus_waveforms(data_dir, tasks, [split], SAMPLE_RATE), counts):
             batch.append(wave)
             if len(batch) == batch_size:
                 yield from item_frames(batch)
