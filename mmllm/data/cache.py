@@ -24,6 +24,7 @@ SS sources, SV enrollment) are streams "ref0", "ref1", ... (key = "<id>#ref<j>")
 
 from __future__ import annotations
 
+import io
 import json
 import time
 from collections.abc import Iterator
@@ -32,14 +33,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from datasets import Dataset
+from accelerate import PartialState
+from datasets import Dataset, load_from_disk
 from tqdm import tqdm
 
 from mmllm.audio import AudioError, decode_audio_value
-from mmllm.config import config_hash, config_to_dict
+from mmllm.config import config_hash, config_to_dict, save_config
 from mmllm.fileio import atomic_write_bytes, atomic_write_text
 from mmllm.runtime import keep_freed_memory
-from mmllm.tokenizers.base import AudioTokenizer, TokenizerConfig, pad_batch
+from mmllm.tokenizers.base import AudioTokenizer, TokenizerConfig, build_tokenizer, pad_batch
 
 CACHE_CARD = "cache.json"
 INDEX = "index.json"
@@ -87,15 +89,17 @@ def check_or_write_card(
 
 def _row_items(row: dict, index: int, sample_rate: int) -> list[AudioItem]:
     """Decode a row's audio streams; AudioError names the row id and stream."""
-    items = [AudioItem(row["id"], index, "audio", _decode(row["audio"], sample_rate, row["id"]))]
+    items = [
+        AudioItem(
+            row["id"], index, "audio", decode_audio_value(row["audio"], sample_rate, name=row["id"])
+        )
+    ]
     for j, ref in enumerate(row.get("refs") or []):
         key = f"{row['id']}#ref{j}"
-        items.append(AudioItem(key, index, f"ref{j}", _decode(ref, sample_rate, key)))
+        items.append(
+            AudioItem(key, index, f"ref{j}", decode_audio_value(ref, sample_rate, name=key))
+        )
     return items
-
-
-def _decode(value: dict, sample_rate: int, name: str) -> np.ndarray:
-    return decode_audio_value(value, target_sr=sample_rate, name=name)  # resampled by soxr
 
 
 def length_batches(items: list[AudioItem], max_batch_samples: int) -> Iterator[list[AudioItem]]:
@@ -126,8 +130,10 @@ def encode_items(
 
 def encode_part(
     tokenizer: AudioTokenizer, dataset: Dataset, rows: range, path: Path, max_batch_samples: int
-) -> dict:
-    """Encode rows of one part and write them (atomically) to `path` (.npz); return stats."""
+) -> float:
+    """Encode rows of one part and write them (atomically) to `path` (.npz).
+
+    Returns the seconds of audio encoded (skipped rows are recorded in the part's meta)."""
     items, skipped = [], []
     for index in rows:
         row = dataset[index]
@@ -141,15 +147,10 @@ def encode_part(
     meta = json.dumps({"entries": entries, "skipped": skipped})
     buffer = _npz_bytes(arrays | {"meta": np.frombuffer(meta.encode(), dtype=np.uint8)})
     atomic_write_bytes(path, buffer)
-    return {
-        "audio_seconds": sum(it.wav.size for it in items) / tokenizer.sample_rate,
-        "skipped": len(skipped),
-    }
+    return sum(it.wav.size for it in items) / tokenizer.sample_rate
 
 
 def _npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
-    import io
-
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)
     return buffer.getvalue()
@@ -177,16 +178,14 @@ def extract_split(
         for p in range(process_index, num_parts, num_processes)
         if not part_path(split_dir, p).is_file()
     ]
-    stats = {"parts": len(todo), "audio_seconds": 0.0, "skipped": 0}
+    stats = {"parts": len(todo), "audio_seconds": 0.0}
     started = time.perf_counter()
     with tqdm(total=len(todo) * rows_per_part, desc=desc, unit="row", disable=not todo) as bar:
         for part in todo:
             rows = range(part * rows_per_part, min((part + 1) * rows_per_part, len(dataset)))
-            part_stats = encode_part(
+            stats["audio_seconds"] += encode_part(
                 tokenizer, dataset, rows, part_path(split_dir, part), max_batch_samples
             )
-            stats["audio_seconds"] += part_stats["audio_seconds"]
-            stats["skipped"] += part_stats["skipped"]
             bar.update(len(rows))
             bar.set_postfix(
                 audio_s_per_s=f"{stats['audio_seconds'] / (time.perf_counter() - started):.0f}"
@@ -277,12 +276,6 @@ def extract_corpus(
     Runs sharded when launched with `accelerate launch --num_processes N`; safe to kill and
     rerun at any moment. Returns `out`.
     """
-    from accelerate import PartialState
-    from datasets import load_from_disk
-
-    from mmllm.config import save_config
-    from mmllm.tokenizers.base import build_tokenizer
-
     # cpu=True lets torchrun's processes form a gloo group on machines without a GPU.
     state = PartialState(cpu=not torch.cuda.is_available())
     keep_freed_memory()  # large activations without page faults (see mmllm/runtime.py)
