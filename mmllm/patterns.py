@@ -23,6 +23,11 @@ right by k steps, and the steps before the shift and after the end hold `fill`
                [-1, b0, b1, b2]]                            shape [K, F + K - 1]
     revert -> [[a0, a1, a2], [b0, b1, b2]]                  shape [K, F] (fills dropped)
 
+The model side of `delay` is `mmllm.multistream`: `audio_stream_rows` turns this span into
+per-step rows `[F + K - 1, K]` (fill = `<|pad_audio|>`), `build_stream_sequence` mixes them
+with text rows, and `MultiStreamLM` reads the K streams (learned softmax mix of the K input
+embeddings) and writes them (K output heads). Templates stay single-stream.
+
 `first` -- codebook 0 only, one stream of F tokens. Lossy for K > 1: revert gives back only
 codebook 0, as `[1, F]`, whatever `num_codebooks` is:
 
