@@ -137,9 +137,15 @@ def _is_meta(sp: Any, i: int) -> bool:
     return bool(sp.is_control(i) or sp.is_byte(i) or sp.is_unknown(i))
 
 
-def synth_texts(root: str | Path, tasks: Sequence[str] = TASKS, split: str = "train") -> list[str]:
-    """Every non-empty `text` of a SynthDASB corpus's split, task by task. Tasks absent on
-    disk are skipped; none present is an error."""
+def synth_texts(
+    root: str | Path,
+    tasks: Sequence[str] = TASKS,
+    split: str = "train",
+    columns: Sequence[str] = ("text",),
+) -> list[str]:
+    """Every non-empty value of `columns` (`text`; add `label` and `speaker` for a model that
+    must also write labels and read speaker names) of a SynthDASB corpus's split, task by
+    task. Tasks absent on disk are skipped; none present is an error."""
     from mmllm.data.synth import load_task
 
     texts = []
@@ -148,7 +154,9 @@ def synth_texts(root: str | Path, tasks: Sequence[str] = TASKS, split: str = "tr
         if not (Path(root) / task).is_dir():
             continue
         found += 1
-        texts.extend(t for t in load_task(root, task)[split]["text"] if t and t.strip())
+        dataset = load_task(root, task)[split]
+        for column in columns:
+            texts.extend(t for t in dataset[column] if t and t.strip())
     if not found:
         raise FileNotFoundError(f"{root}: none of the SynthDASB tasks {list(tasks)} found")
     return texts

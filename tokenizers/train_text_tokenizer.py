@@ -1,9 +1,11 @@
 """Train the small SentencePiece text tokenizer on a SynthDASB corpus's transcripts.
 
     python tokenizers/train_text_tokenizer.py --data data/synthdasb --out runs/tokenizers/text \
-        [--vocab-size 1024] [--model-type unigram|bpe] [--seed S] [--tasks asr,tts,...]
+        [--vocab-size 1024] [--model-type unigram|bpe] [--seed S] [--tasks asr,tts,...] \
+        [--columns text,label,speaker]
 
-Uses every non-empty train-split `text` of the tasks. Writes a Hugging Face tokenizer
+Uses every non-empty train-split value of the columns (transcripts, labels, speaker names:
+everything a prompted model reads or writes as text) of the tasks. Writes a Hugging Face tokenizer
 (`AutoTokenizer.from_pretrained(OUT)` loads it offline; <unk> <s> </s> <pad> = ids 0-3, byte
 fallback on), the raw `spm.model` and `text_tokenizer_card.json`. Logic:
 `mmllm.text_tokenizer.train_text_tokenizer`.
@@ -26,6 +28,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model-type", choices=("unigram", "bpe"), default="unigram")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--tasks", default=",".join(TASKS), help="comma-separated SynthDASB tasks")
+    parser.add_argument(
+        "--columns", default="text,label,speaker", help="comma-separated row columns to train on"
+    )
     args = parser.parse_args(argv)
 
     from mmllm.text_tokenizer import synth_texts, train_text_tokenizer
@@ -36,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: unknown task(s) {unknown}; expected some of {list(TASKS)}", file=sys.stderr)
         return 2
     try:
-        texts = synth_texts(args.data, tasks)
+        texts = synth_texts(args.data, tasks, columns=args.columns.split(","))
     except FileNotFoundError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

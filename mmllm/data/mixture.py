@@ -1,0 +1,184 @@
+"""Training documents from a corpus, its token caches and a mixture of sources.
+
+A *source* is either a task (`asr`, `ks`, ..., `tts`: its rows rendered by the task
+template, loss on the target) or an unconditional LM document kind (`text`, `audio`,
+`interleaved`: built from the `asr` rows, which carry transcript, speech and word
+alignments; loss on every token). The mixture gives each source a weight that reads as
+*passes over its rows per epoch*: 1.0 uses every row once, 0.25 a seeded quarter of them,
+2.5 every row twice plus a seeded half. Epoch e draws with seed (seed, e), so the documents
+of any epoch can be rebuilt exactly (resume depends on it).
+
+    caches = TokenCaches.open(input_dir, output_dir)     # token caches of tokenizers/extract.py
+    docs = mixture_documents(corpus, renderer, caches, {"asr": 1, "interleaved": 0.5},
+                             split="train", epoch=0, seed=0)
+    held_out = eval_documents(corpus, renderer, caches, ["asr", "tts"], per_source=32)
+
+Rows whose audio is missing from the cache (extraction skipped them as bad audio) are
+skipped and counted, never silently replaced.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+from mmllm.data.cache import CACHE_CARD, CachedSplit, CacheError
+from mmllm.data.packing import Document
+from mmllm.data.schema import TASKS
+from mmllm.data.synth import load_task
+from mmllm.templates import LM_DOCUMENTS, TemplateRenderer
+
+SOURCES: tuple[str, ...] = (*TASKS, *LM_DOCUMENTS)
+LM_ROWS_TASK = "asr"  # LM documents are built from these rows (speech + transcript + words)
+ROW_COLUMNS = ("id", "task", "text", "label", "speaker", "words")  # everything but the audio
+
+
+@dataclass(frozen=True)
+class CacheCard:
+    """What a token cache was built with (from its cache.json)."""
+
+    path: Path
+    name: str
+    num_codebooks: int
+    codebook_size: int
+    frame_rate_hz: float
+    tokenizer_hash: str
+
+    @classmethod
+    def read(cls, path: str | Path) -> CacheCard:
+        path = Path(path)
+        card_file = path / CACHE_CARD
+        if not card_file.is_file():
+            raise CacheError(
+                f"{path}: no token cache here (missing {CACHE_CARD}); run tokenizers/extract.py"
+            )
+        card = json.loads(card_file.read_text())
+        props = card["tokenizer_properties"]
+        return cls(
+            path,
+            props["name"],
+            props["num_codebooks"],
+            props["codebook_size"],
+            float(props["frame_rate_hz"]),
+            card["tokenizer_hash"],
+        )
+
+
+class TokenCaches:
+    """The input-audio cache and the output-audio cache (the same one unless they differ)."""
+
+    def __init__(self, input_card: CacheCard, output_card: CacheCard) -> None:
+        self.input, self.output = input_card, output_card
+        self._splits: dict[tuple[Path, str, str], CachedSplit] = {}
+
+    @classmethod
+    def open(cls, input_dir: str | Path, output_dir: str | Path | None = None) -> TokenCaches:
+        input_card = CacheCard.read(input_dir)
+        output_card = CacheCard.read(output_dir) if output_dir else input_card
+        return cls(input_card, output_card)
+
+    def _split(self, card: CacheCard, task: str, split: str) -> CachedSplit:
+        key = (card.path, task, split)
+        if key not in self._splits:
+            self._splits[key] = CachedSplit(card.path / task / split)
+        return self._splits[key]
+
+    def lookups(self, task: str, split: str):
+        """(input lookup, output lookup): key -> codes [K, F] for one task/split."""
+        return self._split(self.input, task, split).get, self._split(self.output, task, split).get
+
+
+def source_rows(corpus: str | Path, source: str, split: str) -> list[dict]:
+    """The rows (without audio) a source draws from."""
+    if source not in SOURCES:
+        raise ValueError(f"unknown mixture source {source!r}; known: {list(SOURCES)}")
+    task = LM_ROWS_TASK if source in LM_DOCUMENTS else source
+    dataset = load_task(corpus, task)[split]
+    return dataset.select_columns(list(ROW_COLUMNS)).to_list()
+
+
+def draw_rows(num_rows: int, weight: float, rng: random.Random) -> list[int]:
+    """Row indices for one epoch: floor(weight) full passes + a seeded fraction of a pass."""
+    if weight < 0:
+        raise ValueError(f"mixture weight must be >= 0, got {weight}")
+    whole, fraction = divmod(weight, 1.0)
+    indices = list(range(num_rows)) * int(whole)
+    indices += sorted(rng.sample(range(num_rows), round(fraction * num_rows)))
+    return indices
+
+
+def render_source(
+    renderer: TemplateRenderer,
+    caches: TokenCaches,
+    source: str,
+    task_rows: list[dict],
+    split: str,
+    seed: int,
+    skipped: Counter,
+) -> list[Document]:
+    """Render rows of one source to documents (rows without cached codes are counted)."""
+    task = LM_ROWS_TASK if source in LM_DOCUMENTS else source
+    input_codes, output_codes = caches.lookups(task, split)
+    documents = []
+    for row in task_rows:
+        try:
+            if source in LM_DOCUMENTS:
+                rendered = renderer.lm_document(source, row, input_codes, seed=seed)
+            else:
+                rendered = renderer.render(row, input_codes, output_codes)
+        except KeyError:  # its audio (or a reference) was skipped at extraction
+            skipped[source] += 1
+            continue
+        documents.append(rendered.document(name=f"{source}:{row['id']}", task=source))
+    return documents
+
+
+def mixture_documents(
+    corpus: str | Path,
+    renderer: TemplateRenderer,
+    caches: TokenCaches,
+    mixture: dict[str, float],
+    split: str = "train",
+    epoch: int = 0,
+    seed: int = 0,
+) -> tuple[list[Document], Counter]:
+    """All documents of one epoch of the mixture, in a seeded shuffled order.
+
+    Returns (documents, skipped rows per source)."""
+    rng = random.Random(f"mixture-{seed}-{epoch}")
+    documents: list[Document] = []
+    skipped: Counter = Counter()
+    for source in sorted(mixture):
+        weight = mixture[source]
+        if weight == 0:
+            continue
+        rows = source_rows(corpus, source, split)
+        chosen = [rows[i] for i in draw_rows(len(rows), weight, rng)]
+        documents += render_source(
+            renderer, caches, source, chosen, split, seed=seed * 1000 + epoch, skipped=skipped
+        )
+    rng.shuffle(documents)
+    return documents, skipped
+
+
+def eval_documents(
+    corpus: str | Path,
+    renderer: TemplateRenderer,
+    caches: TokenCaches,
+    sources: list[str],
+    split: str = "valid",
+    per_source: int = 32,
+) -> dict[str, list[Document]]:
+    """Held-out documents per source: the first `per_source` rows of `split` (fixed, so
+    every evaluation of a run and every run with the same config sees the same ones)."""
+    held_out = {}
+    skipped: Counter = Counter()
+    for source in sources:
+        rows = source_rows(corpus, source, split)[:per_source]
+        held_out[source] = render_source(renderer, caches, source, rows, split, 0, skipped)
+        if not held_out[source]:
+            raise CacheError(f"{corpus}: no usable {split} rows for eval source {source!r}")
+    return held_out

@@ -1,0 +1,178 @@
+"""The config of the main job, `train/pretrain.py`: one dataclass per section.
+
+    cfg = load_config(PretrainConfig, "configs/pretrain/default.yaml", ["train.steps=10"])
+
+Every default here is the embedded default (SynthDASB small, mfcc-kmeans, a 4M-parameter
+Llama from scratch), so `PretrainConfig()` is the run `accelerate launch train/pretrain.py`
+does with no arguments. `configs/pretrain/*.yaml` override what they name.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from mmllm.config import config_dataclass
+from mmllm.data.mixture import SOURCES
+from mmllm.model import INIT_MODES
+from mmllm.patterns import PATTERNS
+
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+@config_dataclass
+class CorpusSection:
+    """path:        a SynthDASB-layout directory (one DatasetDict per task)
+    synth_size:  build SynthDASB of this size (tiny, small, full) at `path` when it is
+                 missing; null: `path` must already exist (real corpora, mmllm.data.corpora)"""
+
+    path: str = "data/synthdasb-small"
+    synth_size: str | None = "small"
+
+
+@config_dataclass
+class TokenizerSection:
+    """input:            tokenizer config (YAML) for audio the model reads
+    output:           tokenizer config for audio it writes (TTS, SE, SS); null = `input`
+    cache_dir:        token caches live at <cache_dir>/<tokenizer name> (built when missing)
+    fit_max_frames:   frames sampled to fit an offline k-means tokenizer that has no centroids"""
+
+    input: str = "configs/tokenizers/mfcc-kmeans.yaml"
+    output: str | None = None
+    cache_dir: str = "data/tokens"
+    fit_max_frames: int = 500_000
+
+
+@config_dataclass
+class LoraSection:
+    """LoRA adapters (peft) on `target_modules`; the special and audio rows of the input
+    embeddings and output layer are trained in full (peft trainable_token_indices)."""
+
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.0
+    target_modules: list[str] = dataclasses.field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"]
+    )
+
+
+@config_dataclass
+class ModelSection:
+    """base:        hub id or local directory of a causal LM (or an mmllm checkpoint) to
+                 extend; null = a Llama built from scratch with the sizes below and a
+                 SentencePiece text vocabulary of `text_vocab_size` pieces trained on the corpus
+    init:        new (special + audio) rows: mean | random | centroids (k-means tokenizers)
+    freeze_audio: keep the audio rows at their initial values
+    """
+
+    base: str | None = None
+    trust_remote_code: bool = False
+    text_vocab_size: int = 1024
+    hidden_size: int = 256
+    num_layers: int = 4
+    num_heads: int = 4
+    intermediate_size: int = 704
+    init: str = "mean"
+    freeze_audio: bool = False
+    gradient_checkpointing: bool = False
+    lora: LoraSection | None = None
+
+
+def _default_mixture() -> dict[str, float]:
+    # every task row once per epoch; LM documents from the asr rows: speech-only and
+    # interleaved at half a pass, text-only at a quarter (text is cheap to learn)
+    mixture = {source: 1.0 for source in SOURCES}
+    mixture.update(audio=0.5, interleaved=0.5, text=0.25)
+    return mixture
+
+
+@config_dataclass
+class DataSection:
+    """pattern:          codebook layout of audio spans (flatten | first)
+    block_size:       tokens per packed block; the longest document must fit
+    mixture:          source -> passes over its rows per epoch (mmllm.data.mixture)
+    eval_per_source:  held-out documents (valid split) per source for the eval loss"""
+
+    pattern: str = "flatten"
+    block_size: int = 1024
+    mixture: dict[str, float] = dataclasses.field(default_factory=_default_mixture)
+    eval_per_source: int = 32
+
+
+@config_dataclass
+class OptimSection:
+    """AdamW, linear warmup then cosine decay to `min_lr_ratio * lr`. Embeddings, norms and
+    biases get no weight decay (frozen audio rows stay put only without decay)."""
+
+    lr: float = 3e-3
+    min_lr_ratio: float = 0.1
+    warmup_steps: int = 20
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0
+
+
+@config_dataclass
+class TrainSection:
+    """steps:             optimizer steps
+    micro_batch_size:  packed blocks per process per forward
+    grad_accum:        forwards per optimizer step (global batch = micro x accum x processes)
+    deepspeed:         DeepSpeed JSON config used when the launcher did not set one; null =
+                       plain DDP (the only multi-process option on CPU)
+    precision:         auto = bf16 on GPU, fp32 on CPU (bf16 matmul is ~200x slower there)
+    checkpoint_every:  steps between checkpoints (0: only the final export)"""
+
+    steps: int = 240
+    micro_batch_size: int = 4
+    grad_accum: int = 2
+    seed: int = 0
+    deepspeed: str | None = "configs/deepspeed/zero2.json"
+    precision: str = "auto"
+    log_every: int = 10
+    eval_every: int = 80
+    checkpoint_every: int = 80
+    keep_checkpoints: int = 2
+
+
+@config_dataclass
+class PretrainConfig:
+    run_dir: str = "runs/pretrain/default"
+    corpus: CorpusSection = dataclasses.field(default_factory=CorpusSection)
+    tokenizers: TokenizerSection = dataclasses.field(default_factory=TokenizerSection)
+    model: ModelSection = dataclasses.field(default_factory=ModelSection)
+    data: DataSection = dataclasses.field(default_factory=DataSection)
+    optim: OptimSection = dataclasses.field(default_factory=OptimSection)
+    train: TrainSection = dataclasses.field(default_factory=TrainSection)
+
+
+def check_pretrain_config(cfg: PretrainConfig) -> None:
+    """Checks that need no files; raises ValueError naming the key."""
+    problems = []
+    unknown = sorted(set(cfg.data.mixture) - set(SOURCES))
+    if unknown:
+        problems.append(f"data.mixture: unknown source(s) {unknown}; known: {list(SOURCES)}")
+    if not any(weight > 0 for weight in cfg.data.mixture.values()):
+        problems.append("data.mixture: every weight is 0; nothing to train on")
+    negative = sorted(name for name, weight in cfg.data.mixture.items() if weight < 0)
+    if negative:
+        problems.append(f"data.mixture: negative weight for {negative}")
+    if cfg.data.pattern not in PATTERNS or cfg.data.pattern == "delay":
+        problems.append(
+            f"data.pattern: {cfg.data.pattern!r}; the trainer lays out 'flatten' or 'first'"
+        )
+    if cfg.model.init not in INIT_MODES:
+        problems.append(f"model.init: {cfg.model.init!r}; expected one of {INIT_MODES}")
+    if cfg.train.precision not in PRECISIONS:
+        problems.append(f"train.precision: {cfg.train.precision!r}; expected one of {PRECISIONS}")
+    for key in ("steps", "micro_batch_size", "grad_accum", "log_every"):
+        if getattr(cfg.train, key) < 1:
+            problems.append(f"train.{key}: must be >= 1, got {getattr(cfg.train, key)}")
+    if cfg.data.block_size < 8:
+        problems.append(f"data.block_size: must be >= 8, got {cfg.data.block_size}")
+    if cfg.model.hidden_size % cfg.model.num_heads:
+        problems.append(
+            f"model.hidden_size {cfg.model.hidden_size} is not a multiple of model.num_heads "
+            f"{cfg.model.num_heads}"
+        )
+    if problems:
+        raise ValueError("bad pretrain config:\n  " + "\n  ".join(problems))
