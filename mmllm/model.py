@@ -188,18 +188,24 @@ def freeze_audio_rows(model: Any, vocab: MultimodalVocab) -> list[Any]:
 
 
 def save_pretrained_multimodal(
-    model: Any, hf_tokenizer: Any, vocab: MultimodalVocab, directory: str | Path
+    model: Any,
+    hf_tokenizer: Any,
+    vocab: MultimodalVocab,
+    directory: str | Path,
+    state_dict: dict[str, torch.Tensor] | None = None,
 ) -> Path:
     """Write model (safetensors), tokenizer and `mmllm_vocab.json` into `directory`,
-    atomically (the whole directory appears at once)."""
-    rows = model.get_input_embeddings().weight.shape[0]
+    atomically (the whole directory appears at once). `state_dict` replaces the model's own
+    tensors (DeepSpeed ZeRO-3 keeps only a shard of each in the module)."""
+    weight = model.get_input_embeddings().weight
+    rows = getattr(weight, "ds_shape", weight.shape)[0]  # ZeRO-3 records the full shape
     if rows != vocab.size or len(hf_tokenizer) != vocab.size:
         raise ValueError(
             f"model rows {rows} / tokenizer size {len(hf_tokenizer)} / vocab size {vocab.size} "
             "differ: extend_hf_tokenizer and resize_model first"
         )
     with atomic_directory(directory) as tmp:
-        model.save_pretrained(tmp, safe_serialization=True)
+        model.save_pretrained(tmp, safe_serialization=True, state_dict=state_dict)
         hf_tokenizer.save_pretrained(tmp)
         vocab.save(tmp)
     return Path(directory)

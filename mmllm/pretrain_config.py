@@ -32,12 +32,15 @@ class CorpusSection:
 @config_dataclass
 class TokenizerSection:
     """input:            tokenizer config (YAML) for audio the model reads
+    input_overrides:  dotted overrides of that config, e.g. ["codebook_size=64"]
     output:           tokenizer config for audio it writes (TTS, SE, SS); null = `input`
     cache_dir:        token caches live at <cache_dir>/<tokenizer name> (built when missing)
     fit_max_frames:   frames sampled to fit an offline k-means tokenizer that has no centroids"""
 
     input: str = "configs/tokenizers/mfcc-kmeans.yaml"
+    input_overrides: list[str] = dataclasses.field(default_factory=list)
     output: str | None = None
+    output_overrides: list[str] = dataclasses.field(default_factory=list)
     cache_dir: str = "data/tokens"
     fit_max_frames: int = 500_000
 

@@ -1,0 +1,238 @@
+"""Everything the main job prepares before its first step, each piece cached on disk:
+
+    corpus       SynthDASB built at `corpus.path` (or an existing corpus directory)
+    tokenizers   offline k-means fitted when its centroids are missing; token caches
+                 extracted (sharded over the job's processes, resumable)
+    text         a SentencePiece vocabulary trained on the corpus (from-scratch models) or
+                 the base model's tokenizer
+    vocab        MultimodalVocab = text | special tokens | audio blocks of the tokenizers
+    documents    the mixture of task rows and LM documents, held-out documents per source
+
+`prepare_run` also runs every check that needs the data before training starts: unknown
+tokenizer, a base checkpoint whose vocabulary does not match the token caches, a document
+longer than the block.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mmllm.config import load_config, save_config
+from mmllm.data.mixture import SOURCES, TokenCaches, eval_documents, mixture_documents
+from mmllm.data.packing import Document, PackedBlock, pack_documents
+from mmllm.model import save_pretrained_multimodal
+from mmllm.pretrain_config import PretrainConfig
+from mmllm.templates import TemplateRenderer
+from mmllm.tokenizers.base import TokenizerConfig
+from mmllm.vocab import VOCAB_FILENAME, MultimodalVocab, extend_hf_tokenizer
+
+TEXT_TOKENIZER_DIR = "text_tokenizer"
+
+
+@dataclass
+class PreparedRun:
+    cfg: PretrainConfig
+    vocab: MultimodalVocab
+    hf_tokenizer: Any
+    renderer: TemplateRenderer
+    caches: TokenCaches
+    eval_blocks: dict[str, list[PackedBlock]]
+    centroids: dict | None = None
+    skipped: Counter = field(default_factory=Counter)
+
+    def train_documents(self, epoch: int) -> list[Document]:
+        documents, _ = mixture_documents(
+            self.cfg.corpus.path,
+            self.renderer,
+            self.caches,
+            self.cfg.data.mixture,
+            split="train",
+            epoch=epoch,
+            seed=self.cfg.train.seed,
+        )
+        return documents
+
+    def export(self, model: Any, accelerator: Any, directory: Path) -> Path:
+        """Save the trained model in HF format (LoRA merged) with the extended tokenizer,
+        the vocab and the pretrain config. Collective under ZeRO-3: every process calls it."""
+        accelerator.wait_for_everyone()
+        state_dict = accelerator.get_state_dict(model)  # gathers ZeRO-3 partitions
+        if accelerator.is_main_process:
+            unwrapped = accelerator.unwrap_model(model)
+            if hasattr(unwrapped, "merge_and_unload"):  # peft: fold the adapters in
+                unwrapped, state_dict = unwrapped.merge_and_unload(), None
+            save_pretrained_multimodal(
+                unwrapped, self.hf_tokenizer, self.vocab, directory, state_dict=state_dict
+            )
+            save_config(self.cfg, directory, "mmllm_pretrain.yaml")
+        accelerator.wait_for_everyone()
+        return directory
+
+
+def prepare_corpus(cfg: PretrainConfig, accelerator: Any) -> Path:
+    corpus = Path(cfg.corpus.path)
+    if cfg.corpus.synth_size:
+        from mmllm.data.synth import SynthConfig, build
+
+        if accelerator.is_main_process:
+            build(SynthConfig.from_name(cfg.corpus.synth_size), corpus)
+        accelerator.wait_for_everyone()
+    elif not corpus.is_dir():
+        raise FileNotFoundError(
+            f"corpus.path: {corpus} does not exist (and corpus.synth_size is unset)"
+        )
+    return corpus
+
+
+def prepare_tokens(
+    config_path: str, overrides: list[str], cfg: PretrainConfig, corpus: Path, accelerator: Any
+) -> tuple[TokenizerConfig, Path]:
+    """Load a tokenizer config, fit an offline tokenizer that lacks centroids, extract the
+    token cache at <cache_dir>/<name> (cached). Returns (config, cache directory)."""
+    import mmllm.tokenizers.backends  # noqa: F401  (fills TOKENIZERS)
+    from mmllm.data.cache import extract_corpus
+    from mmllm.tokenizers.backends.offline import OFFLINE_TOKENIZERS, fit_offline_from_config
+    from mmllm.tokenizers.base import TOKENIZERS, build_tokenizer
+
+    tokenizer_cfg = load_config(TokenizerConfig, config_path, overrides)
+    if tokenizer_cfg.name not in TOKENIZERS:
+        raise ValueError(
+            f"{config_path}: unknown tokenizer {tokenizer_cfg.name!r}; known: {sorted(TOKENIZERS)}"
+        )
+    centroids = Path(tokenizer_cfg.centroids) if tokenizer_cfg.centroids else None
+    needs_fit = (
+        tokenizer_cfg.name in OFFLINE_TOKENIZERS
+        and centroids is not None
+        and not (centroids / "centroids.safetensors").is_file()
+    )
+    if needs_fit and accelerator.is_main_process:
+        fit_offline_from_config(
+            tokenizer_cfg, corpus, centroids, max_frames=cfg.tokenizers.fit_max_frames, seed=0
+        )
+    accelerator.wait_for_everyone()
+    build_tokenizer(tokenizer_cfg)  # fails here, naming the problem, rather than mid-extraction
+    cache = Path(cfg.tokenizers.cache_dir) / tokenizer_cfg.name
+    extract_corpus(tokenizer_cfg, corpus, cache)
+    return tokenizer_cfg, cache
+
+
+def codebook_vectors(tokenizer: Any) -> list[torch.Tensor]:
+    """The k-means centroids of each codebook of a tokenizer, [codebook_size, D] each."""
+    centroids = getattr(tokenizer, "centroids", None)
+    if centroids is None:
+        centroids = getattr(tokenizer, "codebooks", None)
+    if centroids is None:
+        raise ValueError(
+            f"model.init=centroids needs a k-means tokenizer; {tokenizer.name} has no centroids"
+        )
+    if isinstance(centroids, torch.Tensor) and centroids.ndim == 2:
+        return [centroids.float().cpu()]
+    return [c.float().cpu() for c in centroids]
+
+
+def text_tokenizer(cfg: PretrainConfig, corpus: Path, accelerator: Any) -> Any:
+    """The base model's tokenizer, or a SentencePiece one trained on the corpus (cached in
+    the run directory, so a resumed run reads the same one)."""
+    from transformers import AutoTokenizer
+
+    if cfg.model.base is not None:
+        return AutoTokenizer.from_pretrained(
+            cfg.model.base, trust_remote_code=cfg.model.trust_remote_code
+        )
+    from mmllm.text_tokenizer import synth_texts, train_text_tokenizer
+
+    directory = Path(cfg.run_dir) / TEXT_TOKENIZER_DIR
+    if accelerator.is_main_process and not (directory / "tokenizer.json").is_file():
+        texts = synth_texts(corpus, columns=("text", "label", "speaker"))
+        train_text_tokenizer(texts, directory, vocab_size=cfg.model.text_vocab_size, seed=0)
+    accelerator.wait_for_everyone()
+    return AutoTokenizer.from_pretrained(directory)
+
+
+def build_vocab(cfg: PretrainConfig, hf_tokenizer: Any, caches: TokenCaches) -> MultimodalVocab:
+    """Text | specials | audio blocks of the caches' tokenizers. A base model that is already
+    an mmllm checkpoint keeps its vocab, which must match the caches."""
+    cards = [caches.input] if caches.output == caches.input else [caches.input, caches.output]
+    blocks = [(c.name, c.num_codebooks, c.codebook_size) for c in cards]
+    base = Path(cfg.model.base) if cfg.model.base else None
+    if base is not None and (base / VOCAB_FILENAME).is_file():
+        saved = MultimodalVocab.load(base)
+        for name, num_codebooks, codebook_size in blocks:
+            if name not in saved.blocks:
+                raise ValueError(
+                    f"vocab mismatch: {base} has audio blocks {saved.tokenizers}, the token cache "
+                    f"{cards[0].path.parent / name} is {name!r}"
+                )
+            block = saved.block(name)
+            if (block.num_codebooks, block.codebook_size) != (num_codebooks, codebook_size):
+                raise ValueError(
+                    f"vocab mismatch: {base} has {name} with {block.num_codebooks} x "
+                    f"{block.codebook_size} codes, the token cache has {num_codebooks} x {codebook_size}"
+                )
+        return saved
+    vocab = MultimodalVocab(len(hf_tokenizer), blocks)
+    extend_hf_tokenizer(hf_tokenizer, vocab)
+    return vocab
+
+
+def check_lengths(documents: list[Document], block_size: int) -> None:
+    longest = max(documents, key=lambda d: len(d.input_ids))
+    if len(longest.input_ids) > block_size:
+        raise ValueError(
+            f"data.block_size {block_size}: document {longest.name!r} has "
+            f"{len(longest.input_ids)} tokens; raise data.block_size or drop source "
+            f"{longest.task!r} from data.mixture"
+        )
+
+
+def prepare_run(cfg: PretrainConfig, accelerator: Any) -> PreparedRun:
+    """Data, tokenizers, vocab and held-out blocks of a run, after every check passed."""
+    from mmllm.tokenizers.base import build_tokenizer
+
+    corpus = prepare_corpus(cfg, accelerator)
+    input_cfg, input_cache = prepare_tokens(
+        cfg.tokenizers.input, cfg.tokenizers.input_overrides, cfg, corpus, accelerator
+    )
+    output_cfg, output_cache = input_cfg, input_cache
+    if cfg.tokenizers.output:
+        output_cfg, output_cache = prepare_tokens(
+            cfg.tokenizers.output, cfg.tokenizers.output_overrides, cfg, corpus, accelerator
+        )
+    caches = TokenCaches.open(input_cache, output_cache)
+    hf_tokenizer = text_tokenizer(cfg, corpus, accelerator)
+    vocab = build_vocab(cfg, hf_tokenizer, caches)
+    renderer = TemplateRenderer(
+        vocab,
+        hf_tokenizer,
+        caches.input.name,
+        caches.output.name,
+        pattern=cfg.data.pattern,
+        frame_rate_hz=caches.input.frame_rate_hz,
+    )
+    centroids = None
+    if cfg.model.init == "centroids":
+        centroids = {}
+        for tokenizer_cfg in {input_cfg.name: input_cfg, output_cfg.name: output_cfg}.values():
+            for k, vectors in enumerate(codebook_vectors(build_tokenizer(tokenizer_cfg))):
+                centroids[(tokenizer_cfg.name, k)] = vectors
+    sources = [s for s in SOURCES if cfg.data.mixture.get(s, 0) > 0]
+    held_out = eval_documents(
+        corpus, renderer, caches, sources, split="valid", per_source=cfg.data.eval_per_source
+    )
+    every_row = {source: 1.0 for source in sources}
+    train_docs, skipped = mixture_documents(
+        corpus, renderer, caches, every_row, seed=cfg.train.seed
+    )
+    check_lengths(train_docs + [d for docs in held_out.values() for d in docs], cfg.data.block_size)
+    if skipped:
+        accelerator.print(f"rows without cached audio, skipped: {dict(skipped)}")
+    eval_blocks = {
+        source: list(pack_documents(docs, cfg.data.block_size, vocab.pad_audio_id))
+        for source, docs in held_out.items()
+    }
+    return PreparedRun(cfg, vocab, hf_tokenizer, renderer, caches, eval_blocks, centroids, skipped)
