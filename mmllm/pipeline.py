@@ -66,6 +66,7 @@ class PreparedRun:
             unwrapped = accelerator.unwrap_model(model)
             if hasattr(unwrapped, "merge_and_unload"):  # peft: fold the adapters in
                 unwrapped, state_dict = unwrapped.merge_and_unload(), None
+            unwrapped.set_attn_implementation("sdpa")  # loadable without mmllm imported
             save_pretrained_multimodal(
                 unwrapped, self.hf_tokenizer, self.vocab, directory, state_dict=state_dict
             )

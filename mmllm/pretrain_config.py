@@ -123,7 +123,11 @@ class TrainSection:
     deepspeed:         DeepSpeed JSON config used when the launcher did not set one; null =
                        plain DDP (the only multi-process option on CPU)
     precision:         auto = bf16 on GPU, fp32 on CPU (bf16 matmul is ~200x slower there)
-    checkpoint_every:  steps between checkpoints (0: only the final export)"""
+    checkpoint_every:  steps between checkpoints (0: only the final export)
+    attention:         packed = each document's own causal attention (mmllm.attention);
+                       mask = SDPA over the whole block with a 4D block-diagonal mask
+    cpu_threads:       torch threads per process on CPU; null = the cores / local processes
+                       (`accelerate launch` alone would leave every process 1 thread)"""
 
     steps: int = 240
     micro_batch_size: int = 4
@@ -135,6 +139,8 @@ class TrainSection:
     eval_every: int = 80
     checkpoint_every: int = 80
     keep_checkpoints: int = 2
+    attention: str = "packed"
+    cpu_threads: int | None = None
 
 
 @config_dataclass
@@ -167,6 +173,8 @@ def check_pretrain_config(cfg: PretrainConfig) -> None:
         problems.append(f"model.init: {cfg.model.init!r}; expected one of {INIT_MODES}")
     if cfg.train.precision not in PRECISIONS:
         problems.append(f"train.precision: {cfg.train.precision!r}; expected one of {PRECISIONS}")
+    if cfg.train.attention not in ("packed", "mask"):
+        problems.append(f"train.attention: {cfg.train.attention!r}; expected 'packed' or 'mask'")
     for key in ("steps", "micro_batch_size", "grad_accum", "log_every"):
         if getattr(cfg.train, key) < 1:
             problems.append(f"train.{key}: must be >= 1, got {getattr(cfg.train, key)}")

@@ -27,6 +27,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from mmllm.attention import PACKED_ATTENTION, document_spans
 from mmllm.data.packing import (
     IGNORE_INDEX,
     Document,
@@ -54,9 +55,11 @@ def build_model(
     max_positions: int,
     seed: int,
     centroids: dict | None = None,
+    packed_attention: bool = True,
 ) -> Any:
     """A causal LM with `vocab.size` rows: a Llama from scratch (`section.base` unset) or
-    `section.base` loaded and resized, new rows initialised as `section.init` says."""
+    `section.base` loaded and resized, new rows initialised as `section.init` says;
+    attention per document (`mmllm.attention`) unless `packed_attention` is False."""
     from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
@@ -84,6 +87,8 @@ def build_model(
         from mmllm.model import freeze_audio_rows
 
         freeze_audio_rows(model, vocab)
+    if packed_attention:
+        model.set_attn_implementation(PACKED_ATTENTION)
     if section.gradient_checkpointing:
         model.gradient_checkpointing_enable()
         model.config.use_cache = False
@@ -279,15 +284,24 @@ def count_targets(blocks: list[PackedBlock]) -> int:
 
 
 def token_loss_sum(
-    model: Any, batch: dict[str, torch.Tensor], dtype: torch.dtype
+    model: Any, batch: dict[str, torch.Tensor], dtype: torch.dtype, packed: bool = True
 ) -> tuple[torch.Tensor, int]:
     """Summed next-token cross-entropy of a packed batch [B, L] -> (sum, number of targets).
 
-    The 4D block mask keeps documents apart; logits are upcast to fp32 for the loss."""
-    mask = block_attention_mask(batch["document_ids"], dtype=dtype)
-    logits = model(
-        input_ids=batch["input_ids"], attention_mask=mask, position_ids=batch["position_ids"]
-    ).logits
+    Documents are kept apart by per-document attention (`packed`, the model must use
+    PACKED_ATTENTION) or by the 4D block mask; logits are upcast to fp32 for the loss."""
+    if packed:
+        logits = model(
+            input_ids=batch["input_ids"],
+            position_ids=batch["position_ids"],
+            document_spans=document_spans(batch["document_ids"]),
+        ).logits
+    else:
+        logits = model(
+            input_ids=batch["input_ids"],
+            attention_mask=block_attention_mask(batch["document_ids"], dtype=dtype),
+            position_ids=batch["position_ids"],
+        ).logits
     labels = batch["labels"][:, 1:]
     loss = F.cross_entropy(
         logits[:, :-1].float().reshape(-1, logits.shape[-1]),
@@ -305,6 +319,7 @@ def evaluate(
     accelerator: Any,
     dtype: torch.dtype,
     micro_batch_size: int,
+    packed: bool = True,
 ) -> dict[str, float]:
     """Mean held-out loss per source. Blocks are dealt round-robin over processes; every
     process runs the same number of forwards (ZeRO-3 gathers parameters collectively), so
@@ -323,7 +338,8 @@ def evaluate(
         totals = torch.zeros(2, dtype=torch.float64, device=device)
         for start in range(0, per_process, micro_batch_size):
             batch = collate_blocks(mine[start : start + micro_batch_size])
-            loss, count = token_loss_sum(model, {k: v.to(device) for k, v in batch.items()}, dtype)
+            batch = {k: v.to(device) for k, v in batch.items()}
+            loss, count = token_loss_sum(model, batch, dtype, packed)
             totals += torch.tensor([loss.item(), count], dtype=torch.float64, device=device)
         totals = accelerator.reduce(totals, reduction="sum")
         results[source] = float(totals[0] / totals[1])

@@ -6,6 +6,8 @@ import pytest
 
 from mmllm.data.synth import SynthConfig, build
 
+ROOT = Path(__file__).resolve().parents[1]
+
 
 @pytest.fixture(scope="session")
 def synth_tiny(tmp_path_factory) -> Path:
@@ -13,3 +15,30 @@ def synth_tiny(tmp_path_factory) -> Path:
     return build(
         SynthConfig.from_name("tiny"), tmp_path_factory.mktemp("synthdasb") / "tiny", workers=2
     )
+
+
+@pytest.fixture(scope="session")
+def tiny_tokens(synth_tiny, tmp_path_factory) -> dict:
+    """mfcc-kmeans (32 units) fitted on SynthDASB tiny and its token cache, once per session.
+
+    Returns {"corpus", "centroids", "cache_dir", "overrides"}: what a pretrain config needs
+    to reuse them (tokenizers.cache_dir, tokenizers.input_overrides)."""
+    from mmllm.config import load_config
+    from mmllm.data.cache import extract_corpus
+    from mmllm.tokenizers.backends.offline import fit_offline_from_config
+    from mmllm.tokenizers.base import TokenizerConfig
+
+    root = tmp_path_factory.mktemp("tiny_tokens")
+    overrides = ["codebook_size=32", f"centroids={root / 'centroids'}"]
+    cfg = load_config(TokenizerConfig, ROOT / "configs/tokenizers/mfcc-kmeans.yaml", overrides)
+    fit_offline_from_config(
+        cfg, synth_tiny, root / "centroids", max_frames=20000, seed=0, progress=False
+    )
+    extract_corpus(cfg, synth_tiny, root / "tokens" / cfg.name)
+    return {
+        "corpus": synth_tiny,
+        "centroids": root / "centroids",
+        "cache_dir": root / "tokens",
+        "overrides": overrides,
+        "tokenizer": cfg,
+    }

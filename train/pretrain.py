@@ -69,6 +69,10 @@ def make_accelerator(cfg: PretrainConfig):
     from accelerate.utils import DeepSpeedPlugin
 
     cuda = torch.cuda.is_available()
+    if not cuda:
+        local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+        cores = len(os.sched_getaffinity(0))
+        torch.set_num_threads(cfg.train.cpu_threads or max(1, cores // local_processes))
     bf16 = cfg.train.precision == "bf16" or (cfg.train.precision == "auto" and cuda)
     ds_path = deepspeed_config_path(cfg.train)
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -116,8 +120,9 @@ def main(argv: list[str] | None = None) -> int:
         say(f"error: {err}")
         return 2
     vocab = run.vocab
+    packed = cfg.train.attention == "packed"
     model = build_model(
-        cfg.model, vocab, cfg.data.block_size, cfg.train.seed, centroids=run.centroids
+        cfg.model, vocab, cfg.data.block_size, cfg.train.seed, run.centroids, packed
     )
     if cfg.model.lora is not None:
         model = apply_lora(model, cfg.model.lora, vocab, cfg.model.freeze_audio)
@@ -164,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     if checkpoint is None:
         state = {"config_hash": config_hash(cfg), "step": 0}
         state["eval_at_start"] = evaluate(
-            model, run.eval_blocks, accelerator, dtype, cfg.train.micro_batch_size
+            model, run.eval_blocks, accelerator, dtype, cfg.train.micro_batch_size, packed
         )
         log_eval(accelerator, run_dir, 0, state["eval_at_start"])
 
@@ -184,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
         for batch in micro_batches(blocks, rank, world, cfg.train.grad_accum):
             batch = {k: v.to(accelerator.device) for k, v in batch.items()}
             with accelerator.accumulate(model):
-                loss, _ = token_loss_sum(model, batch, dtype)
+                loss, _ = token_loss_sum(model, batch, dtype, packed)
                 # sum / global targets, times what DDP's averaging and accelerate's
                 # division by grad_accum take away again
                 accelerator.backward(loss * (world * cfg.train.grad_accum / targets))
@@ -215,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
         done = step + 1 == cfg.train.steps
         if cfg.train.eval_every and (step + 1) % cfg.train.eval_every == 0 and not done:
             losses = evaluate(
-                model, run.eval_blocks, accelerator, dtype, cfg.train.micro_batch_size
+                model, run.eval_blocks, accelerator, dtype, cfg.train.micro_batch_size, packed
             )
             log_eval(accelerator, run_dir, step + 1, losses)
         if cfg.train.checkpoint_every and (step + 1) % cfg.train.checkpoint_every == 0:
@@ -229,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
         progress.close()
 
     # ---- final eval, export, summary
-    final = evaluate(model, run.eval_blocks, accelerator, dtype, cfg.train.micro_batch_size)
+    final = evaluate(model, run.eval_blocks, accelerator, dtype, cfg.train.micro_batch_size, packed)
     log_eval(accelerator, run_dir, cfg.train.steps, final)
     export_dir = run.export(model, accelerator, run_dir / "final")
     accelerator.end_training()

@@ -1,0 +1,91 @@
+"""Mixture: weights read as passes per epoch, epochs are reproducible, every source renders,
+rows without cached audio are skipped and counted."""
+
+import random
+from collections import Counter
+
+import pytest
+
+from mmllm.data.mixture import (
+    SOURCES,
+    TokenCaches,
+    draw_rows,
+    eval_documents,
+    mixture_documents,
+    render_source,
+    source_rows,
+)
+from mmllm.templates import TemplateRenderer
+from mmllm.text_tokenizer import synth_texts, train_text_tokenizer
+from mmllm.vocab import MultimodalVocab, extend_hf_tokenizer
+
+
+def test_draw_rows_weights_are_passes():
+    rng = random.Random(0)
+    rows = draw_rows(10, 2.5, rng)
+    counts = Counter(rows)
+    assert len(rows) == 25 and set(counts) == set(range(10))
+    assert sorted(counts.values()) == [2] * 5 + [3] * 5
+    assert draw_rows(10, 0.0, rng) == []
+    assert len(set(draw_rows(10, 0.3, rng))) == 3
+    with pytest.raises(ValueError, match="must be >= 0"):
+        draw_rows(10, -1, rng)
+
+
+@pytest.fixture(scope="module")
+def renderer_and_caches(tiny_tokens, tmp_path_factory):
+    corpus = tiny_tokens["corpus"]
+    text = train_text_tokenizer(
+        synth_texts(corpus, columns=("text", "label", "speaker")),
+        tmp_path_factory.mktemp("text"),
+        vocab_size=384,
+    )
+    caches = TokenCaches.open(tiny_tokens["cache_dir"] / "mfcc-kmeans")
+    vocab = MultimodalVocab(len(text), [("mfcc-kmeans", 1, 32)])
+    extend_hf_tokenizer(text, vocab)
+    return TemplateRenderer(vocab, text, "mfcc-kmeans", frame_rate_hz=50.0), caches
+
+
+def test_every_source_renders_and_weights_scale_counts(tiny_tokens, renderer_and_caches):
+    renderer, caches = renderer_and_caches
+    corpus = tiny_tokens["corpus"]
+    mixture = {source: 1.0 for source in SOURCES}
+    mixture.update(asr=0.5, ks=2.0, text=0.0)
+    docs, skipped = mixture_documents(corpus, renderer, caches, mixture, epoch=0, seed=3)
+    counts = Counter(d.task for d in docs)
+    assert not skipped and "text" not in counts
+    assert counts["asr"] == round(0.5 * len(source_rows(corpus, "asr", "train")))
+    assert counts["ks"] == 2 * len(source_rows(corpus, "ks", "train"))
+    assert counts["interleaved"] == len(source_rows(corpus, "asr", "train"))
+    # the same epoch again is the same documents; another epoch draws another half of asr
+    again, _ = mixture_documents(corpus, renderer, caches, mixture, epoch=0, seed=3)
+    assert [d.input_ids for d in again] == [d.input_ids for d in docs]
+    other, _ = mixture_documents(corpus, renderer, caches, mixture, epoch=1, seed=3)
+    names = lambda ds: {d.name for d in ds if d.task == "asr"}  # noqa: E731
+    assert names(other) != names(docs)
+    # task rows have loss on the answer only, LM documents on everything
+    sample = {d.task: d for d in docs}
+    assert not all(sample["asr"].loss_mask) and any(sample["asr"].loss_mask)
+    assert all(sample["audio"].loss_mask)
+
+
+def test_eval_documents_are_the_first_valid_rows(tiny_tokens, renderer_and_caches):
+    renderer, caches = renderer_and_caches
+    held_out = eval_documents(tiny_tokens["corpus"], renderer, caches, ["asr", "tts"], per_source=3)
+    rows = source_rows(tiny_tokens["corpus"], "asr", "valid")[:3]
+    assert [d.name for d in held_out["asr"]] == [f"asr:{r['id']}" for r in rows]
+    assert len(held_out["tts"]) == 3
+
+
+def test_rows_without_cached_audio_are_skipped_and_counted(tiny_tokens, renderer_and_caches):
+    renderer, caches = renderer_and_caches
+    rows = source_rows(tiny_tokens["corpus"], "se", "train")[:4]
+    rows[1] = {**rows[1], "id": "se-not-in-cache"}
+    skipped = Counter()
+    docs = render_source(renderer, caches, "se", rows, "train", 0, skipped)
+    assert len(docs) == 3 and skipped == Counter({"se": 1})
+
+
+def test_unknown_source_is_named(tiny_tokens):
+    with pytest.raises(ValueError, match="unknown mixture source 'podcast'"):
+        source_rows(tiny_tokens["corpus"], "podcast", "train")

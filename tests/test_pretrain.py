@@ -1,0 +1,241 @@
+"""The real CLI, `train/pretrain.py`, on SynthDASB tiny with a 0.05M-parameter Llama.
+
+Plain, DeepSpeed ZeRO-2 (launcher) and ZeRO-3 (config) runs give the same losses; 2-process
+DDP (torchrun) gives the 1-process loss on the same global batch; a run killed and resumed
+gives the same losses step for step; a kill during a checkpoint save keeps the last good one;
+bad configs fail before training, naming the problem.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+def base_config(tiny_tokens: dict, run_dir: Path) -> dict:
+    return {
+        "run_dir": str(run_dir),
+        "corpus": {"path": str(tiny_tokens["corpus"]), "synth_size": None},
+        "tokenizers": {
+            "input": str(ROOT / "configs/tokenizers/mfcc-kmeans.yaml"),
+            "input_overrides": tiny_tokens["overrides"],
+            "cache_dir": str(tiny_tokens["cache_dir"]),
+        },
+        "model": {
+            "text_vocab_size": 384,
+            "hidden_size": 32,
+            "num_layers": 2,
+            "num_heads": 2,
+            "intermediate_size": 64,
+        },
+        "data": {"block_size": 1024, "eval_per_source": 4},
+        "optim": {"lr": 1e-2, "warmup_steps": 2},
+        "train": {
+            "steps": 6,
+            "micro_batch_size": 2,
+            "grad_accum": 2,
+            "eval_every": 3,
+            "checkpoint_every": 2,
+            "deepspeed": None,
+        },
+    }
+
+
+def run_pretrain(
+    tiny_tokens, run_dir, overrides=(), launcher="python", fault=None, check=True
+) -> subprocess.CompletedProcess:
+    run_dir = Path(run_dir)
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    config = run_dir.parent / f"{run_dir.name}.yaml"
+    config.write_text(yaml.safe_dump(base_config(tiny_tokens, run_dir)))
+    script = ["train/pretrain.py", "--config", str(config), *overrides]
+    command = {
+        "python": [sys.executable, *script],
+        "accelerate": [str(BIN / "accelerate"), "launch", "--num_processes", "1", *script],
+        "accelerate-zero2": [
+            str(BIN / "accelerate"),
+            "launch",
+            "--use_deepspeed",
+            "--zero_stage",
+            "2",
+            "--num_processes",
+            "1",
+            *script,
+        ],
+        "torchrun-2": [str(BIN / "torchrun"), "--nproc_per_node", "2", *script],
+    }[launcher]
+    env = {**os.environ, "OMP_NUM_THREADS": "1" if launcher == "torchrun-2" else "2"}
+    env.pop("MMLLM_FAULT", None)
+    if fault:
+        env["MMLLM_FAULT"] = fault
+    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{command} failed ({result.returncode}):\n{result.stderr[-4000:]}")
+    return result
+
+
+def losses(run_dir) -> list[float]:
+    lines = (Path(run_dir) / "metrics.jsonl").read_text().splitlines()
+    records = [json.loads(line) for line in lines if line]
+    assert [r["step"] for r in records] == list(range(1, len(records) + 1))
+    return [r["loss"] for r in records]
+
+
+@pytest.fixture(scope="module")
+def plain_run(tiny_tokens, tmp_path_factory):
+    """One uninterrupted single-process run (no DeepSpeed): the reference."""
+    run_dir = tmp_path_factory.mktemp("pretrain") / "plain"
+    result = run_pretrain(tiny_tokens, run_dir)
+    return run_dir, result
+
+
+def test_plain_run_trains_evaluates_and_exports(plain_run):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from mmllm.vocab import MultimodalVocab
+
+    run_dir, result = plain_run
+    curve = losses(run_dir)
+    assert len(curve) == 6 and curve[-1] < curve[0] - 0.05
+    summary = json.loads((run_dir / "eval_summary.json").read_text())
+    assert set(summary) == {"asr", "ks", "ic", "sid", "sv", "er", "se", "ss", "tts"} | {
+        "text",
+        "audio",
+        "interleaved",
+    }
+    assert all(row["final"] < row["step_0"] for row in summary.values()), summary
+    assert "held-out loss per source" in result.stdout and "DID NOT FALL" not in result.stdout
+    evals = [json.loads(x) for x in (run_dir / "evals.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in evals] == [0, 3, 6]
+    assert (run_dir / "loss_curves.png").stat().st_size > 10_000
+    assert list((run_dir / "tensorboard").rglob("events.out.tfevents.*"))
+    # the export loads with plain transformers, and the vocab comes back from it
+    final = run_dir / "final"
+    model = AutoModelForCausalLM.from_pretrained(final)
+    tokenizer = AutoTokenizer.from_pretrained(final)
+    vocab = MultimodalVocab.load(final)
+    assert model.get_input_embeddings().weight.shape[0] == len(tokenizer) == vocab.size
+    assert tokenizer.convert_tokens_to_ids("<|mfcc-kmeans_k0_31|>") == vocab.audio_id(
+        "mfcc-kmeans", 0, 31
+    )
+    # keep_checkpoints=2: steps 4 and 6 remain, `latest` names step 6
+    checkpoints = run_dir / "checkpoints"
+    assert sorted(p.name for p in checkpoints.glob("step-*")) == ["step-000004", "step-000006"]
+    assert (checkpoints / "latest").read_text().strip() == "step-000006"
+
+
+def test_deepspeed_zero2_and_zero3_match_plain(plain_run, tiny_tokens, tmp_path):
+    """ZeRO-2 from the launcher (`accelerate launch --use_deepspeed --zero_stage 2`), ZeRO-3
+    from the pretrain config under a bare `accelerate launch`: same losses as no DeepSpeed."""
+    from transformers import AutoModelForCausalLM
+
+    reference = losses(plain_run[0])
+    run_pretrain(tiny_tokens, tmp_path / "zero2", launcher="accelerate-zero2")
+    run_pretrain(
+        tiny_tokens,
+        tmp_path / "zero3",
+        ["train.deepspeed=configs/deepspeed/zero3.json", "train.checkpoint_every=3"],
+        launcher="accelerate",
+    )
+    for name in ("zero2", "zero3"):
+        assert losses(tmp_path / name) == pytest.approx(reference, rel=1e-4), name
+    # ZeRO-3 keeps shards in the module; the export must hold the gathered weights
+    plain = AutoModelForCausalLM.from_pretrained(plain_run[0] / "final")
+    zero3 = AutoModelForCausalLM.from_pretrained(tmp_path / "zero3" / "final")
+    ids = torch.arange(40)[None]
+    torch.testing.assert_close(zero3(ids).logits, plain(ids).logits, rtol=1e-3, atol=1e-3)
+
+
+def test_two_process_ddp_matches_one_process(tiny_tokens, tmp_path):
+    """torchrun with 2 processes x 1 block per micro-batch == 1 process x 2 blocks: the same
+    global batch of 4 blocks per step, so the same step-1 loss (and close ones after)."""
+    one = tmp_path / "one"
+    two = tmp_path / "two"
+    common = ["train.steps=3", "train.checkpoint_every=0", "train.eval_every=0"]
+    run_pretrain(tiny_tokens, one, [*common, "train.micro_batch_size=2"])
+    run_pretrain(tiny_tokens, two, [*common, "train.micro_batch_size=1"], launcher="torchrun-2")
+    single, double = losses(one), losses(two)
+    assert double[0] == pytest.approx(single[0], rel=1e-6)
+    assert double == pytest.approx(single, rel=1e-4)
+
+
+def test_resume_after_kill_matches_uninterrupted_run(plain_run, tiny_tokens, tmp_path):
+    """Killed (SIGKILL) right after step 3, the last checkpoint is step 2; rerunning resumes
+    there and every logged loss equals the run that never stopped."""
+    run_dir = tmp_path / "resumed"
+    killed = run_pretrain(tiny_tokens, run_dir, fault="after-step:3", check=False)
+    assert killed.returncode != 0
+    assert len(losses(run_dir)) == 3
+    assert (run_dir / "checkpoints" / "latest").read_text().strip() == "step-000002"
+    resumed = run_pretrain(tiny_tokens, run_dir)
+    assert "resumed from" in resumed.stdout and "step 2" in resumed.stdout
+    assert losses(run_dir) == losses(plain_run[0])
+
+
+def test_kill_during_checkpoint_save_keeps_last_good_one(plain_run, tiny_tokens, tmp_path):
+    run_dir = tmp_path / "killed-in-save"
+    killed = run_pretrain(tiny_tokens, run_dir, fault="checkpoint-save:2", check=False)
+    assert killed.returncode != 0
+    checkpoints = run_dir / "checkpoints"
+    assert (checkpoints / "latest").read_text().strip() == "step-000002"
+    assert (checkpoints / ".tmp-step-000004").is_dir()  # the save that was cut short
+    assert not (checkpoints / "step-000004").exists()
+    run_pretrain(tiny_tokens, run_dir)
+    assert not (checkpoints / ".tmp-step-000004").exists()
+    assert losses(run_dir) == losses(plain_run[0])
+
+
+def test_lora_run_trains_and_exports_merged(tiny_tokens, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    run_dir = tmp_path / "lora"
+    result = run_pretrain(
+        tiny_tokens,
+        run_dir,
+        ["model.lora={r: 4, alpha: 8}", "train.checkpoint_every=0", "optim.lr=3e-2"],
+    )
+    assert "trainable)" in result.stdout
+    curve = losses(run_dir)
+    assert curve[-1] < curve[0]
+    model = AutoModelForCausalLM.from_pretrained(run_dir / "final")
+    assert not any("lora" in name for name, _ in model.named_parameters())
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["data.block_size=64"], "data.block_size 64: document"),
+        (["tokenizers.input_overrides=[name=nope]"], "unknown tokenizer 'nope'"),
+        (["data.mixture={asr: 1, podcasts: 1}"], "unknown source(s) ['podcasts']"),
+        (
+            ["train.deepspeed=configs/deepspeed/zero9.json"],
+            "zero9.json: DeepSpeed config not found",
+        ),
+    ],
+)
+def test_bad_config_fails_before_training(tiny_tokens, tmp_path, overrides, message):
+    result = run_pretrain(tiny_tokens, tmp_path / "bad", overrides, check=False)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert message in result.stdout + result.stderr
+    assert not (tmp_path / "bad" / "metrics.jsonl").exists()
+
+
+def test_vocab_mismatch_with_cache_fails_before_training(plain_run, tiny_tokens, tmp_path):
+    """A base checkpoint whose audio block differs from the token cache is refused."""
+    base = tmp_path / "base"
+    shutil.copytree(plain_run[0] / "final", base)
+    vocab = json.loads((base / "mmllm_vocab.json").read_text())
+    vocab["audio"][0]["codebook_size"] = 40
+    (base / "mmllm_vocab.json").write_text(json.dumps(vocab))
+    result = run_pretrain(tiny_tokens, tmp_path / "run", [f"model.base={base}"], check=False)
+    assert result.returncode == 2
+    assert "vocab mismatch" in result.stdout and "32 codes" in result.stdout

@@ -1,0 +1,191 @@
+"""Training pieces: LR schedule, DeepSpeed config filling, block schedule, micro-batches,
+the token loss, LoRA (trains only what it should) and config checks."""
+
+import json
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from mmllm.data.packing import IGNORE_INDEX, Document, pack_documents
+from mmllm.model import resize_model
+from mmllm.pretrain_config import (
+    LoraSection,
+    OptimSection,
+    PretrainConfig,
+    TrainSection,
+    check_pretrain_config,
+)
+from mmllm.training import (
+    BlockSchedule,
+    apply_lora,
+    count_targets,
+    deepspeed_config,
+    lr_multiplier,
+    make_optimizer,
+    micro_batches,
+    token_loss_sum,
+)
+from mmllm.vocab import MultimodalVocab
+
+VOCAB = MultimodalVocab(50, [("codes", 2, 8)])  # 50 text + specials + 16 audio ids
+
+
+def tiny_llama(vocab_size=50, tie=False):
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        tie_word_embeddings=tie,
+    )
+    return LlamaForCausalLM(config)
+
+
+def test_lr_warmup_then_cosine_to_floor():
+    optim = OptimSection(warmup_steps=4, min_lr_ratio=0.1)
+    assert [lr_multiplier(s, optim, 14) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
+    # halfway through the cosine (step 4 + 5 of 10): 0.1 + 0.9 * 0.5
+    assert lr_multiplier(9, optim, 14) == pytest.approx(0.55)
+    assert lr_multiplier(14, optim, 14) == pytest.approx(0.1)
+    assert lr_multiplier(100, optim, 14) == pytest.approx(0.1)
+
+
+def test_deepspeed_config_fills_auto_and_refuses_conflicts(tmp_path):
+    train = TrainSection(micro_batch_size=3, grad_accum=5)
+    ds = deepspeed_config("configs/deepspeed/zero3.json", train, grad_clip=0.5, bf16=True)
+    assert ds["train_micro_batch_size_per_gpu"] == 3
+    assert ds["gradient_accumulation_steps"] == 5
+    assert ds["gradient_clipping"] == 0.5
+    assert ds["bf16"] == {"enabled": True} and ds["zero_optimization"]["stage"] == 3
+    fixed = tmp_path / "ds.json"
+    fixed.write_text(json.dumps({"train_micro_batch_size_per_gpu": 8}))
+    with pytest.raises(
+        ValueError, match=r"ds.json: train_micro_batch_size_per_gpu is 8 .* gives 3"
+    ):
+        deepspeed_config(fixed, train, 1.0, False)
+
+
+def documents(count, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    docs = []
+    for i in range(count):
+        length = int(torch.randint(3, 30, (1,), generator=generator))
+        ids = torch.randint(0, 50, (length,), generator=generator).tolist()
+        docs.append(Document(ids, [True] * length, name=f"d{i}", task="asr"))
+    return docs
+
+
+def test_block_schedule_is_deterministic_and_walks_epochs():
+    def make(epoch):
+        return documents(40, seed=epoch)
+
+    a = BlockSchedule(make, block_size=32, pad_id=0, blocks_per_step=4, seed=1)
+    b = BlockSchedule(make, block_size=32, pad_id=0, blocks_per_step=4, seed=1)
+    epoch0 = a.epoch_blocks(0)
+    steps_per_epoch = len(epoch0) // 4
+    assert steps_per_epoch >= 2
+    # any step can be asked for first (resume) and gives the same blocks
+    late = steps_per_epoch + 1
+    assert all(
+        torch.equal(x.input_ids, y.input_ids)
+        for x, y in zip(b.step_blocks(late), a.step_blocks(late), strict=True)
+    )
+    assert a.locate(steps_per_epoch - 1) == (0, steps_per_epoch - 1)
+    assert a.locate(steps_per_epoch) == (1, 0)
+    first = a.step_blocks(0)
+    assert all(
+        torch.equal(x.input_ids, y.input_ids) for x, y in zip(first, epoch0[:4], strict=True)
+    )
+
+
+def test_micro_batches_deal_every_block_once():
+    blocks = list(pack_documents(documents(60), 32, 0))[:12]
+    seen = []
+    for rank in range(3):
+        batches = micro_batches(blocks, rank, 3, grad_accum=2)
+        assert len(batches) == 2 and all(b["input_ids"].shape == (2, 32) for b in batches)
+        seen += [row for b in batches for row in b["input_ids"]]
+    assert sorted(tuple(r.tolist()) for r in seen) == sorted(
+        tuple(b.input_ids.tolist()) for b in blocks
+    )
+
+
+def test_count_targets_by_hand():
+    docs = [Document([1, 2, 3], [False, True, True]), Document([4, 5], [True, True])]
+    (block,) = pack_documents(docs, 8, 0)
+    # doc 1: ids 2, 3 are targets; doc 2: its first token never is, so only 5
+    assert count_targets([block]) == 3
+
+
+def test_token_loss_sum_equals_hf_loss_for_one_document():
+    model = tiny_llama()
+    ids = list(range(5, 25))
+    (block,) = pack_documents([Document(ids, [True] * len(ids))], 32, 0)
+    batch = {k: v[None] for k, v in vars(block).items() if isinstance(v, torch.Tensor)}
+    loss_sum, count = token_loss_sum(model, batch, torch.float32)
+    reference = model(input_ids=torch.tensor([ids]), labels=torch.tensor([ids])).loss
+    assert count == len(ids) - 1
+    torch.testing.assert_close(loss_sum / count, reference, rtol=1e-5, atol=1e-6)
+    assert block.labels[0] == IGNORE_INDEX
+
+
+@pytest.mark.parametrize("freeze_audio", [False, True])
+def test_lora_trains_adapters_and_new_rows_only(freeze_audio):
+    model = resize_model(tiny_llama(), VOCAB, init="random")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    model = apply_lora(model, LoraSection(r=2, alpha=4), VOCAB, freeze_audio=freeze_audio)
+    optimizer = make_optimizer(model, OptimSection(lr=0.1))
+    ids = torch.arange(VOCAB.size)[None]  # every text, special and audio id once
+    for _ in range(3):
+        model(input_ids=ids, labels=ids).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    merged = model.merge_and_unload()
+    after = merged.state_dict()
+    trained_rows = VOCAB.audio_start if freeze_audio else VOCAB.size
+    for name in ("model.embed_tokens.weight", "lm_head.weight"):
+        # text rows (and frozen audio rows) untouched, the trainable new rows moved
+        assert torch.equal(after[name][: VOCAB.text_size], before[name][: VOCAB.text_size])
+        assert torch.equal(after[name][trained_rows:], before[name][trained_rows:])
+        assert not torch.allclose(
+            after[name][VOCAB.text_size : trained_rows],
+            before[name][VOCAB.text_size : trained_rows],
+        )
+    # adapted projections changed once merged, the others (MLP, norms) did not
+    assert not torch.equal(
+        after["model.layers.0.self_attn.q_proj.weight"],
+        before["model.layers.0.self_attn.q_proj.weight"],
+    )
+    for name in ("model.layers.0.mlp.up_proj.weight", "model.norm.weight"):
+        assert torch.equal(after[name], before[name])
+
+
+def test_optimizer_decays_only_inner_matrices():
+    model = resize_model(tiny_llama(), VOCAB)
+    optimizer = make_optimizer(model, OptimSection(weight_decay=0.1))
+    decayed = {id(p) for p in optimizer.param_groups[0]["params"]}
+    assert id(model.get_input_embeddings().weight) not in decayed
+    assert id(model.lm_head.weight) not in decayed
+    assert id(model.model.layers[0].self_attn.q_proj.weight) in decayed
+    assert id(model.model.norm.weight) not in decayed
+    assert optimizer.param_groups[1]["weight_decay"] == 0.0
+    total = sum(len(g["params"]) for g in optimizer.param_groups)
+    assert total == len(list(model.parameters()))
+
+
+def test_config_checks_name_the_key():
+    cfg = PretrainConfig()
+    check_pretrain_config(cfg)  # the embedded default is valid
+    cfg.data.mixture = {"asr": 1.0, "podcasts": 2.0}
+    cfg.train.steps = 0
+    cfg.data.pattern = "delay"
+    with pytest.raises(ValueError) as err:
+        check_pretrain_config(cfg)
+    message = str(err.value)
+    assert "data.mixture: unknown source(s) ['podcasts']" in message
+    assert "train.steps: must be >= 1" in message
+    assert "data.pattern: 'delay'" in message
