@@ -234,8 +234,10 @@ def test_vocab_mismatch_with_cache_fails_before_training(plain_run, tiny_tokens,
     base = tmp_path / "base"
     shutil.copytree(plain_run[0] / "final", base)
     vocab = json.loads((base / "mmllm_vocab.json").read_text())
-    vocab["audio"][0]["codebook_size"] = 40
+    vocab["audio"][0]["codebook_size"] = 40  # a checkpoint made for a 40-unit tokenizer
+    vocab["size"] += 8
     (base / "mmllm_vocab.json").write_text(json.dumps(vocab))
     result = run_pretrain(tiny_tokens, tmp_path / "run", [f"model.base={base}"], check=False)
     assert result.returncode == 2
-    assert "vocab mismatch" in result.stdout and "32 codes" in result.stdout
+    assert "vocab mismatch" in result.stdout
+    assert "1 x 40 codes, the token cache has 1 x 32" in result.stdout
