@@ -1,6 +1,7 @@
 """Configs: every shipped YAML loads, and bad keys, types and missing values name themselves."""
 
 import dataclasses
+import json
 from pathlib import Path
 
 import pytest
@@ -9,11 +10,17 @@ import yaml
 from mmllm.config import ConfigError, config_dataclass, config_hash, load_config, save_config
 from mmllm.data.corpora import CorpusConfig
 from mmllm.data.synth import SynthConfig
+from mmllm.pretrain_config import PretrainConfig
 from mmllm.tokenizers.base import TokenizerConfig
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 # Which dataclass each configs/ subfolder holds; a new folder must be added here.
-CONFIG_CLASSES = {"synth": SynthConfig, "corpora": CorpusConfig, "tokenizers": TokenizerConfig}
+CONFIG_CLASSES = {
+    "synth": SynthConfig,
+    "corpora": CorpusConfig,
+    "tokenizers": TokenizerConfig,
+    "pretrain": PretrainConfig,
+}
 
 
 @config_dataclass
@@ -34,6 +41,14 @@ class Run:
 )
 def test_every_shipped_yaml_loads(path):
     folder = path.relative_to(CONFIGS).parts[0]
+    if folder == "accelerate":  # accelerate's own launcher configs, pointing at ours
+        from accelerate.commands.config.config_args import load_config_from_file
+
+        launcher = load_config_from_file(str(path))
+        ds_file = CONFIGS.parent / launcher.deepspeed_config["deepspeed_config_file"]
+        stage = json.loads(ds_file.read_text())["zero_optimization"]["stage"]
+        assert path.stem == f"zero{stage}", f"{path} points at {ds_file} (ZeRO-{stage})"
+        return
     assert folder in CONFIG_CLASSES, f"{path}: no config class registered for configs/{folder}/"
     cfg = load_config(CONFIG_CLASSES[folder], path)
     assert dataclasses.is_dataclass(cfg)
@@ -110,3 +125,13 @@ def test_synth_config_presets_and_validation():
         load_config(SynthConfig, None, ["tasks=[asr, dance]"])
     with pytest.raises(ConfigError, match=r"'huge' is not one of"):
         load_config(SynthConfig, None, ["size=huge"])
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("deepspeed/*.json")), ids=lambda p: p.name)
+def test_every_deepspeed_config_fills_from_the_pretrain_config(path):
+    from mmllm.training import deepspeed_config
+
+    train = PretrainConfig().train
+    ds = deepspeed_config(path, train, grad_clip=1.0, bf16=False)
+    assert "auto" not in json.dumps(ds), ds
+    assert ds["train_micro_batch_size_per_gpu"] == train.micro_batch_size

@@ -189,3 +189,10 @@ def test_config_checks_name_the_key():
     assert "data.mixture: unknown source(s) ['podcasts']" in message
     assert "train.steps: must be >= 1" in message
     assert "data.pattern: 'delay'" in message
+
+
+def test_default_yaml_is_the_embedded_default():
+    """`accelerate launch train/pretrain.py` (no --config) == --config configs/pretrain/default.yaml."""
+    from mmllm.config import load_config
+
+    assert load_config(PretrainConfig, "configs/pretrain/default.yaml") == PretrainConfig()
