@@ -15,7 +15,7 @@ building the LLM, LoRA and the task heads here.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -193,10 +193,12 @@ def save_pretrained_multimodal(
     vocab: MultimodalVocab,
     directory: str | Path,
     state_dict: dict[str, torch.Tensor] | None = None,
+    extra: Callable[[Path], None] | None = None,
 ) -> Path:
     """Write model (safetensors), tokenizer and `mmllm_vocab.json` into `directory`,
     atomically (the whole directory appears at once). `state_dict` replaces the model's own
-    tensors (DeepSpeed ZeRO-3 keeps only a shard of each in the module)."""
+    tensors (DeepSpeed ZeRO-3 keeps only a shard of each in the module); `extra(tmp_dir)` writes
+    further files into the directory before it appears (projector, run config)."""
     weight = model.get_input_embeddings().weight
     rows = getattr(weight, "ds_shape", weight.shape)[0]  # ZeRO-3 records the full shape
     if rows != vocab.size or len(hf_tokenizer) != vocab.size:
@@ -208,6 +210,8 @@ def save_pretrained_multimodal(
         model.save_pretrained(tmp, safe_serialization=True, state_dict=state_dict)
         hf_tokenizer.save_pretrained(tmp)
         vocab.save(tmp)
+        if extra is not None:
+            extra(Path(tmp))
     return Path(directory)
 
 

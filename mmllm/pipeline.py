@@ -59,20 +59,39 @@ class PreparedRun:
 
     def export(self, model: Any, accelerator: Any, directory: Path) -> Path:
         """Save the trained model in HF format (LoRA merged) with the extended tokenizer,
-        the vocab and the pretrain config. Collective under ZeRO-3: every process calls it."""
+        the vocab, the pretrain config and (continuous input) the projector, all appearing
+        at once. Collective under ZeRO-3: every process calls it."""
+        from mmllm.continuous import ContinuousInputLM, save_projector
+
         accelerator.wait_for_everyone()
         state_dict = accelerator.get_state_dict(model)  # gathers ZeRO-3 partitions
         if accelerator.is_main_process:
             unwrapped = accelerator.unwrap_model(model)
+            projector, projector_state = None, None
+            if isinstance(unwrapped, ContinuousInputLM):
+                projector, unwrapped = unwrapped.projector, unwrapped.lm
+                projector_state = _sub_state(state_dict, "projector.")
+                state_dict = _sub_state(state_dict, "lm.")
             if hasattr(unwrapped, "merge_and_unload"):  # peft: fold the adapters in
                 unwrapped, state_dict = unwrapped.merge_and_unload(), None
             unwrapped.set_attn_implementation("sdpa")  # loadable without mmllm imported
+
+            def extra(tmp: Path) -> None:
+                save_config(self.cfg, tmp, "mmllm_pretrain.yaml")
+                if projector is not None:
+                    save_projector(projector, tmp, projector_state)
+
             save_pretrained_multimodal(
-                unwrapped, self.hf_tokenizer, self.vocab, directory, state_dict=state_dict
+                unwrapped, self.hf_tokenizer, self.vocab, directory, state_dict, extra
             )
-            save_config(self.cfg, directory, "mmllm_pretrain.yaml")
         accelerator.wait_for_everyone()
         return directory
+
+
+def _sub_state(state_dict: dict | None, prefix: str) -> dict | None:
+    if state_dict is None:
+        return None
+    return {k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix)}
 
 
 def prepare_corpus(cfg: PretrainConfig, accelerator: Any) -> Path:
@@ -159,6 +178,7 @@ def build_vocab(cfg: PretrainConfig, hf_tokenizer: Any, caches: TokenCaches) -> 
     """Text | specials | audio blocks of the caches' tokenizers. A base model that is already
     an mmllm checkpoint keeps its vocab, which must match the caches."""
     cards = [caches.input] if caches.output == caches.input else [caches.input, caches.output]
+    cards = [card for card in cards if not card.continuous]  # features are not tokens
     blocks = [(c.name, c.num_codebooks, c.codebook_size) for c in cards]
     base = Path(cfg.model.base) if cfg.model.base else None
     if base is not None and (base / VOCAB_FILENAME).is_file():
@@ -205,6 +225,18 @@ def prepare_run(cfg: PretrainConfig, accelerator: Any) -> PreparedRun:
             cfg.tokenizers.output, cfg.tokenizers.output_overrides, cfg, corpus, accelerator
         )
     caches = TokenCaches.open(input_cache, output_cache)
+    if caches.input.continuous != (cfg.audio_input == "continuous"):
+        raise ValueError(
+            f"tokenizers.input: {input_cfg.name} gives "
+            f"{'features' if caches.input.continuous else 'codes'}, but audio_input is "
+            f"{cfg.audio_input!r}"
+        )
+    if caches.output.continuous and any(
+        cfg.data.mixture.get(s, 0) > 0 for s in ("tts", "se", "ss")
+    ):
+        raise ValueError(
+            f"tokenizers.output: {output_cfg.name} gives features; audio answers need codes"
+        )
     hf_tokenizer = text_tokenizer(cfg, corpus, accelerator)
     vocab = build_vocab(cfg, hf_tokenizer, caches)
     renderer = TemplateRenderer(
@@ -214,6 +246,8 @@ def prepare_run(cfg: PretrainConfig, accelerator: Any) -> PreparedRun:
         caches.output.name,
         pattern=cfg.data.pattern,
         frame_rate_hz=caches.input.frame_rate_hz,
+        continuous_input=caches.input.continuous,
+        feature_stack=cfg.continuous.stack,
     )
     centroids = None
     if cfg.model.init == "centroids":

@@ -144,8 +144,24 @@ class TrainSection:
 
 
 @config_dataclass
+class ContinuousSection:
+    """Continuous-input baseline (`audio_input: continuous`): the input tokenizer config names
+    a feature backend (mfcc-features, log-mel-features); `stack` consecutive frames are
+    concatenated (frame rate / stack), then an MLP of width `projector_hidden` maps them to
+    the model width (mmllm.continuous)."""
+
+    stack: int = 1
+    projector_hidden: int = 512
+
+
+@config_dataclass
 class PretrainConfig:
+    """audio_input: discrete (audio spans are tokens) | continuous (input audio spans are
+    projected features; audio answers stay tokens of `tokenizers.output`)"""
+
     run_dir: str = "runs/pretrain/default"
+    audio_input: str = "discrete"
+    continuous: ContinuousSection = dataclasses.field(default_factory=ContinuousSection)
     corpus: CorpusSection = dataclasses.field(default_factory=CorpusSection)
     tokenizers: TokenizerSection = dataclasses.field(default_factory=TokenizerSection)
     model: ModelSection = dataclasses.field(default_factory=ModelSection)
@@ -173,6 +189,23 @@ def check_pretrain_config(cfg: PretrainConfig) -> None:
         problems.append(f"model.init: {cfg.model.init!r}; expected one of {INIT_MODES}")
     if cfg.train.precision not in PRECISIONS:
         problems.append(f"train.precision: {cfg.train.precision!r}; expected one of {PRECISIONS}")
+    if cfg.audio_input not in ("discrete", "continuous"):
+        problems.append(f"audio_input: {cfg.audio_input!r}; expected 'discrete' or 'continuous'")
+    if cfg.audio_input == "continuous":
+        lm_audio = sorted(s for s in ("audio", "interleaved") if cfg.data.mixture.get(s, 0) > 0)
+        if lm_audio:
+            problems.append(
+                f"data.mixture: {lm_audio} predict input audio as tokens, which continuous "
+                "input does not have; give them weight 0"
+            )
+        speaking = sorted(s for s in ("tts", "se", "ss") if cfg.data.mixture.get(s, 0) > 0)
+        if speaking and not cfg.tokenizers.output:
+            problems.append(
+                f"tokenizers.output: audio answers ({speaking}) need a discrete output "
+                "tokenizer when audio_input is continuous"
+            )
+        if cfg.continuous.stack < 1:
+            problems.append(f"continuous.stack: must be >= 1, got {cfg.continuous.stack}")
     if cfg.train.attention not in ("packed", "mask"):
         problems.append(f"train.attention: {cfg.train.attention!r}; expected 'packed' or 'mask'")
     for key in ("steps", "micro_batch_size", "grad_accum", "log_every"):

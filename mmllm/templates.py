@@ -15,7 +15,11 @@ cut at word boundaries (from the corpus alignments) into spans of 1-5 words that
 between <|text|> words and <|speech|> AUDIO of the frames those words cover.
 
 Input audio uses the `input_tokenizer`'s codes, output audio the `output_tokenizer`'s (they
-may differ, e.g. semantic in, compression out). Codes are laid out by a codebook pattern
+may differ, e.g. semantic in, compression out). With `continuous_input` the input lookups
+return features [D, F] instead of codes: an input span becomes <|audio_start|>, one
+<|audio_embed|> per (stacked) feature frame, <|audio_end|>, and `Rendered.features` holds the
+frames [n, D * feature_stack] in the order of those placeholders (mmllm.continuous projects
+them into the model at those positions). Codes are laid out by a codebook pattern
 (`flatten` or `first`; `delay` needs the multi-stream model and is refused here). The same
 `render` without its target is the generation prompt (eval/dasb.py, mmllm.generate).
 """
@@ -46,6 +50,7 @@ class Rendered:
     prompt: list[int]
     target: list[int]
     loss_on_prompt: bool = False  # True for LM documents: every token is a target
+    features: np.ndarray | None = None  # [n, D * stack]: one row per <|audio_embed|>, in order
 
     @property
     def input_ids(self) -> list[int]:
@@ -56,7 +61,9 @@ class Rendered:
         return [self.loss_on_prompt] * len(self.prompt) + [True] * len(self.target)
 
     def document(self, name: str, task: str) -> Document:
-        return Document(self.input_ids, self.loss_mask, name=name, task=task)
+        return Document(
+            self.input_ids, self.loss_mask, name=name, task=task, features=self.features
+        )
 
 
 class TemplateRenderer:
@@ -70,6 +77,8 @@ class TemplateRenderer:
         output_tokenizer: str | None = None,
         pattern: str = "flatten",
         frame_rate_hz: float = 50.0,
+        continuous_input: bool = False,
+        feature_stack: int = 1,
     ) -> None:
         if pattern == "delay":
             raise ValueError(
@@ -81,7 +90,11 @@ class TemplateRenderer:
         self.output_tokenizer = output_tokenizer or input_tokenizer
         self.pattern = get_pattern(pattern)
         self.frame_rate_hz = frame_rate_hz  # of the input tokenizer, to cut speech at word times
-        for name in (self.input_tokenizer, self.output_tokenizer):
+        self.continuous_input = continuous_input
+        self.feature_stack = feature_stack
+        self._features: list[np.ndarray] = []  # input feature frames of the row being rendered
+        discrete = [self.output_tokenizer] + ([] if continuous_input else [self.input_tokenizer])
+        for name in discrete:
             vocab.block(name)  # fails early, naming the tokenizer, if the vocab lacks it
 
     # ------------------------------------------------------------------ pieces
@@ -95,12 +108,21 @@ class TemplateRenderer:
         return self.pattern.build(ids, fill=self.vocab.pad_audio_id).reshape(-1).tolist()
 
     def audio(self, codes: np.ndarray, tokenizer: str) -> list[int]:
-        """AUDIO(x): <|audio_start|> ids <|audio_end|>."""
-        return [
-            self.vocab.audio_start_id,
-            *self.audio_tokens(codes, tokenizer),
-            self.vocab.audio_end_id,
-        ]
+        """AUDIO(x): <|audio_start|> ids <|audio_end|> (placeholders for continuous input)."""
+        if self.continuous_input and tokenizer == self.input_tokenizer:
+            frames = stack_frames(codes, self.feature_stack)
+            self._features.append(frames)
+            inner = [self.vocab.audio_embed_id] * len(frames)
+        else:
+            inner = self.audio_tokens(codes, tokenizer)
+        return [self.vocab.audio_start_id, *inner, self.vocab.audio_end_id]
+
+    def _with_features(self, rendered: Rendered) -> Rendered:
+        """Attach (and reset) the feature frames collected while rendering one row."""
+        if self._features:
+            rendered.features = np.concatenate(self._features).astype(np.float32)
+        self._features = []
+        return rendered
 
     # ------------------------------------------------------------------ rows
 
@@ -108,9 +130,17 @@ class TemplateRenderer:
         self, row: dict, input_codes: CodesLookup, output_codes: CodesLookup | None = None
     ) -> Rendered:
         """One corpus row of its task -> Rendered (loss on the target only)."""
+        self._features = []
+        return self._with_features(self._render(row, input_codes, output_codes))
+
+    def _render(
+        self, row: dict, input_codes: CodesLookup, output_codes: CodesLookup | None
+    ) -> Rendered:
         output_codes = output_codes or input_codes
         task, v = row["task"], self.vocab
         start = [v.task_id(task)]
+        if task == "sv":  # rendered in sequence order: continuous features follow call order
+            enrollment = self.audio(input_codes(f"{row['id']}#ref0"), self.input_tokenizer)
         source = self.audio(input_codes(row["id"]), self.input_tokenizer) if task != "tts" else []
         end = [v.eos_task_id]
         if task == "asr":
@@ -118,7 +148,6 @@ class TemplateRenderer:
         if task in LABEL_TASKS:
             return Rendered(start + source + [v.text_tag_id], self.text(row["label"]) + end)
         if task == "sv":
-            enrollment = self.audio(input_codes(f"{row['id']}#ref0"), self.input_tokenizer)
             prompt = start + enrollment + [v.sep_id] + source + [v.text_tag_id]
             return Rendered(prompt, self.text(SV_ANSWERS[row["label"]]) + end)
         if task == "tts":
@@ -147,6 +176,11 @@ class TemplateRenderer:
     ) -> Rendered:
         """An unconditional document from a row with speech: text, audio or interleaved."""
         v = self.vocab
+        if self.continuous_input and kind != "text":
+            raise ValueError(
+                f"LM document {kind!r} predicts input audio, which continuous input does not "
+                "have as tokens; use weight 0 for it in data.mixture"
+            )
         if kind == "text":
             return Rendered(
                 [v.text_tag_id] + self.text(row["text"]), [v.eos_task_id], loss_on_prompt=True
@@ -193,3 +227,13 @@ class TemplateRenderer:
             index += len(span)
             speech = not speech
         return ids
+
+
+def stack_frames(features: np.ndarray, stack: int) -> np.ndarray:
+    """features [D, F] -> [ceil(F / stack), stack * D]: consecutive frames concatenated
+    (the last group zero-padded), i.e. a frame rate `stack` times lower."""
+    dim, frames = features.shape
+    groups = -(-frames // stack)
+    padded = np.zeros((groups * stack, dim), dtype=np.float32)
+    padded[:frames] = np.asarray(features, dtype=np.float32).T
+    return padded.reshape(groups, stack * dim)

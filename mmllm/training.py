@@ -95,6 +95,17 @@ def build_model(
     return model
 
 
+def wrap_continuous_input(
+    model: Any, vocab: MultimodalVocab, feature_dim: int, stack: int, hidden: int
+) -> Any:
+    """The continuous-input baseline: <|audio_embed|> positions take projected features."""
+    from mmllm.continuous import AudioProjector, ContinuousInputLM
+
+    width = model.get_input_embeddings().weight.shape[1]
+    projector = AudioProjector(feature_dim * stack, width, hidden)
+    return ContinuousInputLM(model, projector, vocab.audio_embed_id)
+
+
 def _module_name(model: Any, module: Any) -> str:
     return next(name for name, m in model.named_modules() if m is module).rsplit(".", 1)[-1]
 
@@ -290,18 +301,14 @@ def token_loss_sum(
 
     Documents are kept apart by per-document attention (`packed`, the model must use
     PACKED_ATTENTION) or by the 4D block mask; logits are upcast to fp32 for the loss."""
+    inputs = {"input_ids": batch["input_ids"], "position_ids": batch["position_ids"]}
+    if "audio_features" in batch:  # continuous input (mmllm.continuous.ContinuousInputLM)
+        inputs["audio_features"] = batch["audio_features"]
     if packed:
-        logits = model(
-            input_ids=batch["input_ids"],
-            position_ids=batch["position_ids"],
-            document_spans=document_spans(batch["document_ids"]),
-        ).logits
+        inputs["document_spans"] = document_spans(batch["document_ids"])
     else:
-        logits = model(
-            input_ids=batch["input_ids"],
-            attention_mask=block_attention_mask(batch["document_ids"], dtype=dtype),
-            position_ids=batch["position_ids"],
-        ).logits
+        inputs["attention_mask"] = block_attention_mask(batch["document_ids"], dtype=dtype)
+    logits = model(**inputs).logits
     labels = batch["labels"][:, 1:]
     loss = F.cross_entropy(
         logits[:, :-1].float().reshape(-1, logits.shape[-1]),

@@ -57,6 +57,7 @@ SPECIAL_TOKENS: tuple[str, ...] = (
     "<|sep|>",  # separates items of one sequence: SS sources, SV enrollment vs trial
     "<|eos_task|>",  # end of a task's answer: generation stops here
     *(f"<|task_{task}|>" for task in TASKS),  # which task the sequence is (asr, ks, ..., tts)
+    "<|audio_embed|>",  # continuous input: this position's embedding is a projected feature frame
 )
 
 _TOKENIZER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -217,6 +218,10 @@ class MultimodalVocab:
     @property
     def sep_id(self) -> int:
         return self.special_id("sep")
+
+    @property
+    def audio_embed_id(self) -> int:
+        return self.special_id("audio_embed")
 
     @property
     def eos_task_id(self) -> int:

@@ -241,3 +241,40 @@ def test_vocab_mismatch_with_cache_fails_before_training(plain_run, tiny_tokens,
     assert result.returncode == 2
     assert "vocab mismatch" in result.stdout
     assert "1 x 40 codes, the token cache has 1 x 32" in result.stdout
+
+
+def test_continuous_input_run_trains_and_exports_projector(tiny_tokens, tmp_path):
+    """audio_input: continuous with mfcc-features in and mfcc-kmeans codes out."""
+    from mmllm.continuous import load_projector
+
+    run_dir = tmp_path / "continuous"
+    overrides = [
+        "audio_input=continuous",
+        f"tokenizers.input={ROOT / 'configs/tokenizers/mfcc-features.yaml'}",
+        "tokenizers.input_overrides=[]",
+        f"tokenizers.output={ROOT / 'configs/tokenizers/mfcc-kmeans.yaml'}",
+        f"tokenizers.output_overrides={json.dumps([str(x) for x in tiny_tokens['overrides']])}",
+        "data.mixture={asr: 1, ks: 1, sid: 1, sv: 1, tts: 1, se: 1, text: 0.25}",
+        "train.checkpoint_every=0",
+    ]
+    run_pretrain(tiny_tokens, run_dir, overrides)
+    curve = losses(run_dir)
+    assert curve[-1] < curve[0] - 0.05
+    summary = json.loads((run_dir / "eval_summary.json").read_text())
+    assert set(summary) == {"asr", "ks", "sid", "sv", "tts", "se", "text"}
+    assert all(row["fell"] for row in summary.values()), summary
+    projector = load_projector(run_dir / "final")
+    assert projector.config["in_dim"] == 26
+    vocab = json.loads((run_dir / "final" / "mmllm_vocab.json").read_text())
+    assert [block["tokenizer"] for block in vocab["audio"]] == ["mfcc-kmeans"]
+
+
+def test_continuous_input_refuses_audio_lm_documents(tiny_tokens, tmp_path):
+    result = run_pretrain(
+        tiny_tokens,
+        tmp_path / "bad",
+        ["audio_input=continuous", "tokenizers.input=configs/tokenizers/mfcc-features.yaml"],
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "['audio', 'interleaved'] predict input audio as tokens" in result.stderr

@@ -61,6 +61,10 @@ class AudioItem:
 
 
 def code_dtype(codebook_size: int) -> np.dtype:
+    """Storage type: uint16 codes, int32 for huge codebooks, float16 for continuous
+    features (codebook_size 0, mmllm.tokenizers.backends.features)."""
+    if codebook_size == 0:
+        return np.dtype(np.float16)
     return np.dtype(np.uint16) if codebook_size <= 65536 else np.dtype(np.int32)
 
 

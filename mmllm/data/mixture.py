@@ -46,6 +46,7 @@ class CacheCard:
     codebook_size: int
     frame_rate_hz: float
     tokenizer_hash: str
+    continuous: bool = False  # features [D, F] (num_codebooks = D) instead of codes
 
     @classmethod
     def read(cls, path: str | Path) -> CacheCard:
@@ -64,6 +65,7 @@ class CacheCard:
             props["codebook_size"],
             float(props["frame_rate_hz"]),
             card["tokenizer_hash"],
+            bool(props.get("continuous", False)),
         )
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 IGNORE_INDEX = -100
@@ -36,6 +37,7 @@ class Document:
     loss_mask: list[bool]
     name: str = ""  # e.g. the corpus row id, for error messages
     task: str = ""
+    features: np.ndarray | None = None  # continuous input frames [n, D], one per placeholder id
 
     def __post_init__(self) -> None:
         if len(self.input_ids) != len(self.loss_mask):
@@ -51,6 +53,9 @@ class PackedBlock:
     position_ids: torch.Tensor  # [L] int64
     document_ids: torch.Tensor  # [L] int64
     names: list[str] = field(default_factory=list)
+    features: torch.Tensor | None = (
+        None  # [n, D] continuous input frames of its documents, in order
+    )
 
     @property
     def used(self) -> int:
@@ -115,17 +120,25 @@ def _make_block(documents: list[Document], block_size: int, pad_id: int) -> Pack
         position_ids[start:stop] = torch.arange(ids.numel())
         document_ids[start:stop] = index
         start = stop
-    return PackedBlock(input_ids, labels, position_ids, document_ids, [d.name for d in documents])
+    frames = [torch.from_numpy(d.features) for d in documents if d.features is not None]
+    features = torch.cat(frames) if frames else None
+    names = [d.name for d in documents]
+    return PackedBlock(input_ids, labels, position_ids, document_ids, names, features)
 
 
 def collate_blocks(blocks: list[PackedBlock]) -> dict[str, torch.Tensor]:
-    """Stack blocks into a batch: input_ids, labels, position_ids, document_ids [B, L]."""
-    return {
+    """Stack blocks into a batch: input_ids, labels, position_ids, document_ids [B, L], and
+    `audio_features` [n, D] (row-major order of the placeholders) when blocks have them."""
+    batch = {
         "input_ids": torch.stack([b.input_ids for b in blocks]),
         "labels": torch.stack([b.labels for b in blocks]),
         "position_ids": torch.stack([b.position_ids for b in blocks]),
         "document_ids": torch.stack([b.document_ids for b in blocks]),
     }
+    frames = [b.features for b in blocks if b.features is not None]
+    if frames:
+        batch["audio_features"] = torch.cat(frames)
+    return batch
 
 
 def block_attention_mask(

@@ -4,4 +4,10 @@ Backends that need optional packages import them lazily, inside the constructor,
 this import never fails; building such a backend without its package gives a clear error.
 """
 
-from mmllm.tokenizers.backends import compression, offline, speechtokenizer, ssl  # noqa: F401
+from mmllm.tokenizers.backends import (  # noqa: F401
+    compression,
+    features,
+    offline,
+    speechtokenizer,
+    ssl,
+)

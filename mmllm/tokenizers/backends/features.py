@@ -1,0 +1,104 @@
+"""Continuous audio features for the continuous-input baseline, cached like tokens.
+
+They share the tokenizer interface so that `tokenizers/extract.py` / `extract_corpus` cache
+them exactly as codes (resumable, sharded, keyed by config hash): `encode` returns
+`[B, D, F]` float features instead of `[B, K, F]` codes, and the cache stores them as
+float16 (`continuous = True`). In the LLM they never become tokens: the trainer projects
+them into the embedding space at the audio span (`mmllm.continuous`).
+
+    mfcc-features     13 MFCC x 2 stacked frames = 26 dims at 50 Hz: exactly the frames
+                      mfcc-kmeans clusters, before quantisation (the direct comparison)
+    log-mel-features  80 log-mel bands at 50 Hz
+
+Both are normalised per utterance (mean 0, variance 1 per dimension over the utterance's
+frames): the usual CMVN, so loudness and channel do not shift the inputs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from mmllm.tokenizers.backends.offline import (
+    FRAME_RATE_HZ,
+    MFCC_STACK,
+    N_MFCC,
+    SAMPLE_RATE,
+    log_mel_frames,
+    mfcc_frames,
+)
+from mmllm.tokenizers.base import AudioTokenizer, TokenizerConfig, register_tokenizer
+
+
+def utterance_cmvn(features: torch.Tensor, frame_lengths: torch.Tensor) -> torch.Tensor:
+    """features [B, F, D], frame_lengths [B] -> per-utterance mean/variance normalised
+    features; frames beyond an item's length are set to 0."""
+    frames = torch.arange(features.shape[1], device=features.device)
+    valid = (frames[None, :] < frame_lengths[:, None].to(features.device))[..., None]
+    count = valid.sum(1, keepdim=True).clamp(min=1)
+    mean = (features * valid).sum(1, keepdim=True) / count
+    var = ((features - mean).square() * valid).sum(1, keepdim=True) / count
+    return torch.where(valid, (features - mean) / (var + 1e-5).sqrt(), 0.0)
+
+
+class _ContinuousFeatures(AudioTokenizer):
+    """Shared by the offline feature backends: no options, 16 kHz in, 50 Hz out."""
+
+    continuous = True
+    sample_rate = SAMPLE_RATE
+    frame_rate_hz = float(FRAME_RATE_HZ)
+    codebook_size = 0  # no codes
+    feature_dim: int
+
+    def __init__(self, cfg: TokenizerConfig) -> None:
+        super().__init__(cfg)
+        unused = {
+            k: v
+            for k, v in {
+                "weights": cfg.weights,
+                "centroids": cfg.centroids,
+                "codebook_size": cfg.codebook_size,
+                "bandwidth_kbps": cfg.bandwidth_kbps,
+                "layers": cfg.layers or None,
+                "vocoder": cfg.vocoder,
+            }.items()
+            if v is not None
+        }
+        if unused:
+            raise ValueError(
+                f"{self.name}: config keys {sorted(unused)} do not apply; leave them unset"
+            )
+        self.num_codebooks = self.feature_dim  # the cache stores [D, F] like [K, F]
+
+    @property
+    def bitrate_bps(self) -> float:
+        return self.feature_dim * 16 * self.frame_rate_hz  # as cached: float16 per dimension
+
+    def describe(self) -> dict[str, Any]:
+        return super().describe() | {"continuous": True, "feature_dim": self.feature_dim}
+
+    def encode(self, wav: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """wav [B, T] 16 kHz, lengths [B] -> (features [B, D, F] float32, frame_lengths [B])."""
+        lengths = torch.as_tensor(lengths).long().cpu()
+        features, frame_lengths = self._frames(wav.float().cpu(), lengths)
+        features = utterance_cmvn(features, frame_lengths)
+        return features.transpose(1, 2).to(wav.device), frame_lengths
+
+
+@register_tokenizer("mfcc-features")
+class MfccFeatures(_ContinuousFeatures):
+    feature_dim = MFCC_STACK * N_MFCC
+
+    def _frames(self, wav, lengths):
+        mfcc, frame_lengths = mfcc_frames(wav, lengths)  # [B, 2F, 13] at 100 Hz
+        batch, frames, dim = mfcc.shape
+        return mfcc.reshape(batch, frames // MFCC_STACK, MFCC_STACK * dim), frame_lengths
+
+
+@register_tokenizer("log-mel-features")
+class LogMelFeatures(_ContinuousFeatures):
+    feature_dim = 80
+
+    def _frames(self, wav, lengths):
+        return log_mel_frames(wav, lengths)
