@@ -202,7 +202,9 @@ class AnswerGrammar:
                 rows.append(_LabelRow(self.trie(texts), eos) if texts else _TextRow(eos))
             elif task in AUDIO_ANSWER_SPANS:
                 if self.output_tokenizer is None:
-                    raise ValueError(f"task {task!r} writes audio; the vocab has no audio tokenizer")
+                    raise ValueError(
+                        f"task {task!r} writes audio; the vocab has no audio tokenizer"
+                    )
                 rows.append(_AudioRow(AUDIO_ANSWER_SPANS[task], self.frame_width, self.vocab))
             else:
                 raise ValueError(f"unknown task {task!r}; known: {list(TASKS)}")
@@ -241,7 +243,9 @@ class _LabelRow(_Row):
     def key(self, left):
         trie = self.trie
         closing = left is not None and left <= trie.finish[self.node]
-        ids = [t for t, c in trie.children[self.node].items() if not closing or trie.finish[c] < left]
+        ids = [
+            t for t, c in trie.children[self.node].items() if not closing or trie.finish[c] < left
+        ]
         return ("ids", *sorted(ids + [self.eos] * trie.terminal[self.node]))
 
     def advance(self, token):
@@ -442,7 +446,13 @@ def generate(
                     [tasks[i] for i in chunk], allowed_texts, cfg.max_new_tokens, pad
                 )
             outputs = _generate_batch(
-                model, [prompts[i] for i in chunk], cfg, vocab.eos_task_id, pad, processor, generator
+                model,
+                [prompts[i] for i in chunk],
+                cfg,
+                vocab.eos_task_id,
+                pad,
+                processor,
+                generator,
             )
             for i, output in zip(chunk, outputs, strict=True):
                 results[i] = output
@@ -535,7 +545,9 @@ class Checkpoint:
             input_config = load_config(TokenizerConfig, section.input, section.input_overrides)
             output_config = input_config
             if section.output:
-                output_config = load_config(TokenizerConfig, section.output, section.output_overrides)
+                output_config = load_config(
+                    TokenizerConfig, section.output, section.output_overrides
+                )
             tokenizer = AutoTokenizer.from_pretrained(directory)
         except (ConfigError, ValueError, OSError) as err:
             raise GenerateError(f"checkpoint {directory}: {_one_line(err)}") from None
@@ -549,7 +561,11 @@ class Checkpoint:
 
     def renderer(self) -> TemplateRenderer:
         return TemplateRenderer(
-            self.vocab, self.tokenizer, self.input_config.name, self.output_config.name, self.pattern
+            self.vocab,
+            self.tokenizer,
+            self.input_config.name,
+            self.output_config.name,
+            self.pattern,
         )
 
     def grammar(self) -> AnswerGrammar:
@@ -602,3 +618,154 @@ def encode_audio_file(path: str | Path, tokenizer: Any) -> np.ndarray:
 
 def _one_line(err: BaseException) -> str:
     return " ".join(str(err).split())
+
+
+def build_prompt(
+    checkpoint: Checkpoint, task: str, inputs: Sequence[str], speaker: str | None = None
+) -> list[int]:
+    """Prompt ids for one task from CLI-style inputs: audio file paths (sv: enrollment then
+    trial) or, for tts, the text to speak (with `speaker`)."""
+    codes: dict[str, np.ndarray] = {}
+    if task != "tts":
+        input_tokenizer = checkpoint.audio_tokenizer("input")
+        keys = ["prompt#ref0", "prompt"] if task == "sv" else ["prompt"]
+        for key, path in zip(keys, inputs, strict=True):
+            codes[key] = encode_audio_file(path, input_tokenizer)
+    row = {
+        "id": "prompt",
+        "task": task,
+        "text": inputs[0] if task == "tts" else "",
+        "label": "",
+        "speaker": speaker or "",
+        "words": [],
+    }
+    return render_prompt(checkpoint.renderer(), row, codes.__getitem__)
+
+
+def _check_arguments(args: argparse.Namespace) -> None:
+    """Every check that needs neither the checkpoint nor the model."""
+    task = args.task
+    if task not in TASKS:
+        raise GenerateError(f"unknown task {task!r}; known: {', '.join(TASKS)}")
+    expected = 2 if task == "sv" else 1
+    if len(args.inputs) != expected:
+        what = {"sv": "ENROLLMENT.wav TRIAL.wav", "tts": '"TEXT"'}.get(task, "AUDIO")
+        raise GenerateError(f"task {task} takes {what}, got {len(args.inputs)} input(s)")
+    if task == "tts":
+        if not args.inputs[0].strip():
+            raise GenerateError("tts: the text to speak is empty")
+        if not args.speaker:
+            raise GenerateError("tts: --speaker is required (a speaker id seen in training)")
+    else:
+        for path in args.inputs:
+            if not Path(path).is_file():
+                raise GenerateError(f"input audio {path}: file not found")
+    if task in AUDIO_ANSWER_SPANS and args.out is None:
+        raise GenerateError(f"task {task} writes audio: --out FILE.wav is required")
+
+
+def _write_audio(spans: list[torch.Tensor], tokenizer: Any, out: Path) -> list[str]:
+    """Decode each span's codes [K, F] and write out (ss: out-1.wav, out-2.wav)."""
+    from mmllm.audio import write_wav
+
+    if not spans or any(c.shape[-1] == 0 for c in spans):
+        raise GenerateError("the model wrote no audio frames (raise --max-new-tokens?)")
+    lines = []
+    for j, codes in enumerate(spans):
+        path = out if len(spans) == 1 else out.with_name(f"{out.stem}-{j + 1}{out.suffix}")
+        wav, lengths = tokenizer.decode(codes[None], torch.tensor([codes.shape[-1]]))
+        wav = wav[0, : int(lengths[0])].float().cpu().numpy()
+        write_wav(path, wav, tokenizer.sample_rate)
+        lines.append(f"wrote {path} ({wav.shape[0] / tokenizer.sample_rate:.2f} s)")
+    return lines
+
+
+def run_cli(args: argparse.Namespace) -> list[str]:
+    """The CLI's work: check, prompt, generate, decode. Returns the lines to print."""
+    _check_arguments(args)
+    task = args.task
+    checkpoint = Checkpoint.open(args.checkpoint)
+    output_tokenizer = None
+    if task in AUDIO_ANSWER_SPANS:
+        output_tokenizer = checkpoint.audio_tokenizer("output")
+        if not output_tokenizer.can_decode:
+            raise GenerateError(
+                f"output tokenizer {checkpoint.output_config.name!r} cannot decode audio "
+                "(vocoders come in a later step)"
+            )
+    prompt = build_prompt(checkpoint, task, args.inputs, args.speaker)
+    model = checkpoint.load_model(args.device)
+    max_new = args.max_new_tokens
+    if max_new is None:  # text: a sentence; audio: what the model's context still holds
+        context = getattr(model.config, "max_position_embeddings", 1024)
+        max_new = 128 if task in TEXT_ANSWER_TASKS else max(context - len(prompt), 1)
+    try:
+        config = GenerationConfig(
+            max_new_tokens=max_new,
+            batch_size=1,
+            do_sample=args.sample,
+            temperature=args.temperature,
+            top_k=args.top_k,
+            top_p=args.top_p,
+            seed=args.seed,
+        )
+    except ValueError as err:
+        raise GenerateError(f"generation options: {_one_line(err)}") from None
+    allowed = args.allowed or (sorted(SV_ANSWERS.values()) if task == "sv" else None)
+    [ids] = generate(
+        model,
+        [prompt],
+        checkpoint.vocab,
+        config,
+        tasks=task,
+        grammar=checkpoint.grammar(),
+        allowed_texts=allowed,
+    )
+    if task in TEXT_ANSWER_TASKS:
+        return [decode_text(ids, checkpoint.tokenizer, checkpoint.vocab)]
+    spans = decode_audio(ids, checkpoint.vocab, checkpoint.output_config.name, checkpoint.pattern)
+    return _write_audio(spans, output_tokenizer, Path(args.out))
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line and exit code 2, like every bad input
+        raise GenerateError(message)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _Parser(
+        prog="python -m mmllm.generate",
+        description="Prompt a trained mmllm checkpoint with one task.",
+    )
+    parser.add_argument("--checkpoint", required=True, help="checkpoint directory (final/)")
+    parser.add_argument("task", help=f"one of {', '.join(TASKS)}")
+    parser.add_argument(
+        "inputs", nargs="+", help='audio file(s) (sv: enrollment trial) or tts "text"'
+    )
+    parser.add_argument("--speaker", help="tts: speaker id")
+    parser.add_argument("--out", help="tts/se/ss: output WAV (ss writes OUT-1 and OUT-2)")
+    parser.add_argument("--allowed", nargs="+", help="restrict a text answer to these strings")
+    parser.add_argument("--max-new-tokens", type=int, default=None)
+    parser.add_argument("--sample", action="store_true", help="sample instead of greedy")
+    parser.add_argument("--temperature", type=float, default=1.0)
+    parser.add_argument("--top-k", type=int, default=0)
+    parser.add_argument("--top-p", type=float, default=1.0)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cpu")
+    from mmllm.audio import AudioError
+
+    try:
+        args = parser.parse_args(argv)
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # keep the output to the answer
+        for line in run_cli(args):
+            print(line)
+    except (GenerateError, AudioError) as err:
+        print(f"error: {_one_line(err)}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
