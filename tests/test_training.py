@@ -7,7 +7,7 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from mmllm.data.packing import IGNORE_INDEX, Document, pack_documents
+from mmllm.data.packing import IGNORE_INDEX, Document, collate_blocks, pack_documents
 from mmllm.model import resize_model
 from mmllm.pretrain_config import (
     LoraSection,
@@ -19,6 +19,7 @@ from mmllm.pretrain_config import (
 from mmllm.training import (
     BlockSchedule,
     apply_lora,
+    build_model,
     count_targets,
     deepspeed_config,
     lr_multiplier,
@@ -196,3 +197,22 @@ def test_default_yaml_is_the_embedded_default():
     from mmllm.config import load_config
 
     assert load_config(PretrainConfig, "configs/pretrain/default.yaml") == PretrainConfig()
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    from mmllm.pretrain_config import ModelSection
+
+    section = dict(hidden_size=16, num_layers=2, num_heads=2, intermediate_size=32)
+    plain = build_model(ModelSection(**section), VOCAB, 64, seed=0)
+    checkpointed = build_model(
+        ModelSection(**section, gradient_checkpointing=True), VOCAB, 64, seed=0
+    )
+    assert checkpointed.is_gradient_checkpointing and not plain.is_gradient_checkpointing
+    docs = [Document(list(range(3, 3 + n)), [True] * n) for n in (9, 14)]
+    batch = collate_blocks(list(pack_documents(docs, 32, 0)))
+    for model in (plain, checkpointed):
+        model.train()
+        loss, _ = token_loss_sum(model, batch, torch.float32)
+        loss.backward()
+    for (name, a), b in zip(plain.named_parameters(), checkpointed.parameters(), strict=True):
+        torch.testing.assert_close(b.grad, a.grad, rtol=1e-5, atol=1e-7, msg=name)
