@@ -47,6 +47,7 @@ class CacheCard:
     frame_rate_hz: float
     tokenizer_hash: str
     continuous: bool = False  # features [D, F] (num_codebooks = D) instead of codes
+    bitrate_bps: float = 0.0
 
     @classmethod
     def read(cls, path: str | Path) -> CacheCard:
@@ -66,6 +67,7 @@ class CacheCard:
             float(props["frame_rate_hz"]),
             card["tokenizer_hash"],
             bool(props.get("continuous", False)),
+            float(props.get("bitrate_bps") or 0.0),
         )
 
 

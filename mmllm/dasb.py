@@ -1,0 +1,352 @@
+"""DASB tasks as prompted generation on a trained checkpoint, with their metrics.
+
+    report = evaluate_checkpoint("runs/pretrain/default/final", ["asr", "ks", "sv"], out_dir)
+
+For every task the test rows of the checkpoint's own corpus are rendered with the training
+templates, the prompt (without its target) goes to batched constrained generation
+(`mmllm.generate`), and the answer is scored:
+
+    asr           WER and CER (mmllm.metrics: one normaliser)
+    ks ic er sid  accuracy of the generated label; answers are constrained to the task's
+                  label set (from the train split), anything else would count as unparseable
+    sv            EER over the trial list from score = log p(yes) - log p(no) of the answer
+                  (teacher-forced), and accuracy of the higher-scoring answer
+    se ss tts     audio answers; if the output tokenizer decodes (mel-rvq, EnCodec, ...):
+                  SE: SI-SNR improvement, STOI, PESQ against the clean reference; SS: PIT
+                  SI-SNR improvement; TTS: dWER through an ASR checkpoint when one is given.
+                  Every audio task also reports code-level agreement with the reference
+                  tokens (frames equal / frames compared) and the length ratio, which need
+                  no decoder (mfcc-kmeans and the SSL k-means decode only through a vocoder)
+
+Each task writes `<task>.json` (metrics, counts, settings) and `<task>.jsonl` (one line per
+row: id, reference, answer) under `out_dir`, so every number traces back to outputs;
+`dasb.json` gathers all tasks with the checkpoint's tokenizer, bitrate and input kind.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from mmllm import metrics
+from mmllm.config import config_to_dict
+from mmllm.data.mixture import TokenCaches, source_rows
+from mmllm.data.synth import load_task
+from mmllm.fileio import atomic_write_text
+from mmllm.generate import (
+    AUDIO_ANSWER_SPANS,
+    Checkpoint,
+    GenerationConfig,
+    decode_audio,
+    decode_text,
+    generate,
+)
+from mmllm.templates import SV_ANSWERS
+
+LABEL_TASKS = ("ks", "ic", "er", "sid")
+AUDIO_LIMIT = 40  # audio answers are long: rows per audio task unless `limit` says otherwise
+
+
+class EvalData:
+    """Rows, prompts and reference codes of one checkpoint's corpus."""
+
+    def __init__(self, checkpoint: Checkpoint, split: str) -> None:
+        from mmllm.config import load_config
+        from mmllm.pretrain_config import PretrainConfig
+
+        self.checkpoint = checkpoint
+        self.pretrain = load_config(PretrainConfig, checkpoint.directory / "mmllm_pretrain.yaml")
+        self.corpus = Path(self.pretrain.corpus.path)
+        cache_dir = Path(self.pretrain.tokenizers.cache_dir)
+        self.caches = TokenCaches.open(
+            cache_dir / checkpoint.input_config.name, cache_dir / checkpoint.output_config.name
+        )
+        self.split = split
+        self.renderer = checkpoint.renderer()
+
+    def rows(self, task: str, limit: int | None) -> list[dict]:
+        rows = source_rows(self.corpus, task, self.split)
+        return rows[:limit] if limit else rows
+
+    def prompts(self, task: str, rows: list[dict]) -> list[Any]:
+        """Rendered rows (prompt ids, and features for continuous input)."""
+        inputs, outputs = self.caches.lookups(task, self.split)
+        return [self.renderer.render(row, inputs, outputs) for row in rows]
+
+    def labels(self, task: str) -> list[str]:
+        return sorted({row["label"] for row in source_rows(self.corpus, task, "train")})
+
+
+def score_answers(
+    model: Any, prompts: list[list[int]], answers: list[list[int]], batch_size: int = 16
+) -> torch.Tensor:
+    """Teacher-forced log p(answer | prompt) [N] (sum over the answer's tokens), batched with
+    right padding (positions beyond a row's length never influence it: causal attention)."""
+    device = model.get_input_embeddings().weight.device
+    scores = []
+    for start in range(0, len(prompts), batch_size):
+        chunk = list(
+            zip(
+                prompts[start : start + batch_size],
+                answers[start : start + batch_size],
+                strict=True,
+            )
+        )
+        width = max(len(p) + len(a) for p, a in chunk)
+        ids = torch.zeros(len(chunk), width, dtype=torch.long)
+        for row, (prompt, answer) in enumerate(chunk):
+            ids[row, : len(prompt) + len(answer)] = torch.tensor(prompt + answer)
+        with torch.no_grad():
+            logprobs = model(input_ids=ids.to(device)).logits.float().log_softmax(-1).cpu()
+        for row, (prompt, answer) in enumerate(chunk):
+            positions = torch.arange(len(prompt) - 1, len(prompt) + len(answer) - 1)
+            scores.append(logprobs[row, positions, torch.tensor(answer)].sum())
+    return torch.stack(scores)
+
+
+def _text_task(model, data, task, rows, config) -> tuple[dict, list[dict]]:
+    checkpoint = data.checkpoint
+    rendered = data.prompts(task, rows)
+    allowed = {task: data.labels(task)} if task in LABEL_TASKS else None
+    outputs = generate(
+        model,
+        [r.prompt for r in rendered],
+        checkpoint.vocab,
+        config,
+        tasks=task,
+        grammar=checkpoint.grammar(),
+        allowed_texts=allowed,
+    )
+    answers = [decode_text(ids, checkpoint.tokenizer, checkpoint.vocab) for ids in outputs]
+    references = [row["text"] if task == "asr" else row["label"] for row in rows]
+    if task == "asr":
+        word, char = metrics.wer(references, answers), metrics.cer(references, answers)
+        result = {"wer": word.rate, "cer": char.rate, "word_errors": vars(word)}
+    else:
+        acc = metrics.accuracy(references, answers, allowed[task])
+        result = {"accuracy": acc.accuracy, "correct": acc.correct, "unparseable": acc.unparseable}
+    lines = [
+        {"id": r["id"], "reference": ref, "answer": a}
+        for r, ref, a in zip(rows, references, answers, strict=True)
+    ]
+    return result, lines
+
+
+def _sv_task(model, data, rows) -> tuple[dict, list[dict]]:
+    checkpoint = data.checkpoint
+    prompts = [r.prompt for r in data.prompts("sv", rows)]
+    eos = checkpoint.vocab.eos_task_id
+    encode = lambda text: list(checkpoint.tokenizer.encode(text, add_special_tokens=False)) + [eos]  # noqa: E731
+    yes = score_answers(model, prompts, [encode(SV_ANSWERS["same"])] * len(prompts))
+    no = score_answers(model, prompts, [encode(SV_ANSWERS["different"])] * len(prompts))
+    score = (yes - no).numpy()
+    is_target = np.array([row["label"] == "same" for row in rows])
+    result = {
+        "eer": metrics.equal_error_rate(score, is_target),
+        "accuracy": float(((score > 0) == is_target).mean()),
+        "trials": len(rows),
+    }
+    lines = [
+        {"id": r["id"], "reference": r["label"], "score": float(s)}
+        for r, s in zip(rows, score, strict=True)
+    ]
+    return result, lines
+
+
+def _audio_task(model, data, task, rows, config, decoder, asr) -> tuple[dict, list[dict]]:
+    """Generate audio answers; code-level agreement always, signal metrics when decodable."""
+    from mmllm.audio import decode_audio_value
+
+    checkpoint = data.checkpoint
+    rendered = data.prompts(task, rows)
+    width = checkpoint.vocab.block(checkpoint.output_config.name).num_codebooks
+    width = width if checkpoint.pattern == "flatten" else 1
+    spans = AUDIO_ANSWER_SPANS[task]
+    # room for the reference answer's length plus half again (the constraint closes spans in time)
+    longest = max(len(r.target) for r in rendered)
+    cfg = GenerationConfig(
+        **{**config_to_dict(config), "max_new_tokens": int(longest * 1.5) + 4 * spans}
+    )
+    outputs = generate(
+        model,
+        [r.prompt for r in rendered],
+        checkpoint.vocab,
+        cfg,
+        tasks=task,
+        grammar=checkpoint.grammar(),
+    )
+    _, output_codes = data.caches.lookups(task, data.split)
+    keys = {"tts": ["{id}"], "se": ["{id}#ref0"], "ss": ["{id}#ref0", "{id}#ref1"]}[task]
+    equal = compared = 0
+    length_ratios, signal, lines, asr_pairs = [], {}, [], []
+    full_rows = load_task(data.corpus, task)[data.split] if decoder is not None else None
+    for index, (row, ids) in enumerate(zip(rows, outputs, strict=True)):
+        generated = decode_audio(
+            ids, checkpoint.vocab, checkpoint.output_config.name, checkpoint.pattern
+        )
+        references = [output_codes(key.format(id=row["id"])) for key in keys]
+        for gen, ref in zip(generated, references, strict=False):
+            n = min(gen.shape[-1], ref.shape[-1])
+            equal += int((gen[:, :n].numpy() == ref[:, :n]).sum())
+            compared += ref[:, : ref.shape[-1]].size
+            length_ratios.append(gen.shape[-1] / max(ref.shape[-1], 1))
+        line = {"id": row["id"], "frames": [int(g.shape[-1]) for g in generated]}
+        if decoder is not None and len(generated) == spans and all(g.shape[-1] for g in generated):
+            wavs = [_decode(decoder, g) for g in generated]
+            full_row = full_rows[index]  # the same row with its audio and references
+            line |= _signal_metrics(
+                task, full_row, wavs, decoder.sample_rate, decode_audio_value, signal
+            )
+            if task == "tts" and asr is not None:
+                asr_pairs.append((row["text"], wavs[0]))
+        lines.append(line)
+    result = {
+        "code_agreement": equal / max(compared, 1),
+        "length_ratio": float(np.mean(length_ratios)) if length_ratios else 0.0,
+        "rows": len(rows),
+        "decoded": decoder is not None,
+    }
+    for name, values in signal.items():
+        result[name] = len(values) if name == "pesq_failed" else float(np.mean(values))
+    if asr_pairs:
+        transcripts = asr.transcribe([w for _, w in asr_pairs], decoder.sample_rate)
+        result["dwer"] = metrics.wer([t for t, _ in asr_pairs], transcripts).rate
+        result["dwer_asr"] = str(asr.checkpoint.directory)
+    if decoder is None:
+        result["not_decoded"] = (
+            f"output tokenizer {checkpoint.output_config.name!r} cannot decode audio "
+            "(vocoders come in step 5); code-level agreement only"
+        )
+    return result, lines
+
+
+def _decode(decoder: Any, codes: torch.Tensor) -> np.ndarray:
+    wav, lengths = decoder.decode(codes[None], torch.tensor([codes.shape[-1]]))
+    return wav[0, : int(lengths[0])].float().cpu().numpy()
+
+
+def _fit(wav: np.ndarray, length: int) -> np.ndarray:
+    out = np.zeros(length, dtype=np.float64)
+    out[: min(length, wav.shape[0])] = wav[:length]
+    return out
+
+
+def _signal_metrics(task, row, wavs, sample_rate, load, signal) -> dict:
+    """SE: SI-SNRi / STOI / PESQ vs the clean reference; SS: PIT SI-SNRi vs the sources."""
+    mixture = load(row["audio"], sample_rate, name=row["id"])
+    if task == "se":
+        clean = load(row["refs"][0], sample_rate, name=f"{row['id']}#ref0")
+        estimate = _fit(wavs[0], clean.shape[0])
+        values = {
+            "si_snr_improvement": metrics.si_snr_improvement(
+                estimate, clean, _fit(mixture, clean.shape[0])
+            ),
+            "stoi": metrics.stoi(clean, estimate, sample_rate),
+        }
+        try:
+            values["pesq"] = metrics.pesq(clean, estimate, sample_rate)
+        except Exception:  # pesq refuses signals it finds no speech in: counted, not averaged
+            signal.setdefault("pesq_failed", []).append(1.0)
+    elif task == "ss":
+        sources = [load(ref, sample_rate, name=row["id"]) for ref in row["refs"]]
+        length = min(s.shape[0] for s in sources)
+        references = np.stack([s[:length] for s in sources])
+        estimates = np.stack([_fit(w, length) for w in wavs])
+        best = metrics.permutation_invariant_si_snr(estimates, references)
+        baseline = np.mean([metrics.si_snr(_fit(mixture, length), r) for r in references])
+        values = {"si_snr_improvement": best.si_snr - baseline}
+    else:
+        values = {}
+    for name, value in values.items():
+        signal.setdefault(name, []).append(value)
+    return values
+
+
+class CheckpointAsr:
+    """An mmllm checkpoint used as the ASR of dWER: encode audio with its input tokenizer,
+    prompt `asr`, decode the transcript."""
+
+    def __init__(self, directory: str | Path, config: GenerationConfig) -> None:
+        self.checkpoint = Checkpoint.open(directory)
+        self.model = self.checkpoint.load_model()
+        self.tokenizer = self.checkpoint.audio_tokenizer("input")
+        self.config = config
+
+    def transcribe(self, wavs: Sequence[np.ndarray], sample_rate: int) -> list[str]:
+        from mmllm.audio import resample
+
+        renderer = self.checkpoint.renderer()
+        prompts = []
+        for i, wav in enumerate(wavs):
+            wav = resample(wav.astype(np.float32), sample_rate, self.tokenizer.sample_rate)
+            codes, frames = self.tokenizer.encode(
+                torch.from_numpy(wav)[None], torch.tensor([wav.shape[0]])
+            )
+            codes = codes[0, :, : int(frames[0])].numpy()
+            row = {"id": str(i), "task": "asr", "text": "", "label": "", "speaker": "", "words": []}
+            prompts.append(renderer.render(row, lambda key, c=codes: c).prompt)
+        outputs = generate(
+            self.model,
+            prompts,
+            self.checkpoint.vocab,
+            self.config,
+            tasks="asr",
+            grammar=self.checkpoint.grammar(),
+        )
+        return [
+            decode_text(ids, self.checkpoint.tokenizer, self.checkpoint.vocab) for ids in outputs
+        ]
+
+
+def evaluate_checkpoint(
+    directory: str | Path,
+    tasks: Sequence[str],
+    out_dir: str | Path,
+    split: str = "test",
+    limit: int | None = None,
+    config: GenerationConfig | None = None,
+    asr_checkpoint: str | Path | None = None,
+) -> dict:
+    """Run `tasks` on a checkpoint; write per-task JSON + JSONL and `dasb.json` to out_dir."""
+    config = config or GenerationConfig(max_new_tokens=96, batch_size=32)
+    checkpoint = Checkpoint.open(directory)
+    data = EvalData(checkpoint, split)
+    model = checkpoint.load_model()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    decoder = None
+    if any(t in AUDIO_ANSWER_SPANS for t in tasks):
+        output_tokenizer = checkpoint.audio_tokenizer("output")
+        decoder = output_tokenizer if output_tokenizer.can_decode else None
+    asr = CheckpointAsr(asr_checkpoint, config) if asr_checkpoint and "tts" in tasks else None
+    report = {
+        "checkpoint": str(directory),
+        "split": split,
+        "audio_input": data.pretrain.audio_input,
+        "input_tokenizer": checkpoint.input_config.name,
+        "output_tokenizer": checkpoint.output_config.name,
+        "bitrate_bps": data.caches.input.bitrate_bps,
+        "generation": config_to_dict(config),
+        "tasks": {},
+    }
+    for task in tqdm(tasks, desc="dasb", unit="task"):
+        rows = data.rows(task, limit or (AUDIO_LIMIT if task in AUDIO_ANSWER_SPANS else None))
+        if task == "sv":
+            result, lines = _sv_task(model, data, rows)
+        elif task in AUDIO_ANSWER_SPANS:
+            result, lines = _audio_task(model, data, task, rows, config, decoder, asr)
+        else:
+            result, lines = _text_task(model, data, task, rows, config)
+        result["rows"] = len(rows)
+        report["tasks"][task] = result
+        atomic_write_text(out_dir / f"{task}.json", json.dumps(result, indent=1))
+        atomic_write_text(out_dir / f"{task}.jsonl", "".join(json.dumps(x) + "\n" for x in lines))
+        tqdm.write(f"{task}: {json.dumps(result)}")
+    atomic_write_text(out_dir / "dasb.json", json.dumps(report, indent=1))
+    return report
