@@ -30,10 +30,11 @@ Answer grammar per task (what the constraint allows, token by token):
 Inside AUDIO only the output tokenizer's codes of the pattern's codebook at that position are
 allowed (`flatten`: codebook = position mod K; `first`: codebook 0), and <|audio_end|> only
 after a whole number (>= 1) of frames. Given `max_new_tokens`, the constraint also closes
-open answers in time: when the tokens left equal the fewest that still complete the answer,
-only the completing choices remain, so every row ends well formed whenever that is possible.
+open answers in time (text: eos as the last token; labels: only labels that still fit;
+audio: each span ends by its share of the budget), so every row ends well formed whenever
+the budget allows the shortest answer.
 
-Prompting CLI (thin, over `Checkpoint` and `prompt_checkpoint` below):
+Prompting CLI (thin: `main` parses, `run_cli` calls `Checkpoint`, `build_prompt`, `generate`):
 
     python -m mmllm.generate --checkpoint DIR asr speech.wav
     python -m mmllm.generate --checkpoint DIR sv enrollment.wav trial.wav
@@ -68,7 +69,9 @@ PRETRAIN_CONFIG_FILENAME = "mmllm_pretrain.yaml"
 @config_dataclass
 class GenerationConfig:
     """max_new_tokens: generated tokens per prompt at most (eos included)
-    batch_size:      prompts per forward (sorted by length, so batches pad little)
+    batch_size:      prompts per batch at most (sorted by length, longest first)
+    max_padding:     a batch also closes before its prompt tokens would be more than this
+                     fraction padding (prompt processing is most of the work for short answers)
     do_sample:       False = greedy; True = sample with temperature / top_k / top_p
     top_k:           keep the k most likely ids (0 = all); top_p: nucleus mass (1.0 = all)
     seed:            seeds the sampler (same prompts + config -> same outputs)
@@ -76,6 +79,7 @@ class GenerationConfig:
 
     max_new_tokens: int = 256
     batch_size: int = 16
+    max_padding: float = 0.25
     do_sample: bool = False
     temperature: float = 1.0
     top_k: int = 0
@@ -86,6 +90,8 @@ class GenerationConfig:
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1 or self.batch_size < 1:
             raise ValueError("max_new_tokens and batch_size must be >= 1")
+        if not 0 <= self.max_padding < 1:
+            raise ValueError("max_padding must be in [0, 1)")
         if self.temperature <= 0 or self.top_k < 0 or not 0 < self.top_p <= 1:
             raise ValueError("need temperature > 0, top_k >= 0 and 0 < top_p <= 1")
 
@@ -243,30 +249,40 @@ class _LabelRow(_Row):
     def key(self, left):
         trie = self.trie
         closing = left is not None and left <= trie.finish[self.node]
-        ids = [
-            t for t, c in trie.children[self.node].items() if not closing or trie.finish[c] < left
-        ]
-        return ("ids", *sorted(ids + [self.eos] * trie.terminal[self.node]))
+        terminal = trie.terminal[self.node]
+        ids = list(trie.children[self.node])
+        if closing:  # only what still fits; if nothing does, anything (the answer is cut)
+            fitting = [t for t in ids if trie.finish[trie.children[self.node][t]] < left]
+            ids = fitting if fitting or terminal else ids
+        return ("ids", *sorted(ids + [self.eos] * terminal))
 
     def advance(self, token):
         self.node = self.trie.children[self.node][token]
 
 
 class _AudioRow(_Row):
-    """start -> span (pos tokens so far) -> [sep -> start -> span ...] -> eos."""
+    """start -> span (pos tokens so far) -> [sep -> start -> span ...] -> eos.
+
+    With a token budget, each span gets a frame limit when it opens: the tokens left after
+    the fixed markers, shared evenly among the spans still to write (so ss's two sources get
+    equal room), rounded down to whole frames. At the limit only <|audio_end|> remains."""
 
     def __init__(self, spans: int, frame_width: int, vocab: MultimodalVocab) -> None:
         self.phase, self.spans_left, self.pos, self.width = "start", spans, 0, frame_width
+        self.limit: int | None = None
         self.forced = {"start": vocab.audio_start_id, "sep": vocab.sep_id, "eos": vocab.eos_task_id}
         self.end = vocab.audio_end_id
 
     def key(self, left):
         if self.phase != "span":
             return ("tok", self.forced[self.phase])
+        if self.limit is None and left is not None:
+            # markers still to come: this span's end, sep + start + end per later span, eos
+            markers = 1 + 3 * (self.spans_left - 1) + 1
+            room = (left - markers) // self.spans_left
+            self.limit = max(self.width, room // self.width * self.width)
         at_boundary = self.pos > 0 and self.pos % self.width == 0
-        # fewest tokens after this span's end: sep + start + one frame + end per later span, eos
-        after = (self.spans_left - 1) * (self.width + 3) + 1
-        if at_boundary and left is not None and left <= after + 1:
+        if at_boundary and self.limit is not None and self.pos >= self.limit:
             return ("tok", self.end)
         return ("audio", self.pos % self.width, at_boundary)
 
@@ -277,7 +293,7 @@ class _AudioRow(_Row):
         elif self.phase == "span":
             self.pos += 1
         elif self.phase == "start":
-            self.phase, self.pos = "span", 0
+            self.phase, self.pos, self.limit = "span", 0, None
         elif self.phase == "sep":
             self.phase = "start"
 
@@ -370,7 +386,7 @@ def _generate_batch(
         input_ids=sequence[:, :width],
         attention_mask=mask,
         position_ids=positions,
-        past_key_values=DynamicCache(config=model.config),
+        past_key_values=DynamicCache(config=model.config),  # grows by concatenation
         use_cache=True,
         logits_to_keep=1,
     )
@@ -378,7 +394,8 @@ def _generate_batch(
     next_position = positions[:, -1:] + 1
     steps = 0
     for step in range(cfg.max_new_tokens):
-        scores = out.logits[:, -1, :].float()
+        logits = out.logits[:, -1, :]  # half-precision logits are sampled in float32
+        scores = logits.to(torch.promote_types(logits.dtype, torch.float32))
         if processor is not None:
             scores = processor(sequence[:, : width + step], scores)
         token = _pick(scores, cfg, generator).masked_fill(done, pad_id)
@@ -402,6 +419,23 @@ def _generate_batch(
     return results
 
 
+def plan_batches(lengths: Sequence[int], batch_size: int, max_padding: float) -> list[list[int]]:
+    """Indices grouped into batches, longest prompts first: a batch closes at `batch_size`
+    rows or before its padded positions would exceed `max_padding` of its prompt tokens."""
+    batches: list[list[int]] = []
+    current: list[int] = []
+    real = 0
+    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        if current:
+            padded = lengths[current[0]] * (len(current) + 1)
+            if len(current) == batch_size or padded - real - lengths[i] > max_padding * padded:
+                batches.append(current)
+                current, real = [], 0
+        current.append(i)
+        real += lengths[i]
+    return batches + [current] if current else batches
+
+
 def generate(
     model: Any,
     prompts: Sequence[Sequence[int]],
@@ -415,8 +449,8 @@ def generate(
 ) -> list[list[int]]:
     """Generate an answer for every prompt (token id lists), batched and KV-cached.
 
-    Prompts are sorted by length and cut into batches of `config.batch_size` (left-padded,
-    2D attention mask); results come back in input order, each ending with <|eos_task|>
+    Prompts are sorted by length and cut into batches (`plan_batches`: at most
+    `config.batch_size` rows, little padding; left-padded, 2D attention mask); results come back in input order, each ending with <|eos_task|>
     unless `max_new_tokens` ran out. With `grammar` (and `config.constrained`), `tasks`
     (one per prompt, or one for all) selects each row's answer grammar; `allowed_texts`
     restricts text answers to given strings. The model is put in eval mode for the call.
@@ -433,13 +467,11 @@ def generate(
     pad = pad_id if pad_id is not None else vocab.eos_task_id
     device = model.get_input_embeddings().weight.device
     generator = torch.Generator(device=device).manual_seed(cfg.seed) if cfg.do_sample else None
-    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
     results: list[list[int]] = [[] for _ in prompts]
     was_training = model.training
     model.eval()
     try:
-        for start in range(0, len(order), cfg.batch_size):
-            chunk = order[start : start + cfg.batch_size]
+        for chunk in plan_batches([len(p) for p in prompts], cfg.batch_size, cfg.max_padding):
             processor = None
             if use_grammar:
                 processor = grammar.processor(
@@ -673,7 +705,13 @@ def _write_audio(spans: list[torch.Tensor], tokenizer: Any, out: Path) -> list[s
     lines = []
     for j, codes in enumerate(spans):
         path = out if len(spans) == 1 else out.with_name(f"{out.stem}-{j + 1}{out.suffix}")
-        wav, lengths = tokenizer.decode(codes[None], torch.tensor([codes.shape[-1]]))
+        try:
+            wav, lengths = tokenizer.decode(codes[None], torch.tensor([codes.shape[-1]]))
+        except (RuntimeError, ValueError) as err:  # e.g. too few frames for the decoder
+            raise GenerateError(
+                f"output tokenizer {tokenizer.name!r} cannot decode {codes.shape[-1]} frame(s): "
+                f"{_one_line(err)}"
+            ) from None
         wav = wav[0, : int(lengths[0])].float().cpu().numpy()
         write_wav(path, wav, tokenizer.sample_rate)
         lines.append(f"wrote {path} ({wav.shape[0] / tokenizer.sample_rate:.2f} s)")
