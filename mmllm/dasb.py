@@ -84,26 +84,32 @@ class EvalData:
 
 
 def score_answers(
-    model: Any, prompts: list[list[int]], answers: list[list[int]], batch_size: int = 16
+    model: Any,
+    prompts: list[list[int]],
+    answers: list[list[int]],
+    features: list[np.ndarray | None] | None = None,
+    batch_size: int = 16,
 ) -> torch.Tensor:
     """Teacher-forced log p(answer | prompt) [N] (sum over the answer's tokens), batched with
-    right padding (positions beyond a row's length never influence it: causal attention)."""
+    right padding (positions beyond a row's length never influence it: causal attention).
+    `features`: continuous-input frames per prompt (mmllm.continuous)."""
     device = model.get_input_embeddings().weight.device
+    features = features or [None] * len(prompts)
     scores = []
     for start in range(0, len(prompts), batch_size):
-        chunk = list(
-            zip(
-                prompts[start : start + batch_size],
-                answers[start : start + batch_size],
-                strict=True,
-            )
-        )
+        stop = start + batch_size
+        chunk = list(zip(prompts[start:stop], answers[start:stop], strict=True))
         width = max(len(p) + len(a) for p, a in chunk)
         ids = torch.zeros(len(chunk), width, dtype=torch.long)
         for row, (prompt, answer) in enumerate(chunk):
             ids[row, : len(prompt) + len(answer)] = torch.tensor(prompt + answer)
+        extra = {}
+        frames = [f for f in features[start:stop] if f is not None]
+        if frames:
+            extra["audio_features"] = torch.from_numpy(np.concatenate(frames)).to(device)
         with torch.no_grad():
-            logprobs = model(input_ids=ids.to(device)).logits.float().log_softmax(-1).cpu()
+            logits = model(input_ids=ids.to(device), **extra).logits
+        logprobs = logits.float().log_softmax(-1).cpu()
         for row, (prompt, answer) in enumerate(chunk):
             positions = torch.arange(len(prompt) - 1, len(prompt) + len(answer) - 1)
             scores.append(logprobs[row, positions, torch.tensor(answer)].sum())
@@ -122,6 +128,7 @@ def _text_task(model, data, task, rows, config) -> tuple[dict, list[dict]]:
         tasks=task,
         grammar=checkpoint.grammar(),
         allowed_texts=allowed,
+        features=[r.features for r in rendered],
     )
     answers = [decode_text(ids, checkpoint.tokenizer, checkpoint.vocab) for ids in outputs]
     references = [row["text"] if task == "asr" else row["label"] for row in rows]
@@ -140,11 +147,12 @@ def _text_task(model, data, task, rows, config) -> tuple[dict, list[dict]]:
 
 def _sv_task(model, data, rows) -> tuple[dict, list[dict]]:
     checkpoint = data.checkpoint
-    prompts = [r.prompt for r in data.prompts("sv", rows)]
+    rendered = data.prompts("sv", rows)
+    prompts, features = [r.prompt for r in rendered], [r.features for r in rendered]
     eos = checkpoint.vocab.eos_task_id
     encode = lambda text: list(checkpoint.tokenizer.encode(text, add_special_tokens=False)) + [eos]  # noqa: E731
-    yes = score_answers(model, prompts, [encode(SV_ANSWERS["same"])] * len(prompts))
-    no = score_answers(model, prompts, [encode(SV_ANSWERS["different"])] * len(prompts))
+    yes = score_answers(model, prompts, [encode(SV_ANSWERS["same"])] * len(prompts), features)
+    no = score_answers(model, prompts, [encode(SV_ANSWERS["different"])] * len(prompts), features)
     score = (yes - no).numpy()
     is_target = np.array([row["label"] == "same" for row in rows])
     result = {
@@ -180,6 +188,7 @@ def _audio_task(model, data, task, rows, config, decoder, asr) -> tuple[dict, li
         cfg,
         tasks=task,
         grammar=checkpoint.grammar(),
+        features=[r.features for r in rendered],
     )
     _, output_codes = data.caches.lookups(task, data.split)
     keys = {"tts": ["{id}"], "se": ["{id}#ref0"], "ss": ["{id}#ref0", "{id}#ref1"]}[task]
@@ -290,14 +299,15 @@ class CheckpointAsr:
             )
             codes = codes[0, :, : int(frames[0])].numpy()
             row = {"id": str(i), "task": "asr", "text": "", "label": "", "speaker": "", "words": []}
-            prompts.append(renderer.render(row, lambda key, c=codes: c).prompt)
+            prompts.append(renderer.render(row, lambda key, c=codes: c))
         outputs = generate(
             self.model,
-            prompts,
+            [r.prompt for r in prompts],
             self.checkpoint.vocab,
             self.config,
             tasks="asr",
             grammar=self.checkpoint.grammar(),
+            features=[r.features for r in prompts],
         )
         return [
             decode_text(ids, self.checkpoint.tokenizer, self.checkpoint.vocab) for ids in outputs

@@ -370,6 +370,7 @@ def _generate_batch(
     pad_id: int,
     processor: ConstrainedLogitsProcessor | None,
     generator: torch.Generator | None,
+    frames: np.ndarray | None = None,
 ) -> list[list[int]]:
     """One left-padded batch through the KV-cached loop -> generated ids per row."""
     device = model.get_input_embeddings().weight.device
@@ -382,7 +383,9 @@ def _generate_batch(
     sequence, mask = sequence.to(device), mask.to(device)
     # left padding shifts each row: positions count real tokens only, as in training
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    extra = {} if frames is None else {"audio_features": torch.from_numpy(frames).to(device)}
     out = model(
+        **extra,
         input_ids=sequence[:, :width],
         attention_mask=mask,
         position_ids=positions,
@@ -446,6 +449,7 @@ def generate(
     grammar: AnswerGrammar | None = None,
     allowed_texts: Sequence[str] | Mapping[str, Sequence[str]] | None = None,
     pad_id: int | None = None,
+    features: Sequence[np.ndarray | None] | None = None,
 ) -> list[list[int]]:
     """Generate an answer for every prompt (token id lists), batched and KV-cached.
 
@@ -453,7 +457,9 @@ def generate(
     `config.batch_size` rows, little padding; left-padded, 2D attention mask); results come back in input order, each ending with <|eos_task|>
     unless `max_new_tokens` ran out. With `grammar` (and `config.constrained`), `tasks`
     (one per prompt, or one for all) selects each row's answer grammar; `allowed_texts`
-    restricts text answers to given strings. The model is put in eval mode for the call.
+    restricts text answers to given strings. `features` (continuous-input models,
+    mmllm.continuous): each prompt's feature frames [n, D], one per <|audio_embed|>.
+    The model is put in eval mode for the call.
     """
     cfg = config or GenerationConfig()
     prompts = [list(map(int, p)) for p in prompts]
@@ -477,6 +483,10 @@ def generate(
                 processor = grammar.processor(
                     [tasks[i] for i in chunk], allowed_texts, cfg.max_new_tokens, pad
                 )
+            frames = None
+            if features is not None and any(features[i] is not None for i in chunk):
+                # rows in batch order: the placeholders' row-major order after left padding
+                frames = np.concatenate([features[i] for i in chunk if features[i] is not None])
             outputs = _generate_batch(
                 model,
                 [prompts[i] for i in chunk],
@@ -485,6 +495,7 @@ def generate(
                 pad,
                 processor,
                 generator,
+                frames,
             )
             for i, output in zip(chunk, outputs, strict=True):
                 results[i] = output
@@ -557,6 +568,8 @@ class Checkpoint:
     pattern: str
     input_config: TokenizerConfig
     output_config: TokenizerConfig
+    continuous_input: bool = False  # audio_input: continuous (mmllm.continuous)
+    feature_stack: int = 1
 
     @classmethod
     def open(cls, directory: str | Path) -> Checkpoint:
@@ -583,13 +596,23 @@ class Checkpoint:
             tokenizer = AutoTokenizer.from_pretrained(directory)
         except (ConfigError, ValueError, OSError) as err:
             raise GenerateError(f"checkpoint {directory}: {_one_line(err)}") from None
-        for config in (input_config, output_config):
+        continuous = pretrain.audio_input == "continuous"
+        for config in (output_config,) if continuous else (input_config, output_config):
             if config.name not in vocab.blocks:
                 raise GenerateError(
                     f"checkpoint {directory}: its vocab has no audio tokenizer {config.name!r} "
                     f"(has {vocab.tokenizers})"
                 )
-        return cls(directory, vocab, tokenizer, pretrain.data.pattern, input_config, output_config)
+        return cls(
+            directory,
+            vocab,
+            tokenizer,
+            pretrain.data.pattern,
+            input_config,
+            output_config,
+            continuous,
+            pretrain.continuous.stack,
+        )
 
     def renderer(self) -> TemplateRenderer:
         return TemplateRenderer(
@@ -598,6 +621,8 @@ class Checkpoint:
             self.input_config.name,
             self.output_config.name,
             self.pattern,
+            continuous_input=self.continuous_input,
+            feature_stack=self.feature_stack,
         )
 
     def grammar(self) -> AnswerGrammar:
@@ -612,6 +637,8 @@ class Checkpoint:
             tokenizer = build_tokenizer(config)
         except (ValueError, OSError) as err:
             raise GenerateError(f"{which} tokenizer {config.name!r}: {_one_line(err)}") from None
+        if which == "input" and self.continuous_input:
+            return tokenizer  # features, not codes: nothing in the vocab to match
         block = self.vocab.block(config.name)
         if (tokenizer.num_codebooks, tokenizer.codebook_size) != (
             block.num_codebooks,
@@ -628,15 +655,21 @@ class Checkpoint:
         from mmllm.model import load_pretrained_multimodal
 
         model, _, _ = load_pretrained_multimodal(self.directory)
+        if self.continuous_input:
+            from mmllm.continuous import ContinuousInputLM, load_projector
+
+            model = ContinuousInputLM(
+                model, load_projector(self.directory), self.vocab.audio_embed_id
+            )
         return model.to(device).eval()
 
 
-def render_prompt(renderer: TemplateRenderer, row: dict, input_codes: Any) -> list[int]:
+def render_prompt(renderer: TemplateRenderer, row: dict, input_codes: Any) -> Any:
     """The generation prompt of a row that has no target (placeholder target codes/label:
-    `render` builds the whole example and only its prompt is kept)."""
+    `render` builds the whole example; use `.prompt` and, for continuous input, `.features`)."""
     k = renderer.vocab.block(renderer.output_tokenizer).num_codebooks
     row = {**row, "label": row.get("label") or next(iter(SV_ANSWERS))}
-    return renderer.render(row, input_codes, lambda key: np.zeros((k, 1), np.int64)).prompt
+    return renderer.render(row, input_codes, lambda key: np.zeros((k, 1), np.int64))
 
 
 def encode_audio_file(path: str | Path, tokenizer: Any) -> np.ndarray:
@@ -654,9 +687,10 @@ def _one_line(err: BaseException) -> str:
 
 def build_prompt(
     checkpoint: Checkpoint, task: str, inputs: Sequence[str], speaker: str | None = None
-) -> list[int]:
-    """Prompt ids for one task from CLI-style inputs: audio file paths (sv: enrollment then
-    trial) or, for tts, the text to speak (with `speaker`)."""
+) -> Any:
+    """The rendered prompt (`.prompt` ids, `.features` for continuous input) for one task
+    from CLI-style inputs: audio file paths (sv: enrollment then trial) or, for tts, the
+    text to speak (with `speaker`)."""
     codes: dict[str, np.ndarray] = {}
     if task != "tts":
         input_tokenizer = checkpoint.audio_tokenizer("input")
@@ -731,7 +765,8 @@ def run_cli(args: argparse.Namespace) -> list[str]:
                 f"output tokenizer {checkpoint.output_config.name!r} cannot decode audio "
                 "(vocoders come in a later step)"
             )
-    prompt = build_prompt(checkpoint, task, args.inputs, args.speaker)
+    rendered = build_prompt(checkpoint, task, args.inputs, args.speaker)
+    prompt = rendered.prompt
     model = checkpoint.load_model(args.device)
     max_new = args.max_new_tokens
     if max_new is None:  # text: a sentence; audio: what the model's context still holds
@@ -758,6 +793,7 @@ def run_cli(args: argparse.Namespace) -> list[str]:
         tasks=task,
         grammar=checkpoint.grammar(),
         allowed_texts=allowed,
+        features=[rendered.features],
     )
     if task in TEXT_ANSWER_TASKS:
         return [decode_text(ids, checkpoint.tokenizer, checkpoint.vocab)]

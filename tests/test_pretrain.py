@@ -267,6 +267,15 @@ def test_continuous_input_run_trains_and_exports_projector(tiny_tokens, tmp_path
     assert projector.config["in_dim"] == 26
     vocab = json.loads((run_dir / "final" / "mmllm_vocab.json").read_text())
     assert [block["tokenizer"] for block in vocab["audio"]] == ["mfcc-kmeans"]
+    # evaluation and prompting read the features the same way
+    out = tmp_path / "eval"
+    command = [sys.executable, "eval/dasb.py", "--checkpoint", str(run_dir / "final")]
+    command += ["--tasks", "ks,sv,asr,se", "--limit", "3", "--out", str(out)]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((out / "dasb.json").read_text())
+    assert report["audio_input"] == "continuous" and report["input_tokenizer"] == "mfcc-features"
+    assert set(report["tasks"]) == {"ks", "sv", "asr", "se"}
 
 
 def test_continuous_input_refuses_audio_lm_documents(tiny_tokens, tmp_path):
@@ -278,3 +287,33 @@ def test_continuous_input_refuses_audio_lm_documents(tiny_tokens, tmp_path):
     )
     assert result.returncode == 2
     assert "['audio', 'interleaved'] predict input audio as tokens" in result.stderr
+
+
+def test_dasb_eval_on_the_trained_run(plain_run, tmp_path):
+    """eval/dasb.py on the tiny run: every task scored, every generation written out."""
+    out = tmp_path / "eval"
+    command = [
+        sys.executable,
+        "eval/dasb.py",
+        "--checkpoint",
+        str(plain_run[0] / "final"),
+        "--limit",
+        "4",
+        "--out",
+        str(out),
+    ]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((out / "dasb.json").read_text())
+    tasks = report["tasks"]
+    assert set(tasks) == {"asr", "ks", "ic", "sid", "sv", "er", "se", "ss", "tts"}
+    assert report["input_tokenizer"] == "mfcc-kmeans" and report["bitrate_bps"] > 0
+    assert tasks["asr"]["wer"] >= 0 and tasks["asr"]["rows"] == 4
+    for task in ("ks", "ic", "er", "sid"):
+        assert 0 <= tasks[task]["accuracy"] <= 1 and tasks[task]["unparseable"] == 0
+    assert 0 <= tasks["sv"]["eer"] <= 1
+    for task in ("se", "ss", "tts"):
+        assert 0 <= tasks[task]["code_agreement"] <= 1
+        assert "cannot decode" in tasks[task]["not_decoded"]
+    lines = (out / "ks.jsonl").read_text().splitlines()
+    assert len(lines) == 4 and all(json.loads(x)["answer"] for x in lines)

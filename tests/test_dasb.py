@@ -1,0 +1,27 @@
+"""DASB evaluation pieces: answer scoring equals one-by-one teacher forcing."""
+
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from mmllm.dasb import score_answers
+
+
+def test_score_answers_matches_unbatched_log_probs():
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=30,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+    )
+    model = LlamaForCausalLM(config).eval()
+    prompts = [[1, 2, 3, 4, 5], [6, 7], [8, 9, 10]]
+    answers = [[11, 12], [13], [14, 15, 16]]
+    batched = score_answers(model, prompts, answers, batch_size=2)
+    for i, (prompt, answer) in enumerate(zip(prompts, answers, strict=True)):
+        ids = torch.tensor([prompt + answer])
+        logprobs = model(input_ids=ids).logits.log_softmax(-1)[0]
+        expected = sum(logprobs[len(prompt) - 1 + j, token] for j, token in enumerate(answer))
+        torch.testing.assert_close(batched[i], expected, rtol=1e-5, atol=1e-5)
