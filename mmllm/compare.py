@@ -1,0 +1,167 @@
+"""The comparison report: runs' DASB results side by side, shaped like DASB's Tables 2-3.
+
+    report = compare_runs(["runs/compare/mfcc-kmeans", "runs/compare/continuous"], out_dir)
+
+Each run directory holds `eval/dasb.json` (eval/dasb.py) or is such a file. Rows are the
+runs (audio tokenizer and bitrate, or the continuous baseline), columns the tasks, each with
+its primary metric and direction; the best value per column is marked in bold. Writes
+`comparison.md`, `comparison.json`, `tasks.png` (one bar chart per task) and
+`score_vs_bitrate.png` (each task's score against the input bitrate; continuous inputs are
+drawn at the bitrate of their cached float16 features, with a different marker).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from mmllm.fileio import atomic_write_text
+
+# task -> (metric, higher is better, how to print it)
+PRIMARY = {
+    "asr": ("wer", False, "WER %"),
+    "ks": ("accuracy", True, "acc %"),
+    "ic": ("accuracy", True, "acc %"),
+    "er": ("accuracy", True, "acc %"),
+    "sid": ("accuracy", True, "acc %"),
+    "sv": ("eer", False, "EER %"),
+    "se": ("si_snr_improvement", True, "SI-SNRi dB"),
+    "ss": ("si_snr_improvement", True, "SI-SNRi dB"),
+    "tts": ("dwer", False, "dWER %"),
+}
+# used when a run's audio answers could not be decoded (no vocoder yet)
+FALLBACK = ("code_agreement", True, "code agr. %")
+PERCENT = {"wer", "accuracy", "eer", "dwer", "code_agreement"}
+
+
+def load_result(path: str | Path) -> dict:
+    path = Path(path)
+    file = path if path.suffix == ".json" else path / "eval" / "dasb.json"
+    if not file.is_file():
+        raise FileNotFoundError(f"{path}: no {file.name} (run eval/dasb.py on its checkpoint)")
+    result = json.loads(file.read_text())
+    result["run"] = str(path if path.suffix != ".json" else path.parent)
+    return result
+
+
+def run_label(result: dict) -> str:
+    if result.get("audio_input") == "continuous":
+        return f"continuous: {result['input_tokenizer']}"
+    return result["input_tokenizer"]
+
+
+def metric_for(task: str, results: list[dict]) -> tuple[str, bool, str]:
+    """The task's primary metric if every run has it, else the code-level fallback."""
+    metric = PRIMARY[task]
+    if all(metric[0] in r["tasks"].get(task, {}) for r in results):
+        return metric
+    return FALLBACK
+
+
+def _cell(value: float | None, metric: str) -> str:
+    if value is None:
+        return "-"
+    return f"{100 * value:.1f}" if metric in PERCENT else f"{value:.2f}"
+
+
+def compare_runs(paths: list[str | Path], out_dir: str | Path) -> dict:
+    results = [load_result(p) for p in paths]
+    tasks = [t for t in PRIMARY if any(t in r["tasks"] for r in results)]
+    columns = {task: metric_for(task, results) for task in tasks}
+    table: dict[str, dict[str, Any]] = {}
+    for result in results:
+        row = {"run": result["run"], "bitrate_bps": result.get("bitrate_bps"), "scores": {}}
+        for task, (metric, _, _) in columns.items():
+            row["scores"][task] = result["tasks"].get(task, {}).get(metric)
+        table[run_label(result)] = row
+    best = {}
+    for task, (_, higher, _) in columns.items():
+        values = [row["scores"][task] for row in table.values() if row["scores"][task] is not None]
+        if values:
+            best[task] = max(values) if higher else min(values)
+    header = ["input", "bitrate"] + [
+        f"{task.upper()} {label} {'↑' if higher else '↓'}"
+        for task, (_, higher, label) in columns.items()
+    ]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for label, row in table.items():
+        bitrate = row["bitrate_bps"]
+        rate = "-" if not bitrate else f"{bitrate / 1000:.2f} kbps"
+        if label.startswith("continuous"):
+            rate = f"continuous ({rate} as fp16)"
+        cells = [label, rate]
+        for task, (metric, _, _) in columns.items():
+            value = row["scores"][task]
+            text = _cell(value, metric)
+            cells.append(f"**{text}**" if value is not None and value == best.get(task) else text)
+        lines.append("| " + " | ".join(cells) + " |")
+    notes = [
+        f"- {task.upper()}: {metric}"
+        + (
+            " (audio answers not decodable by every run's output "
+            "tokenizer: code-level agreement with the reference tokens instead)"
+            if (metric, higher, label) == FALLBACK
+            else ""
+        )
+        for task, (metric, higher, label) in columns.items()
+    ]
+    markdown = "\n".join(lines) + "\n\nMetrics:\n" + "\n".join(notes) + "\n"
+    report = {"columns": {t: list(c) for t, c in columns.items()}, "runs": table, "best": best}
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out_dir / "comparison.md", markdown)
+    atomic_write_text(out_dir / "comparison.json", json.dumps(report, indent=1))
+    plot_comparison(table, columns, out_dir)
+    return report | {"markdown": markdown}
+
+
+def plot_comparison(table: dict, columns: dict, out_dir: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = list(table)
+    count = len(columns)
+    figure, axes = plt.subplots(1, count, figsize=(2.6 * count, 3.6), squeeze=False)
+    for axis, (task, (metric, higher, unit)) in zip(axes[0], columns.items(), strict=True):
+        values = [table[label]["scores"][task] or 0.0 for label in labels]
+        scale = 100 if metric in PERCENT else 1
+        axis.bar(
+            range(len(labels)),
+            [v * scale for v in values],
+            color=[f"C{i}" for i in range(len(labels))],
+        )
+        axis.set_title(f"{task.upper()} {'↑' if higher else '↓'}", fontsize=9)
+        axis.set_ylabel(unit, fontsize=8)
+        axis.set_xticks(range(len(labels)), labels, rotation=60, ha="right", fontsize=7)
+    figure.tight_layout()
+    _save(figure, out_dir / "tasks.png")
+
+    figure, axes = plt.subplots(1, count, figsize=(2.6 * count, 3.2), squeeze=False)
+    for axis, (task, (metric, higher, unit)) in zip(axes[0], columns.items(), strict=True):
+        scale = 100 if metric in PERCENT else 1
+        for i, label in enumerate(labels):
+            row = table[label]
+            value = row["scores"][task]
+            if value is None or not row["bitrate_bps"]:
+                continue
+            marker = "s" if label.startswith("continuous") else "o"
+            axis.scatter(
+                row["bitrate_bps"], value * scale, color=f"C{i}", marker=marker, label=label
+            )
+        axis.set_xscale("log")
+        axis.set_title(f"{task.upper()} {'↑' if higher else '↓'}", fontsize=9)
+        axis.set_xlabel("input bitrate (bps)", fontsize=8)
+        axis.set_ylabel(unit, fontsize=8)
+    axes[0][0].legend(fontsize=6)
+    figure.tight_layout()
+    _save(figure, out_dir / "score_vs_bitrate.png")
+    plt.close("all")
+
+
+def _save(figure: Any, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    figure.savefig(tmp, format="png", dpi=110)
+    tmp.replace(path)

@@ -1,0 +1,54 @@
+"""Comparison report: the table marks the best run per column, fallbacks are named."""
+
+import json
+
+from mmllm.compare import compare_runs
+
+
+def write_run(root, name, audio_input, tokenizer, bitrate, tasks):
+    eval_dir = root / name / "eval"
+    eval_dir.mkdir(parents=True)
+    report = {
+        "audio_input": audio_input,
+        "input_tokenizer": tokenizer,
+        "bitrate_bps": bitrate,
+        "tasks": tasks,
+    }
+    (eval_dir / "dasb.json").write_text(json.dumps(report))
+    return root / name
+
+
+def test_table_marks_best_per_column_and_falls_back_to_code_agreement(tmp_path):
+    a = write_run(
+        tmp_path,
+        "a",
+        "discrete",
+        "mfcc-kmeans",
+        448.0,
+        {"asr": {"wer": 0.30}, "ks": {"accuracy": 0.90}, "se": {"code_agreement": 0.2}},
+    )
+    b = write_run(
+        tmp_path,
+        "b",
+        "continuous",
+        "mfcc-features",
+        20800.0,
+        {
+            "asr": {"wer": 0.20},
+            "ks": {"accuracy": 0.95},
+            "se": {"code_agreement": 0.1, "si_snr_improvement": 3.0},
+        },
+    )
+    report = compare_runs([a, b], tmp_path / "out")
+    lines = report["markdown"].splitlines()
+    assert lines[0].startswith("| input | bitrate | ASR WER % ↓ | KS acc % ↑ | SE code agr. % ↑")
+    assert lines[2] == "| mfcc-kmeans | 0.45 kbps | 30.0 | 90.0 | **20.0** |"
+    assert (
+        lines[3]
+        == "| continuous: mfcc-features | continuous (20.80 kbps as fp16) | **20.0** | **95.0** | 10.0 |"
+    )
+    # SE falls back because run a has no SI-SNRi, and the notes say so
+    assert report["columns"]["se"][0] == "code_agreement"
+    assert "code-level agreement" in report["markdown"]
+    for name in ("comparison.md", "comparison.json", "tasks.png", "score_vs_bitrate.png"):
+        assert (tmp_path / "out" / name).stat().st_size > 0
