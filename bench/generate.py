@@ -278,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from transformers.utils import logging as hf_logging
 
-    from mmllm.generate import Checkpoint
+    from mmllm.prompting import Checkpoint
     from mmllm.runtime import keep_freed_memory
 
     hf_logging.disable_progress_bar()

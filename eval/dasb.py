@@ -38,7 +38,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: unknown task(s) {unknown}; known: {list(TASKS)}", file=sys.stderr)
         return 2
     from mmllm.dasb import evaluate_checkpoint
-    from mmllm.generate import GenerateError, GenerationConfig
+    from mmllm.generate import GenerationConfig
+    from mmllm.prompting import GenerateError
 
     out = args.out or args.checkpoint.parent / "eval"
     config = GenerationConfig(max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)

@@ -41,12 +41,12 @@ from mmllm.data.synth import load_task
 from mmllm.fileio import atomic_write_text
 from mmllm.generate import (
     AUDIO_ANSWER_SPANS,
-    Checkpoint,
     GenerationConfig,
     decode_audio,
     decode_text,
     generate,
 )
+from mmllm.prompting import Checkpoint
 from mmllm.templates import SV_ANSWERS
 
 LABEL_TASKS = ("ks", "ic", "er", "sid")

@@ -25,11 +25,11 @@ from mmllm.generate import (
     decode_audio,
     decode_text,
     generate,
-    main,
     plan_batches,
 )
 from mmllm.model import save_pretrained_multimodal
 from mmllm.pretrain_config import PretrainConfig, TokenizerSection
+from mmllm.prompting import main
 from mmllm.text_tokenizer import train_text_tokenizer
 from mmllm.tokenizers.backends.offline import FEATURE_SPECS
 from mmllm.tokenizers.kmeans import save_centroids
