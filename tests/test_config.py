@@ -12,6 +12,7 @@ from mmllm.data.corpora import CorpusConfig
 from mmllm.data.synth import SynthConfig
 from mmllm.pretrain_config import PretrainConfig
 from mmllm.tokenizers.base import TokenizerConfig
+from mmllm.vocoder import VocoderConfig
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 # Which dataclass each configs/ subfolder holds; a new folder must be added here.
@@ -20,6 +21,7 @@ CONFIG_CLASSES = {
     "corpora": CorpusConfig,
     "tokenizers": TokenizerConfig,
     "pretrain": PretrainConfig,
+    "vocoder": VocoderConfig,
 }
 
 

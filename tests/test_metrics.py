@@ -7,13 +7,15 @@ import numpy as np
 import pytest
 import torch
 
-from mmllm.audio import resample
+from mmllm.audio import mfcc, resample
 from mmllm.data.text import KS_LABELS
 from mmllm.metrics import (
     accuracy,
     cer,
     dwer,
     equal_error_rate,
+    mcd_from_cepstra,
+    mel_cepstral_distortion,
     permutation_invariant_si_snr,
     pesq,
     si_snr,
@@ -264,6 +266,65 @@ def test_pesq_narrowband_and_resampled(speech):
     # 24 kHz is not a PESQ rate: resampled to 16 kHz and scored wideband
     at_24k = resample(speech, SAMPLE_RATE, 24000)
     assert pesq(at_24k, at_24k, 24000) > 4.0
+
+
+# ------------------------------------------------------------------ mel-cepstral distortion
+
+
+def test_mcd_from_cepstra_by_hand():
+    # per frame (10 / ln 10) * sqrt(2 * sum of squared differences)
+    two_frames = mcd_from_cepstra(np.zeros((2, 2)), np.array([[1.0, 0.0], [2.0, 0.0]]))
+    assert two_frames == pytest.approx(10 / math.log(10) * (math.sqrt(2) + math.sqrt(8)) / 2)
+    assert two_frames == pytest.approx(9.2128, abs=1e-4)
+    assert mcd_from_cepstra(np.array([[3.0, 4.0]]), np.zeros((1, 2))) == pytest.approx(
+        10 / math.log(10) * math.sqrt(50)  # 30.709 dB
+    )
+    with pytest.raises(ValueError, match=r"\[T, D\]"):
+        mcd_from_cepstra(np.zeros((2, 3)), np.zeros((2, 2)))
+
+
+def test_mcd_of_signals(speech):
+    assert mel_cepstral_distortion(speech, speech, SAMPLE_RATE) == 0.0
+    # a gain adds a constant to every log-mel bin (none at the floor: broadband noise fills
+    # the bins above the harmonics): only c0 moves, and c0 is left out
+    broadband = with_noise(speech, 30)
+    assert mel_cepstral_distortion(broadband, 0.5 * broadband, SAMPLE_RATE) == pytest.approx(
+        0, abs=1e-6
+    )
+    mild, heavy = (
+        mel_cepstral_distortion(speech, with_noise(speech, snr), SAMPLE_RATE) for snr in (20, 0)
+    )
+    assert 0 < mild < heavy
+    with pytest.raises(ValueError, match="samples"):
+        mel_cepstral_distortion(speech, speech[:-10], SAMPLE_RATE)
+
+
+def test_mcd_is_scaled_mfcc_distance(speech):
+    # the signal-level MCD is mcd_from_cepstra of mmllm.audio.mfcc (25 ms / 10 ms, 40 mels)
+    # scaled to log-amplitude cepstra (/ (2 sqrt(2 x 40))), c0 dropped
+    noisy = with_noise(speech, 10)
+    cepstra = [
+        mfcc(torch.from_numpy(x).double(), SAMPLE_RATE, n_fft=400, hop_length=160).T[:, 1:]
+        / (2 * math.sqrt(80))
+        for x in (speech, noisy)
+    ]
+    expected = mcd_from_cepstra(*cepstra)
+    got = mel_cepstral_distortion(speech, noisy, SAMPLE_RATE, dynamic_range_db=None)
+    assert got == pytest.approx(expected, rel=1e-9)
+    assert 0.5 < got < 20  # the usual MCD scale, not 10-20x it
+
+
+def test_mcd_leaves_out_silent_reference_frames(speech):
+    half = speech.size // 2
+    reference = speech.copy()
+    reference[half:] = 0.0
+    estimate = reference.copy()
+    # noise only where every 25 ms window of the reference is digital silence
+    estimate[half + 400 :] += 1e-3 * np.random.default_rng(3).standard_normal(
+        speech.size - half - 400
+    )
+    assert mel_cepstral_distortion(reference, estimate, SAMPLE_RATE) == 0.0
+    assert mel_cepstral_distortion(reference, estimate, SAMPLE_RATE, dynamic_range_db=None) > 0.1
 
 
 @pytest.mark.parametrize(("metric", "package"), [(stoi, "pystoi"), (pesq, "pesq")])

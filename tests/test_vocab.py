@@ -25,7 +25,7 @@ def small_vocab(text_size=100):
 
 def test_layout_offsets():
     vocab = small_vocab()
-    assert len(TASKS) + 7 == S
+    assert len(TASKS) + 8 == S  # 7 shared specials, one per task, <|audio_embed|>
     assert vocab.special_id("<|audio_start|>") == 100 == vocab.audio_start_id
     assert vocab.special_id("audio_end") == 101 == vocab.audio_end_id
     assert vocab.pad_audio_id == 100 + SPECIAL_TOKENS.index("<|pad_audio|>")

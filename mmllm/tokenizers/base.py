@@ -39,7 +39,8 @@ class TokenizerConfig:
     codebook_size:   k of the k-means backends
     deduplicate:     collapse runs of repeated units (semantic tokens)
     centroids:       directory with centroids.safetensors + card.json (k-means backends)
-    vocoder:         directory of a trained token vocoder (step 5) for decoding
+    vocoder:         directory of a trained token vocoder (tokenizers/train_vocoder.py):
+                     decode() runs it (k-means tokenizers; mel-rvq then skips Griffin-Lim)
     device:          where encoding runs ("cpu", "cuda")
     trust_remote_code: only for hub models that need it; off unless asked for
     """
@@ -67,9 +68,18 @@ class AudioTokenizer(ABC):
     num_codebooks: int  # K
     codebook_size: int  # codes per codebook
     can_decode: bool = False
+    vocoder: Any = None  # mmllm.vocoder.TokenVocoder, loaded from cfg.vocoder by build_tokenizer
 
     def __init__(self, cfg: TokenizerConfig) -> None:
         self.cfg = cfg
+
+    def attach_vocoder(self, directory: str) -> None:
+        """Decode through the trained vocoder in `directory` from now on. Refuses one trained
+        for another tokenizer, codebook layout or k-means fit (mmllm.vocoder)."""
+        from mmllm.vocoder import load_vocoder_for
+
+        self.vocoder = load_vocoder_for(self, directory)
+        self.can_decode = True
 
     @property
     def bitrate_bps(self) -> float:
@@ -88,7 +98,12 @@ class AudioTokenizer(ABC):
     def decode(
         self, codes: torch.Tensor, frame_lengths: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """codes [B, K, F], frame_lengths [B] -> (wav [B, T] at `sample_rate`, lengths [B])."""
+        """codes [B, K, F], frame_lengths [B] -> (wav [B, T] at `sample_rate`, lengths [B]).
+
+        With a vocoder (config key `vocoder`): wav [B, F * hop], lengths = frame_lengths * hop,
+        zero beyond each item; codes at or beyond frame_lengths are ignored (PAD_CODE)."""
+        if self.vocoder is not None:
+            return self.vocoder.synthesize(codes, frame_lengths)
         raise NotImplementedError(
             f"tokenizer {self.name!r} cannot decode; configure a vocoder (tokenizers/train_vocoder.py)"
         )
@@ -127,7 +142,10 @@ def build_tokenizer(cfg: TokenizerConfig) -> AudioTokenizer:
 
     if cfg.name not in TOKENIZERS:
         raise ValueError(f"unknown tokenizer {cfg.name!r}; known: {sorted(TOKENIZERS)}")
-    return TOKENIZERS[cfg.name](cfg)
+    tokenizer = TOKENIZERS[cfg.name](cfg)
+    if cfg.vocoder:  # after construction: the check needs the tokenizer's codebook layout
+        tokenizer.attach_vocoder(cfg.vocoder)
+    return tokenizer
 
 
 def pad_batch(waveforms: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:

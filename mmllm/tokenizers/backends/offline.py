@@ -3,12 +3,13 @@
 - `mfcc-kmeans`: HuBERT's first-iteration units. 13 MFCCs (40 mels, 25 ms Hann window,
   10 ms hop) normalised with corpus mean/variance, two consecutive frames stacked into one
   26-dim frame at 50 Hz (20 ms, HuBERT's frame rate), one codebook of k = 500 k-means units.
-  Encode only.
+  Decodes only through a trained vocoder (config key `vocoder`, mmllm.vocoder).
 - `mel-rvq`: residual k-means over 80-bin log-mel frames (64 ms window, 20 ms hop = 50 Hz):
   codebook j quantizes what codebooks < j left over, so the first codebooks carry the coarse
   spectrum and later ones refine it (K = 4, k = 256 by default = 1.6 kbps). Decodable: the sum
   of the chosen centroids is a log-mel spectrogram, inverted to linear magnitude through the
-  pseudo-inverse of the mel filter bank and to a waveform with Griffin-Lim.
+  pseudo-inverse of the mel filter bank and to a waveform with Griffin-Lim (or with a trained
+  vocoder when the config names one).
 
 Both take 16 kHz audio. Fit the centroids once, then point the config key `centroids` at them:
 
@@ -254,7 +255,6 @@ class _OfflineTokenizer(AudioTokenizer):
             "weights": cfg.weights,
             "bandwidth_kbps": cfg.bandwidth_kbps,
             "layers": cfg.layers or None,
-            "vocoder": cfg.vocoder,
         }
         for key, value in unused.items():
             if value is not None:
@@ -314,7 +314,8 @@ class _OfflineTokenizer(AudioTokenizer):
 
 @register_tokenizer("mfcc-kmeans")
 class MfccKMeansTokenizer(_OfflineTokenizer):
-    """13 MFCC x 2 stacked frames at 50 Hz -> one codebook of k k-means units (encode only)."""
+    """13 MFCC x 2 stacked frames at 50 Hz -> one codebook of k k-means units (decodes only
+    through a vocoder)."""
 
     num_codebooks = 1
 
@@ -415,8 +416,10 @@ class MelRvqTokenizer(_OfflineTokenizer):
 
         log-mel (sum of centroids) -> mel power -> linear power via the pseudo-inverse of the
         mel filter bank (clamped at 0) -> magnitude -> Griffin-Lim. Samples beyond each item's
-        length are zero.
+        length are zero. With a vocoder configured (config key `vocoder`) it runs instead.
         """
+        if self.vocoder is not None:
+            return super().decode(codes, frame_lengths)
         out_device = codes.device
         frame_lengths = torch.as_tensor(frame_lengths).long().cpu()
         log_mel = self.reconstruct_log_mel(codes, frame_lengths)

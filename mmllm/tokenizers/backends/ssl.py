@@ -10,8 +10,9 @@ and gives one codebook: the nearest of its k centroids (`codebook_size`, default
 read from `centroids` (a directory written by `fit_ssl_kmeans`, tensors `layer_<i>`).
 Layers above the highest one asked for are dropped from the model after loading.
 `deduplicate` collapses runs of repeated units; allowed with one layer only, since
-codebooks collapsed separately would no longer share a time axis. Encode only: decoding
-raises the base class error that points at a trained vocoder.
+codebooks collapsed separately would no longer share a time axis. Decoding runs the
+trained vocoder named by config key `vocoder` (mmllm.vocoder; not with `deduplicate`);
+without one it raises the base class error that points at tokenizers/train_vocoder.py.
 
 Waveforms are normalised per item over its own samples (zero mean, unit variance, as the
 model's feature extractor does) when its preprocessor_config.json says `do_normalize`;
