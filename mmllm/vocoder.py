@@ -467,7 +467,7 @@ def load_vocoder_for(tokenizer: Any, directory: str | Path) -> TokenVocoder:
 def check_cache(cache_dir: str | Path, tokenizer_cfg: Any) -> dict[str, Any]:
     """The card of a token cache built by `tokenizer_cfg` (vocoder and device aside: they
     do not change the codes); a cache of another tokenizer config is refused."""
-    from mmllm.data.cache import CACHE_CARD, CacheError
+    from mmllm.data.cache import CACHE_CARD, CacheError, codes_hash
     from mmllm.tokenizers.base import TokenizerConfig
 
     path = Path(cache_dir) / CACHE_CARD
@@ -476,9 +476,6 @@ def check_cache(cache_dir: str | Path, tokenizer_cfg: Any) -> dict[str, Any]:
             f"{cache_dir}: no token cache here (missing {CACHE_CARD}); run tokenizers/extract.py"
         )
     card = json.loads(path.read_text())
-
-    def codes_hash(cfg: TokenizerConfig) -> str:
-        return config_hash(dataclasses.replace(cfg, vocoder=None, device="cpu"))
 
     built = from_dict(TokenizerConfig, card["tokenizer"], source=str(path))
     if codes_hash(built) != codes_hash(tokenizer_cfg):

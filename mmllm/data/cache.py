@@ -24,6 +24,7 @@ SS sources, SV enrollment) are streams "ref0", "ref1", ... (key = "<id>#ref<j>")
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import time
@@ -38,7 +39,7 @@ from datasets import Dataset, load_from_disk
 from tqdm import tqdm
 
 from mmllm.audio import AudioError, decode_audio_value
-from mmllm.config import config_hash, config_to_dict, save_config
+from mmllm.config import config_hash, config_to_dict, from_dict, save_config
 from mmllm.fileio import atomic_write_bytes, atomic_write_text
 from mmllm.runtime import keep_freed_memory
 from mmllm.tokenizers.base import AudioTokenizer, TokenizerConfig, build_tokenizer, pad_batch
@@ -68,6 +69,12 @@ def code_dtype(codebook_size: int) -> np.dtype:
     return np.dtype(np.uint16) if codebook_size <= 65536 else np.dtype(np.int32)
 
 
+def codes_hash(cfg: TokenizerConfig) -> str:
+    """Hash of what determines the codes: the tokenizer config without its decode-side
+    `vocoder` and the `device` it ran on (naming a vocoder keeps a cache valid)."""
+    return config_hash(dataclasses.replace(cfg, vocoder=None, device="cpu"))
+
+
 def check_or_write_card(
     out: Path, cfg: TokenizerConfig, tokenizer: AudioTokenizer, corpus: dict
 ) -> None:
@@ -81,12 +88,17 @@ def check_or_write_card(
     path = out / CACHE_CARD
     if path.is_file():
         found = json.loads(path.read_text())
-        for key in ("tokenizer_hash", "corpus"):
-            if found.get(key) != card[key]:
-                raise CacheError(
-                    f"{out}: token cache was built with a different {key.replace('_', ' ')} "
-                    f"({found.get(key)} != {card[key]}); use another --out or delete it"
-                )
+        built = from_dict(TokenizerConfig, found["tokenizer"], source=str(path))
+        if codes_hash(built) != codes_hash(cfg):
+            raise CacheError(
+                f"{out}: token cache was built with a different tokenizer config "
+                f"({config_to_dict(built)} != {config_to_dict(cfg)}); use another --out or delete it"
+            )
+        if found.get("corpus") != corpus:
+            raise CacheError(
+                f"{out}: token cache was built with a different corpus "
+                f"({found.get('corpus')} != {corpus}); use another --out or delete it"
+            )
         return
     atomic_write_text(path, json.dumps(card, indent=1, sort_keys=True))
 
