@@ -230,7 +230,8 @@ def _audio_task(model, data, task, rows, config, decoder, asr) -> tuple[dict, li
     if decoder is None:
         result["not_decoded"] = (
             f"output tokenizer {checkpoint.output_config.name!r} cannot decode audio "
-            "(vocoders come in step 5); code-level agreement only"
+            "(train one with tokenizers/train_vocoder.py and name it in the tokenizer config's "
+            "`vocoder`); code-level agreement only"
         )
     return result, lines
 

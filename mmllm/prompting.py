@@ -248,7 +248,7 @@ def run_cli(args: argparse.Namespace) -> list[str]:
         if not output_tokenizer.can_decode:
             raise GenerateError(
                 f"output tokenizer {checkpoint.output_config.name!r} cannot decode audio "
-                "(vocoders come in a later step)"
+                "(train a vocoder with tokenizers/train_vocoder.py and set `vocoder:` in its config)"
             )
     rendered = build_prompt(checkpoint, task, args.inputs, args.speaker)
     prompt = rendered.prompt
