@@ -14,7 +14,8 @@ For the first `--num` rows of the task's split, scores against the original audi
     that decoder, and
 (c) an upper bound that is not a token decoder: Griffin-Lim from the 80-bin log-mel of the
     ORIGINAL audio (mel-rvq's decoder without quantisation).
-Metrics: STOI (mmllm.metrics.stoi) and MFCC mel-cepstral distortion in dB
+With --asr-checkpoint, dWER: WER between that ASR's transcripts of the original and of each
+resynthesis. Metrics: STOI (mmllm.metrics.stoi) and MFCC mel-cepstral distortion in dB
 (mmllm.metrics.mel_cepstral_distortion, silent frames left out); mean and standard
 deviation over utterances, and seconds of compute per second of audio. Both outputs are
 cut to the original length. Writes bench/results/vocoder.json (atomically) and the first
@@ -119,6 +120,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--num", type=int, default=100, help="utterances scored")
     parser.add_argument("--wavs", type=int, default=4, help="utterances written as WAVs")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--asr-checkpoint",
+        type=Path,
+        default=None,
+        help="mmllm checkpoint used as the ASR of dWER (original vs resynthesised transcripts)",
+    )
     args = parser.parse_args(argv)
     torch.set_grad_enabled(False)
 
@@ -136,6 +143,7 @@ def main(argv: list[str] | None = None) -> int:
         for system in ("vocoder", "token_mel_inversion", "griffin_lim")
     }
     per_utterance, written, audio_seconds = [], [], 0.0
+    resynthesised: dict[str, list] = {}  # system -> waveforms, for dWER
     for row in rows:
         if len(per_utterance) == args.num:
             break
@@ -169,6 +177,13 @@ def main(argv: list[str] | None = None) -> int:
                 scores[system][metric].append(value)
             scores[system]["seconds"].append(seconds)
         per_utterance.append(entry)
+        for system, audio in (
+            ("original", original),
+            ("vocoder", vocoded),
+            ("token_mel_inversion", from_tokens),
+            ("griffin_lim", inverted),
+        ):
+            resynthesised.setdefault(system, []).append(audio.numpy())
         if len(per_utterance) <= args.wavs:
             for name, audio in (
                 ("original", original),
@@ -182,6 +197,16 @@ def main(argv: list[str] | None = None) -> int:
     if not per_utterance:
         raise SystemExit(f"no cached rows in {args.cache}/{args.task}/{args.split}")
 
+    dwer = {}
+    if args.asr_checkpoint is not None:
+        from mmllm.dasb import CheckpointAsr
+        from mmllm.generate import GenerationConfig
+        from mmllm.metrics import wer
+
+        asr = CheckpointAsr(args.asr_checkpoint, GenerationConfig(max_new_tokens=64))
+        heard = {k: asr.transcribe(v, SAMPLE_RATE) for k, v in resynthesised.items()}
+        dwer = {k: wer(heard["original"], heard[k]).rate for k in heard if k != "original"}
+        dwer["asr"] = str(args.asr_checkpoint)
     vocoder_card = tokenizer.vocoder.card
     systems = {}
     for system, values in scores.items():
@@ -220,6 +245,7 @@ def main(argv: list[str] | None = None) -> int:
         "metrics": "STOI (pystoi); MCD = MFCC mel-cepstral distortion in dB over c1..c12, frames "
         "within 40 dB of the loudest (mmllm.metrics.mel_cepstral_distortion)",
         "systems": systems,
+        "dwer": dwer or "not measured (no --asr-checkpoint)",
         "wavs": written,
         "per_utterance": per_utterance,
         "cache_tokenizer_hash": card["tokenizer_hash"],
