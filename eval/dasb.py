@@ -2,7 +2,7 @@
 
     python eval/dasb.py --checkpoint runs/pretrain/default/final \
         [--tasks asr,ks,ic,er,sid,sv,se,ss,tts] [--split test] [--limit N] [--out DIR] \
-        [--asr-checkpoint DIR] [--batch-size 32] [--max-new-tokens 96]
+        [--asr-checkpoint DIR] [--vocoder DIR] [--batch-size 32] [--max-new-tokens 96]
 
 Uses the checkpoint's own corpus and token caches (from its mmllm_pretrain.yaml). Writes
 DIR/<task>.json, DIR/<task>.jsonl (every generation) and DIR/dasb.json; DIR defaults to the
@@ -29,6 +29,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--asr-checkpoint", type=Path, default=None)
+    parser.add_argument(
+        "--vocoder", type=Path, default=None, help="decode audio answers with this token vocoder"
+    )
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--max-new-tokens", type=int, default=96, help="for text answers")
     args = parser.parse_args(argv)
@@ -45,7 +48,14 @@ def main(argv: list[str] | None = None) -> int:
     config = GenerationConfig(max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
     try:
         report = evaluate_checkpoint(
-            args.checkpoint, tasks, out, args.split, args.limit, config, args.asr_checkpoint
+            args.checkpoint,
+            tasks,
+            out,
+            args.split,
+            args.limit,
+            config,
+            args.asr_checkpoint,
+            args.vocoder,
         )
     except (GenerateError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)

@@ -20,11 +20,13 @@ templates, the prompt (without its target) goes to batched constrained generatio
 
 Each task writes `<task>.json` (metrics, counts, settings) and `<task>.jsonl` (one line per
 row: id, reference, answer) under `out_dir`, so every number traces back to outputs;
-`dasb.json` gathers all tasks with the checkpoint's tokenizer, bitrate and input kind.
+`dasb.json` gathers all tasks with the checkpoint's tokenizer, bitrate and input kind (a
+later run on other tasks of the same checkpoint and split adds to it).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -323,6 +325,7 @@ def evaluate_checkpoint(
     limit: int | None = None,
     config: GenerationConfig | None = None,
     asr_checkpoint: str | Path | None = None,
+    vocoder: str | Path | None = None,
 ) -> dict:
     """Run `tasks` on a checkpoint; write per-task JSON + JSONL and `dasb.json` to out_dir."""
     config = config or GenerationConfig(max_new_tokens=96, batch_size=32)
@@ -333,6 +336,10 @@ def evaluate_checkpoint(
     out_dir.mkdir(parents=True, exist_ok=True)
     decoder = None
     if any(t in AUDIO_ANSWER_SPANS for t in tasks):
+        if vocoder is not None:  # decode audio answers through a trained token vocoder
+            checkpoint.output_config = dataclasses.replace(
+                checkpoint.output_config, vocoder=str(vocoder)
+            )
         output_tokenizer = checkpoint.audio_tokenizer("output")
         decoder = output_tokenizer if output_tokenizer.can_decode else None
     asr = CheckpointAsr(asr_checkpoint, config) if asr_checkpoint and "tts" in tasks else None
@@ -342,10 +349,16 @@ def evaluate_checkpoint(
         "audio_input": data.pretrain.audio_input,
         "input_tokenizer": checkpoint.input_config.name,
         "output_tokenizer": checkpoint.output_config.name,
+        "vocoder": str(vocoder) if vocoder else None,
         "bitrate_bps": data.caches.input.bitrate_bps,
         "generation": config_to_dict(config),
         "tasks": {},
     }
+    previous = out_dir / "dasb.json"
+    if previous.is_file():  # tasks evaluated before keep their results (same checkpoint, split)
+        earlier = json.loads(previous.read_text())
+        if (earlier.get("checkpoint"), earlier.get("split")) == (str(directory), split):
+            report["tasks"] = {t: r for t, r in earlier["tasks"].items() if t not in tasks}
     for task in tqdm(tasks, desc="dasb", unit="task"):
         rows = data.rows(task, limit or (AUDIO_LIMIT if task in AUDIO_ANSWER_SPANS else None))
         if task == "sv":
