@@ -371,6 +371,7 @@ def evaluate_checkpoint(
         report["tasks"][task] = result
         atomic_write_text(out_dir / f"{task}.json", json.dumps(result, indent=1))
         atomic_write_text(out_dir / f"{task}.jsonl", "".join(json.dumps(x) + "\n" for x in lines))
+        # after every task, so a run stopped half-way keeps what it finished
+        atomic_write_text(out_dir / "dasb.json", json.dumps(report, indent=1))
         tqdm.write(f"{task}: {json.dumps(result)}")
-    atomic_write_text(out_dir / "dasb.json", json.dumps(report, indent=1))
     return report
