@@ -99,8 +99,9 @@ def compare_runs(paths: list[str | Path], out_dir: str | Path) -> dict:
     notes = [
         f"- {task.upper()}: {metric}"
         + (
-            " (audio answers not decodable by every run's output "
-            "tokenizer: code-level agreement with the reference tokens instead)"
+            f" instead of {PRIMARY[task][0]}, which some run lacks (no decoder for its audio "
+            "answers, or no --asr-checkpoint for dWER): the share of generated codes equal to "
+            "the reference codes, comparable only between runs with the same output tokenizer"
             if (metric, higher, label) == FALLBACK
             else ""
         )
