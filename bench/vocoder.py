@@ -6,7 +6,8 @@
 
 For the first `--num` rows of the task's split, scores against the original audio:
 (a) the vocoder from the cached tokens, through the tokenizer's own `decode` (config key
-    `vocoder` set to --vocoder), and
+    `vocoder` set to --vocoder; without --vocoder the tokenizer's own decoder, e.g. mel-rvq's
+    Griffin-Lim: `--tokenizer configs/tokenizers/mel-rvq.yaml --cache data/tokens/mel-rvq`), and
 (b) the mel-inversion baseline from the same tokens (the target's comparison): for
     mfcc-kmeans, each code's centroid de-normalised to its two 13-MFCC frames, the inverse
     DCT back to 40 log-mel bands, the pseudo-inverse of the mel filter bank to a power
@@ -109,7 +110,12 @@ def summary(values: list[float]) -> dict[str, float]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--vocoder", type=Path, required=True, help="trained vocoder directory")
+    parser.add_argument(
+        "--vocoder",
+        type=Path,
+        default=None,
+        help="trained vocoder directory; omitted: the tokenizer's own decoder (e.g. mel-rvq)",
+    )
     parser.add_argument(
         "--tokenizer", type=Path, default=Path("configs/tokenizers/mfcc-kmeans.yaml")
     )
@@ -131,7 +137,10 @@ def main(argv: list[str] | None = None) -> int:
 
     tokenizer_cfg = load_config(TokenizerConfig, args.tokenizer)
     card = check_cache(args.cache, tokenizer_cfg)  # the cached codes are this tokenizer's
-    tokenizer = build_tokenizer(dataclasses.replace(tokenizer_cfg, vocoder=str(args.vocoder)))
+    vocoder = str(args.vocoder) if args.vocoder else None
+    tokenizer = build_tokenizer(dataclasses.replace(tokenizer_cfg, vocoder=vocoder))
+    if not tokenizer.can_decode:
+        raise SystemExit(f"{tokenizer.name} has no decoder of its own: pass --vocoder DIR")
     if tokenizer.sample_rate != SAMPLE_RATE:
         raise SystemExit(f"the mel baseline is 16 kHz; tokenizer runs at {tokenizer.sample_rate}")
     cached = CachedSplit(args.cache / args.task / args.split)
@@ -207,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
         heard = {k: asr.transcribe(v, SAMPLE_RATE) for k, v in resynthesised.items()}
         dwer = {k: wer(heard["original"], heard[k]).rate for k in heard if k != "original"}
         dwer["asr"] = str(args.asr_checkpoint)
-    vocoder_card = tokenizer.vocoder.card
+    vocoder_card = tokenizer.vocoder.card if tokenizer.vocoder is not None else {}
     systems = {}
     for system, values in scores.items():
         systems[system] = {
@@ -228,11 +237,11 @@ def main(argv: list[str] | None = None) -> int:
         "audio_seconds": audio_seconds,
         "tokenizer": tokenizer.describe() | {"cache": str(args.cache)},
         "vocoder": {
-            "directory": str(args.vocoder),
-            "config": vocoder_card["config"],
+            "directory": vocoder or f"none: {tokenizer.name}'s own decoder",
+            "config": vocoder_card.get("config"),
             "trained_steps": vocoder_card.get("trained_steps"),
             "final_loss": vocoder_card.get("final_loss"),
-            "codebook_weights": vocoder_card["codebook_weights"],
+            "codebook_weights": vocoder_card.get("codebook_weights"),
         },
         "baselines": {
             "token_mel_inversion": "mel inversion of the same tokens (mfcc-kmeans: centroid "
