@@ -153,7 +153,9 @@ def make_optimizer(model: Any, optim: OptimSection) -> torch.optim.Optimizer:
 
 
 def lr_multiplier(step: int, optim: OptimSection, total_steps: int) -> float:
-    """Linear warmup over `warmup_steps`, then cosine from 1 to `min_lr_ratio` at the end."""
+    """Linear warmup over `warmup_steps`, then cosine from 1 to `min_lr_ratio` at the end
+    (0-based `step`; `optim` is any config with warmup_steps and min_lr_ratio: the
+    pretraining OptimSection, the VocoderConfig)."""
     if step < optim.warmup_steps:
         return (step + 1) / optim.warmup_steps
     span = max(1, total_steps - optim.warmup_steps)

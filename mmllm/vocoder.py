@@ -47,6 +47,7 @@ from torch import nn
 from mmllm.audio import log_mel
 from mmllm.config import config_dataclass, config_hash, config_to_dict, from_dict
 from mmllm.fileio import atomic_directory, atomic_write_bytes, atomic_write_text
+from mmllm.training import lr_multiplier
 
 WEIGHTS_FILENAME = "vocoder.safetensors"
 CARD_FILENAME = "vocoder.json"
@@ -573,15 +574,6 @@ LATEST = "latest"
 METRICS = "metrics.jsonl"
 
 
-def lr_at(step: int, cfg: VocoderConfig) -> float:
-    """Learning rate of 1-based `step`: linear warmup, then cosine to lr x min_lr_ratio."""
-    if step <= cfg.warmup_steps:
-        return cfg.lr * step / max(1, cfg.warmup_steps)
-    progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
-    cosine = 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * cosine)
-
-
 def make_optimizer(model: nn.Module, cfg: VocoderConfig) -> torch.optim.AdamW:
     """AdamW; no weight decay on vectors (norms, biases, layer scales, codebook logits)."""
     groups = [
@@ -731,7 +723,7 @@ def train_vocoder(
     ):
         while step < cfg.steps:
             step += 1
-            lr = lr_at(step, cfg)
+            lr = cfg.lr * lr_multiplier(step - 1, cfg, cfg.steps)  # the trainer's schedule
             for group in optimizer.param_groups:
                 group["lr"] = lr
             codes, wav, speakers = sampler.sample(cfg.batch_size, generator)
