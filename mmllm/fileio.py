@@ -6,9 +6,10 @@ so a crash (or kill -9) leaves either the old file or the new one, never a torn 
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -51,3 +52,44 @@ def atomic_directory(path: str | Path) -> Iterator[Path]:
         os.replace(path, old)
     os.replace(tmp, path)
     shutil.rmtree(old, ignore_errors=True)
+
+
+# ---- run logs and checkpoint pointers (the trainer and the vocoder trainer share them)
+
+
+def append_jsonl(path: str | Path, record: dict) -> None:
+    """One JSON line per record; a kill can at worst cut the last line short."""
+    with Path(path).open("a") as handle:
+        handle.write(json.dumps(record) + "\n")
+
+
+def truncate_jsonl(path: str | Path, last_step: int) -> None:
+    """Drop records past `last_step` (a resumed run logs those steps again), atomically."""
+    path = Path(path)
+    if not path.is_file():
+        return
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    kept = [line for line in lines if json.loads(line)["step"] <= last_step]
+    atomic_write_text(path, "".join(line + "\n" for line in kept))
+
+
+LATEST = "latest"
+
+
+def step_dir(root: str | Path, step: int) -> Path:
+    return Path(root) / f"step-{step:06d}"
+
+
+def publish_checkpoint(final: Path, keep: int, complete: Callable[[Path], bool]) -> None:
+    """Point `latest` (beside `final`) at a checkpoint already renamed into place, then drop
+    all but the newest `keep` complete ones. `latest` is written last, atomically."""
+    atomic_write_text(final.parent / LATEST, final.name + "\n")
+    finished = sorted(p for p in final.parent.glob("step-*") if complete(p))
+    for old in finished[:-keep] if keep > 0 else []:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def read_latest(root: str | Path) -> Path | None:
+    """The checkpoint directory `root/latest` names, or None when there is none yet."""
+    pointer = Path(root) / LATEST
+    return pointer.parent / pointer.read_text().strip() if pointer.is_file() else None

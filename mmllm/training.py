@@ -36,13 +36,12 @@ from mmllm.data.packing import (
     collate_blocks,
     pack_documents,
 )
-from mmllm.fileio import atomic_write_text
+from mmllm.fileio import LATEST, atomic_write_text, publish_checkpoint, read_latest, step_dir
 from mmllm.model import resize_model
 from mmllm.pretrain_config import LoraSection, ModelSection, OptimSection, TrainSection
 from mmllm.vocab import MultimodalVocab
 
 CHECKPOINTS = "checkpoints"
-LATEST = "latest"
 TRAINER_STATE = "trainer_state.json"
 
 
@@ -367,17 +366,13 @@ def fault_point(name: str, count: int) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def checkpoint_dir(run_dir: str | Path, step: int) -> Path:
-    return Path(run_dir) / CHECKPOINTS / f"step-{step:06d}"
-
-
 def save_checkpoint(
     accelerator: Any, run_dir: str | Path, step: int, state: dict, keep: int, saves: int
 ) -> Path:
     """Write the full training state (model, optimizer, scheduler, RNG, `state`) of step
     `step` to a temporary directory, then rename it into place and point `latest` at it.
     A kill at any moment leaves the previous checkpoint and `latest` intact."""
-    final = checkpoint_dir(run_dir, step)
+    final = step_dir(Path(run_dir) / CHECKPOINTS, step)
     tmp = final.with_name(f".tmp-{final.name}")
     if accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -390,10 +385,7 @@ def save_checkpoint(
         fault_point("checkpoint-save", saves)  # tests: die with a complete tmp, before rename
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
-        atomic_write_text(final.parent / LATEST, final.name + "\n")
-        finished = sorted(p for p in final.parent.glob("step-*") if (p / TRAINER_STATE).is_file())
-        for old in finished[:-keep] if keep > 0 else []:
-            shutil.rmtree(old, ignore_errors=True)
+        publish_checkpoint(final, keep, complete=lambda p: (p / TRAINER_STATE).is_file())
     accelerator.wait_for_everyone()
     return final
 
@@ -401,12 +393,11 @@ def save_checkpoint(
 def latest_checkpoint(run_dir: str | Path) -> Path | None:
     """The checkpoint `latest` names, or None. Half-written `.tmp-*` directories are never
     returned (they are what a kill during a save leaves behind)."""
-    pointer = Path(run_dir) / CHECKPOINTS / LATEST
-    if not pointer.is_file():
-        return None
-    path = pointer.parent / pointer.read_text().strip()
-    if not (path / TRAINER_STATE).is_file():
-        raise FileNotFoundError(f"{pointer} names {path.name}, which is not a complete checkpoint")
+    path = read_latest(Path(run_dir) / CHECKPOINTS)
+    if path is not None and not (path / TRAINER_STATE).is_file():
+        raise FileNotFoundError(
+            f"{path.parent / LATEST} names {path.name}, which is not a complete checkpoint"
+        )
     return path
 
 

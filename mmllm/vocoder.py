@@ -46,7 +46,15 @@ from torch import nn
 
 from mmllm.audio import log_mel
 from mmllm.config import config_dataclass, config_hash, config_to_dict, from_dict
-from mmllm.fileio import atomic_directory, atomic_write_bytes, atomic_write_text
+from mmllm.fileio import (
+    atomic_directory,
+    atomic_write_bytes,
+    atomic_write_text,
+    publish_checkpoint,
+    read_latest,
+    step_dir,
+    truncate_jsonl,
+)
 from mmllm.training import lr_multiplier
 
 WEIGHTS_FILENAME = "vocoder.safetensors"
@@ -570,7 +578,6 @@ class SegmentSampler:
 # ----------------------------------------------------------------------------- training loop
 
 CHECKPOINTS = "checkpoints"
-LATEST = "latest"
 METRICS = "metrics.jsonl"
 
 
@@ -598,18 +605,14 @@ def save_checkpoint(
     `latest` pointed at it: a kill at any moment leaves the previous checkpoint usable."""
     from safetensors.torch import save
 
-    root = out / CHECKPOINTS
-    final = root / f"step-{step:06d}"
+    final = step_dir(out / CHECKPOINTS, step)
     with atomic_directory(final) as tmp:
         state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
         (tmp / "model.safetensors").write_bytes(save(state))
         trainer = {"optimizer": optimizer.state_dict(), "generator": generator.get_state()}
         torch.save(trainer, tmp / "trainer.pt")
         (tmp / "state.json").write_text(json.dumps({"step": step}))
-    atomic_write_text(root / LATEST, final.name + "\n")
-    finished = sorted(p for p in root.glob("step-*") if p.is_dir())
-    for old in finished[:-keep] if keep > 0 else []:
-        shutil.rmtree(old, ignore_errors=True)
+    publish_checkpoint(final, keep, complete=Path.is_dir)  # atomic_directory: whole or absent
     return final
 
 
@@ -622,23 +625,15 @@ def load_checkpoint(
     root = out / CHECKPOINTS
     for stale in root.glob(".step-*"):  # what a kill during a save leaves behind
         shutil.rmtree(stale, ignore_errors=True)
-    if not (root / LATEST).is_file():
+    path = read_latest(root)
+    if path is None:
         return 0
-    path = root / (root / LATEST).read_text().strip()
     device = next(model.parameters()).device
     model.load_state_dict(load_file(str(path / "model.safetensors"), device=str(device)))
     trainer = torch.load(path / "trainer.pt", map_location=device, weights_only=True)
     optimizer.load_state_dict(trainer["optimizer"])
     generator.set_state(trainer["generator"].cpu())
     return int(json.loads((path / "state.json").read_text())["step"])
-
-
-def _keep_metrics_up_to(path: Path, step: int) -> None:
-    """After a resume, drop logged steps the checkpoint does not contain (they rerun)."""
-    if path.is_file():
-        lines = [line for line in path.read_text().splitlines() if line.strip()]
-        kept = [line for line in lines if json.loads(line)["step"] <= step]
-        atomic_write_text(path, "".join(line + "\n" for line in kept))
 
 
 def check_run_dir(out: Path, card: dict[str, Any]) -> None:
@@ -714,7 +709,7 @@ def train_vocoder(
     optimizer = make_optimizer(model, cfg)
     generator = torch.Generator().manual_seed(cfg.seed)  # batches: CPU, saved with checkpoints
     step = load_checkpoint(out, model, optimizer, generator)
-    _keep_metrics_up_to(out / METRICS, step)
+    truncate_jsonl(out / METRICS, step)
     records: list[dict[str, float]] = []
     model.train()
     with (

@@ -33,7 +33,7 @@ if not torch.cuda.is_available():
     os.environ.setdefault("DS_ACCELERATOR", "cpu")  # before anything imports deepspeed
 
 from mmllm.config import ConfigError, add_config_arguments, config_hash, load_config, save_config
-from mmllm.fileio import atomic_write_text
+from mmllm.fileio import append_jsonl, atomic_write_text, truncate_jsonl
 from mmllm.pretrain_config import PretrainConfig, check_pretrain_config
 from mmllm.training import (
     BlockSchedule,
@@ -172,8 +172,8 @@ def main(argv: list[str] | None = None) -> int:
         say(f"resumed from {checkpoint} at step {start_step}")
     if is_main:
         save_config(cfg, run_dir)
-        keep_lines(run_dir / "metrics.jsonl", start_step)
-        keep_lines(run_dir / "evals.jsonl", start_step)
+        truncate_jsonl(run_dir / "metrics.jsonl", start_step)
+        truncate_jsonl(run_dir / "evals.jsonl", start_step)
     accelerator.init_trackers("tensorboard")
     if checkpoint is None:
         state = {"config_hash": config_hash(cfg), "step": 0}
@@ -221,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
             "tokens_per_s": tokens / seconds,
         }
         if is_main:
-            append_line(run_dir / "metrics.jsonl", record)
+            append_jsonl(run_dir / "metrics.jsonl", record)
             progress.update(1)
             progress.set_postfix(loss=f"{step_loss:.3f}", tok_s=f"{tokens / seconds:.0f}")
         if (step + 1) % cfg.train.log_every == 0:
@@ -259,24 +259,10 @@ def main(argv: list[str] | None = None) -> int:
 # ---------------------------------------------------------------- logs
 
 
-def append_line(path: Path, record: dict) -> None:
-    with path.open("a") as handle:
-        handle.write(json.dumps(record) + "\n")
-
-
-def keep_lines(path: Path, last_step: int) -> None:
-    """Drop log lines past `last_step` (a resumed run rewrites them), atomically."""
-    if not path.is_file():
-        return
-    lines = [line for line in path.read_text().splitlines() if line.strip()]
-    kept = [line for line in lines if json.loads(line)["step"] <= last_step]
-    atomic_write_text(path, "".join(line + "\n" for line in kept))
-
-
 def log_eval(accelerator, run_dir: Path, step: int, losses: dict[str, float]) -> None:
     accelerator.log({f"eval/{source}": loss for source, loss in losses.items()}, step)
     if accelerator.is_main_process:
-        append_line(run_dir / "evals.jsonl", {"step": step, "loss": losses})
+        append_jsonl(run_dir / "evals.jsonl", {"step": step, "loss": losses})
 
 
 def summarize(start: dict[str, float], end: dict[str, float]) -> dict:
