@@ -61,12 +61,12 @@ class AudioItem:
     wav: np.ndarray  # [T] at the tokenizer's sample rate
 
 
-def code_dtype(codebook_size: int) -> np.dtype:
-    """Storage type: uint16 codes, int32 for huge codebooks, float16 for continuous
-    features (codebook_size 0, mmllm.tokenizers.backends.features)."""
-    if codebook_size == 0:
+def storage_dtype(tokenizer: AudioTokenizer) -> np.dtype:
+    """uint16 codes (int32 for codebooks beyond 65536), float16 for the features of a
+    continuous backend (`tokenizer.continuous`, mmllm.tokenizers.backends.features)."""
+    if tokenizer.continuous:
         return np.dtype(np.float16)
-    return np.dtype(np.uint16) if codebook_size <= 65536 else np.dtype(np.int32)
+    return np.dtype(np.uint16) if tokenizer.codebook_size <= 65536 else np.dtype(np.int32)
 
 
 def codes_hash(cfg: TokenizerConfig) -> str:
@@ -210,7 +210,7 @@ def extract_split(
 
 
 def merge_split(
-    split_dir: Path, num_rows: int, rows_per_part: int, num_codebooks: int, codebook_size: int
+    split_dir: Path, num_rows: int, rows_per_part: int, num_codebooks: int, dtype: np.dtype
 ) -> dict:
     """Merge complete parts into codes.bin + index.json (atomically), then drop the parts."""
     num_parts = (num_rows + rows_per_part - 1) // rows_per_part
@@ -219,7 +219,6 @@ def merge_split(
         raise CacheError(
             f"{split_dir}: cannot merge, {len(missing)} parts missing (first: {missing[0]})"
         )
-    dtype = code_dtype(codebook_size)
     entries, skipped, chunks, offset = [], [], [], 0
     for part in range(num_parts):
         with np.load(part_path(split_dir, part)) as data:
@@ -343,7 +342,7 @@ def extract_corpus(
                     len(corpora[task][split]),
                     rows_per_part,
                     tokenizer.num_codebooks,
-                    tokenizer.codebook_size,
+                    storage_dtype(tokenizer),
                 )
                 totals["skipped"] += len(index["skipped"])
                 for bad in index["skipped"]:

@@ -68,6 +68,9 @@ class AudioTokenizer(ABC):
     num_codebooks: int  # K
     codebook_size: int  # codes per codebook
     can_decode: bool = False
+    continuous: bool = (
+        False  # True: encode gives features [B, D, F] (D in num_codebooks), not codes
+    )
     vocoder: Any = None  # mmllm.vocoder.TokenVocoder, loaded from cfg.vocoder by build_tokenizer
 
     def __init__(self, cfg: TokenizerConfig) -> None:
@@ -117,6 +120,7 @@ class AudioTokenizer(ABC):
             "codebook_size": self.codebook_size,
             "bitrate_bps": self.bitrate_bps,
             "can_decode": self.can_decode,
+            "continuous": self.continuous,
         }
 
 

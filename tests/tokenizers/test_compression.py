@@ -150,6 +150,7 @@ def test_encodec_6kbps_is_6000_bps(weights):
         "codebook_size": 1024,
         "bitrate_bps": 6000.0,
         "can_decode": True,
+        "continuous": False,
     }
 
 

@@ -3,7 +3,7 @@
 They share the tokenizer interface so that `tokenizers/extract.py` / `extract_corpus` cache
 them exactly as codes (resumable, sharded, keyed by config hash): `encode` returns
 `[B, D, F]` float features instead of `[B, K, F]` codes, and the cache stores them as
-float16 (`continuous = True`). In the LLM they never become tokens: the trainer projects
+float16 (`continuous = True`, `mmllm.data.cache.storage_dtype`). In the LLM they never become tokens: the trainer projects
 them into the embedding space at the audio span (`mmllm.continuous`).
 
     mfcc-features     13 MFCC x 2 stacked frames = 26 dims at 50 Hz: exactly the frames
@@ -48,7 +48,7 @@ class _ContinuousFeatures(AudioTokenizer):
     continuous = True
     sample_rate = SAMPLE_RATE
     frame_rate_hz = float(FRAME_RATE_HZ)
-    codebook_size = 0  # no codes
+    codebook_size = 0  # no codes: continuous features
     feature_dim: int
 
     def __init__(self, cfg: TokenizerConfig) -> None:
@@ -76,7 +76,7 @@ class _ContinuousFeatures(AudioTokenizer):
         return self.feature_dim * 16 * self.frame_rate_hz  # as cached: float16 per dimension
 
     def describe(self) -> dict[str, Any]:
-        return super().describe() | {"continuous": True, "feature_dim": self.feature_dim}
+        return super().describe() | {"feature_dim": self.feature_dim}
 
     def encode(self, wav: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """wav [B, T] 16 kHz, lengths [B] -> (features [B, D, F] float32, frame_lengths [B])."""
