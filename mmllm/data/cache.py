@@ -53,6 +53,10 @@ class CacheError(ValueError):
     """A cache that does not match what was asked for, or is incomplete."""
 
 
+class MissingCodes(KeyError):
+    """No codes for a key: its row was skipped at extraction (bad audio) or never existed."""
+
+
 @dataclass
 class AudioItem:
     key: str
@@ -248,7 +252,7 @@ class CachedSplit:
     """Read side: codes of one cached split through a memmap (no decoding, no copies)."""
 
     def __init__(self, split_dir: str | Path) -> None:
-        split_dir = Path(split_dir)
+        split_dir = self.split_dir = Path(split_dir)
         if not (split_dir / INDEX).is_file():
             raise CacheError(
                 f"{split_dir}: no complete token cache here (missing {INDEX}); run tokenizers/extract.py"
@@ -269,7 +273,9 @@ class CachedSplit:
         return len(self.entries)
 
     def get(self, key: str) -> np.ndarray:
-        """codes [K, F] of one entry (row id, or "<id>#ref<j>")."""
+        """codes [K, F] of one entry (row id, or "<id>#ref<j>"); MissingCodes if absent."""
+        if key not in self.by_key:
+            raise MissingCodes(f"{self.split_dir}: no codes for {key!r}")
         entry = self.by_key[key]
         size = entry["frames"] * self.num_codebooks
         return np.asarray(self.codes[entry["offset"] : entry["offset"] + size]).reshape(

@@ -25,7 +25,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from mmllm.data.cache import CACHE_CARD, CachedSplit, CacheError
+from mmllm.data.cache import CACHE_CARD, CachedSplit, CacheError, MissingCodes
 from mmllm.data.packing import Document
 from mmllm.data.schema import TASKS
 from mmllm.data.synth import load_task
@@ -133,7 +133,7 @@ def render_source(
                 rendered = renderer.lm_document(source, row, input_codes, seed=seed)
             else:
                 rendered = renderer.render(row, input_codes, output_codes)
-        except KeyError:  # its audio (or a reference) was skipped at extraction
+        except MissingCodes:  # its audio (or a reference) was skipped at extraction
             skipped[source] += 1
             continue
         documents.append(rendered.document(name=f"{source}:{row['id']}", task=source))

@@ -84,6 +84,11 @@ def test_rows_without_cached_audio_are_skipped_and_counted(tiny_tokens, renderer
     skipped = Counter()
     docs = render_source(renderer, caches, "se", rows, "train", 0, skipped)
     assert len(docs) == 3 and skipped == Counter({"se": 1})
+    # a row that is broken in another way is an error, not a silent skip
+    asr_row = dict(source_rows(tiny_tokens["corpus"], "asr", "train")[0])
+    del asr_row["text"]
+    with pytest.raises(KeyError, match="text"):
+        render_source(renderer, caches, "asr", [asr_row], "train", 0, Counter())
 
 
 def test_unknown_source_is_named(tiny_tokens):
