@@ -1,10 +1,11 @@
 """Attention over packed blocks that computes each document's own causal attention only.
 
 A packed block holds several documents. A 4D block-diagonal mask keeps them apart, but the
-attention kernel still computes every (query, key) pair of the block and throws most of them
-away: with 1024-token blocks of ~120-token documents that is ~90% of the attention FLOPs,
-and a third of the whole step of a small model. `packed_attention` instead runs causal
-scaled-dot-product attention on each document's span separately:
+attention kernel still computes every (query, key) pair of the block and throws the pairs
+across documents away (most of them, for 1024-token blocks of ~100-token documents).
+`packed_attention` instead runs causal scaled-dot-product attention on each document's span
+separately; bench/train_throughput.py measures the whole training step 1.20x faster than
+the 4D-mask path on the default model:
 
     model.set_attn_implementation(PACKED_ATTENTION)        # registered when imported
     model(input_ids, position_ids=pos, document_spans=document_spans(document_ids))

@@ -118,11 +118,16 @@ def score_answers(
     return torch.stack(scores)
 
 
-def _text_task(model, data, task, rows, config) -> tuple[dict, list[dict]]:
-    checkpoint = data.checkpoint
-    rendered = data.prompts(task, rows)
-    allowed = {task: data.labels(task)} if task in LABEL_TASKS else None
-    outputs = generate(
+def answer(
+    model: Any,
+    checkpoint: Checkpoint,
+    rendered: list[Any],
+    task: str,
+    config: GenerationConfig,
+    allowed: dict[str, list[str]] | None = None,
+) -> list[list[int]]:
+    """Constrained answers to rendered rows (their prompts, and features for continuous input)."""
+    return generate(
         model,
         [r.prompt for r in rendered],
         checkpoint.vocab,
@@ -132,6 +137,13 @@ def _text_task(model, data, task, rows, config) -> tuple[dict, list[dict]]:
         allowed_texts=allowed,
         features=[r.features for r in rendered],
     )
+
+
+def _text_task(model, data, task, rows, config) -> tuple[dict, list[dict]]:
+    checkpoint = data.checkpoint
+    rendered = data.prompts(task, rows)
+    allowed = {task: data.labels(task)} if task in LABEL_TASKS else None
+    outputs = answer(model, checkpoint, rendered, task, config, allowed)
     answers = [decode_text(ids, checkpoint.tokenizer, checkpoint.vocab) for ids in outputs]
     references = [row["text"] if task == "asr" else row["label"] for row in rows]
     if task == "asr":
@@ -183,15 +195,7 @@ def _audio_task(model, data, task, rows, config, decoder, asr) -> tuple[dict, li
     cfg = GenerationConfig(
         **{**config_to_dict(config), "max_new_tokens": int(longest * 1.5) + 4 * spans}
     )
-    outputs = generate(
-        model,
-        [r.prompt for r in rendered],
-        checkpoint.vocab,
-        cfg,
-        tasks=task,
-        grammar=checkpoint.grammar(),
-        features=[r.features for r in rendered],
-    )
+    outputs = answer(model, checkpoint, rendered, task, cfg)
     _, output_codes = data.caches.lookups(task, data.split)
     keys = {"tts": ["{id}"], "se": ["{id}#ref0"], "ss": ["{id}#ref0", "{id}#ref1"]}[task]
     equal = compared = 0
@@ -205,7 +209,7 @@ def _audio_task(model, data, task, rows, config, decoder, asr) -> tuple[dict, li
         for gen, ref in zip(generated, references, strict=False):
             n = min(gen.shape[-1], ref.shape[-1])
             equal += int((gen[:, :n].numpy() == ref[:, :n]).sum())
-            compared += ref[:, : ref.shape[-1]].size
+            compared += ref.size
             length_ratios.append(gen.shape[-1] / max(ref.shape[-1], 1))
         line = {"id": row["id"], "frames": [int(g.shape[-1]) for g in generated]}
         if decoder is not None and len(generated) == spans and all(g.shape[-1] for g in generated):
@@ -303,15 +307,7 @@ class CheckpointAsr:
             codes = codes[0, :, : int(frames[0])].numpy()
             row = {"id": str(i), "task": "asr", "text": "", "label": "", "speaker": "", "words": []}
             prompts.append(renderer.render(row, lambda key, c=codes: c))
-        outputs = generate(
-            self.model,
-            [r.prompt for r in prompts],
-            self.checkpoint.vocab,
-            self.config,
-            tasks="asr",
-            grammar=self.checkpoint.grammar(),
-            features=[r.features for r in prompts],
-        )
+        outputs = answer(self.model, self.checkpoint, prompts, "asr", self.config)
         return [
             decode_text(ids, self.checkpoint.tokenizer, self.checkpoint.vocab) for ids in outputs
         ]
