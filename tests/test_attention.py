@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from tiny_models import tiny_llama
 
 from mmllm.attention import PACKED_ATTENTION, document_spans
 from mmllm.data.packing import Document, block_attention_mask, collate_blocks, pack_documents
@@ -15,17 +15,8 @@ def test_document_spans_by_hand():
 
 @pytest.mark.parametrize("kv_heads", [4, 2])
 def test_packed_attention_equals_block_mask(kv_heads):
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=64,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=kv_heads,
-    )
-    masked = LlamaForCausalLM(config)
-    packed = LlamaForCausalLM(config)
+    masked = tiny_llama(64, 32, 2, 4, kv_heads)
+    packed = tiny_llama(64, 32, 2, 4, kv_heads)
     packed.load_state_dict(masked.state_dict())
     packed.set_attn_implementation(PACKED_ATTENTION)
     generator = torch.Generator().manual_seed(1)

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from tiny_models import tiny_llama
 
 from mmllm.continuous import AudioProjector, ContinuousInputLM, load_projector, save_projector
 from mmllm.templates import TemplateRenderer, stack_frames
@@ -22,16 +22,7 @@ def test_stack_frames_by_hand():
 
 
 def tiny_model():
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=VOCAB.size,
-        hidden_size=16,
-        intermediate_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-    )
-    lm = LlamaForCausalLM(config)
+    lm = tiny_llama(VOCAB.size)
     return ContinuousInputLM(lm, AudioProjector(6, 16, 8), VOCAB.audio_embed_id)
 
 

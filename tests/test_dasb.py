@@ -1,22 +1,13 @@
 """DASB evaluation pieces: answer scoring equals one-by-one teacher forcing."""
 
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from tiny_models import tiny_llama
 
 from mmllm.dasb import score_answers
 
 
 def test_score_answers_matches_unbatched_log_probs():
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=30,
-        hidden_size=16,
-        intermediate_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-    )
-    model = LlamaForCausalLM(config).eval()
+    model = tiny_llama(30).eval()
     prompts = [[1, 2, 3, 4, 5], [6, 7], [8, 9, 10]]
     answers = [[11, 12], [13], [14, 15, 16]]
     batched = score_answers(model, prompts, answers, batch_size=2)

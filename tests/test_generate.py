@@ -14,7 +14,8 @@ import pytest
 import torch
 import yaml
 from test_text_tokenizer import sentences
-from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, LogitsProcessorList
+from tiny_models import tiny_llama
+from transformers import AutoTokenizer, LogitsProcessorList
 
 from mmllm.audio import write_wav
 from mmllm.config import save_config
@@ -64,19 +65,9 @@ def tiny_model(vocab, seed=0, favour=(), dtype=torch.float64):
     """A random 2-layer Llama. `favour`: ids whose logits lead by ~50 whatever the input:
     the last MLP's bias puts a large constant on hidden unit 0, so after the final norm that
     unit is ~sqrt(hidden), and only the favoured rows of the output layer read it."""
-    torch.manual_seed(seed)
-    cfg = LlamaConfig(
-        vocab_size=vocab.size,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-        tie_word_embeddings=False,
-        mlp_bias=bool(favour),
-    )
-    model = LlamaForCausalLM(cfg).eval()
+    model = tiny_llama(
+        vocab.size, 32, 2, 4, 2, seed, max_position_embeddings=256, mlp_bias=bool(favour)
+    ).eval()
     if favour:
         with torch.no_grad():
             model.model.layers[-1].mlp.down_proj.bias[0] = 1000.0

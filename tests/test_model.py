@@ -4,7 +4,8 @@ import pytest
 import test_text_tokenizer
 import torch
 from test_vocab import AUDIO
-from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+from tiny_models import tiny_llama as tiny_model
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from mmllm.model import load_pretrained_multimodal, resize_model, save_pretrained_multimodal
 from mmllm.vocab import MultimodalVocab, extend_hf_tokenizer
@@ -13,18 +14,9 @@ text_tok_dir = test_text_tokenizer.text_tok_dir  # the shared trained-tokenizer 
 
 
 def tiny_llama(vocab_size, tied, seed=0):
-    torch.manual_seed(seed)
-    cfg = LlamaConfig(
-        vocab_size=vocab_size,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-        tie_word_embeddings=tied,
-    )
-    return LlamaForCausalLM(cfg).eval()
+    return tiny_model(
+        vocab_size, 32, 2, 4, 2, seed, max_position_embeddings=64, tie_word_embeddings=tied
+    ).eval()
 
 
 def rows(model):

@@ -2,7 +2,8 @@
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from tiny_models import tiny_llama
+from transformers import LlamaForCausalLM
 
 from mmllm.data.packing import block_attention_mask
 from mmllm.multistream import (
@@ -29,18 +30,9 @@ def make_vocab(num_codebooks: int = K) -> MultimodalVocab:
 
 def tiny_lm(vocab: MultimodalVocab, tied: bool = False, seed: int = 0) -> LlamaForCausalLM:
     """A 2-layer, width-32 Llama with random weights, already sized to the vocab."""
-    torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=vocab.size,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=128,
-        tie_word_embeddings=tied,
-    )
-    return LlamaForCausalLM(config).eval()
+    return tiny_llama(
+        vocab.size, 32, 2, 4, 2, seed, max_position_embeddings=128, tie_word_embeddings=tied
+    ).eval()
 
 
 def random_codes(k: int, f: int, seed: int) -> torch.Tensor:

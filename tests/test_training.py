@@ -5,7 +5,7 @@ import json
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from tiny_models import tiny_llama as tiny_model
 
 from mmllm.data.packing import IGNORE_INDEX, Document, collate_blocks, pack_documents
 from mmllm.model import resize_model
@@ -33,17 +33,7 @@ VOCAB = MultimodalVocab(50, [("codes", 2, 8)])  # 50 text + specials + 16 audio 
 
 
 def tiny_llama(vocab_size=50, tie=False):
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=vocab_size,
-        hidden_size=16,
-        intermediate_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        tie_word_embeddings=tie,
-    )
-    return LlamaForCausalLM(config)
+    return tiny_model(vocab_size, tie_word_embeddings=tie)
 
 
 def test_lr_warmup_then_cosine_to_floor():
