@@ -3,7 +3,8 @@
     python eval/compare.py runs/compare/* [--out runs/compare/report]
 
 Each argument is a run directory with eval/dasb.json (from eval/dasb.py) or such a file.
-Writes comparison.md (also printed), comparison.json, tasks.png, score_vs_bitrate.png.
+Writes comparison.md (also printed), comparison.json, tasks.png, score_vs_bitrate.png and,
+when a run has summed input, codebook_weights.png.
 Logic: mmllm.compare.
 """
 
@@ -31,7 +32,10 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or runs[0].parent / "report"
     report = compare_runs(runs, out)
     print(report["markdown"])
-    print(f"wrote {out}/comparison.md, comparison.json, tasks.png, score_vs_bitrate.png")
+    plots = "tasks.png, score_vs_bitrate.png"
+    if any("codebook_weights" in row for row in report["runs"].values()):
+        plots += ", codebook_weights.png"
+    print(f"wrote {out}/comparison.md, comparison.json, {plots}")
     return 0
 
 

@@ -3,11 +3,14 @@
     report = compare_runs(["runs/compare/mfcc-kmeans", "runs/compare/continuous"], out_dir)
 
 Each run directory holds `eval/dasb.json` (eval/dasb.py) or is such a file. Rows are the
-runs (audio tokenizer and bitrate, or the continuous baseline), columns the tasks, each with
-its primary metric and direction; the best value per column is marked in bold. Writes
-`comparison.md`, `comparison.json`, `tasks.png` (one bar chart per task) and
-`score_vs_bitrate.png` (each task's score against the input bitrate; continuous inputs are
-drawn at the bitrate of their cached float16 features, with a different marker).
+runs (audio tokenizer and bitrate, the input mode when it is not discrete: the continuous
+baseline, or "(summed)" codebook embeddings), columns the tasks, each with its primary metric
+and direction; the best value per column is marked in bold. Writes `comparison.md`,
+`comparison.json`, `tasks.png` (one bar chart per task) and `score_vs_bitrate.png` (each
+task's score against the input bitrate; continuous inputs are drawn at the bitrate of their
+cached float16 features, with a different marker). Runs with summed input (their checkpoint
+holds the learned codebook weights) also get their softmax weights per codebook in the JSON
+and markdown and in `codebook_weights.png`: which codebooks the model listens to.
 """
 
 from __future__ import annotations
@@ -48,7 +51,21 @@ def load_result(path: str | Path) -> dict:
 def run_label(result: dict) -> str:
     if result.get("audio_input") == "continuous":
         return f"continuous: {result['input_tokenizer']}"
+    if result.get("audio_input") == "summed":
+        return f"{result['input_tokenizer']} (summed)"
     return result["input_tokenizer"]
+
+
+def summed_weights(result: dict) -> list[float] | None:
+    """softmax(w) per codebook of a summed-input run, read from the checkpoint its dasb.json
+    names, else from <run>/final; None for other runs."""
+    from mmllm.continuous import codebook_weights
+
+    for directory in (result.get("checkpoint"), Path(result["run"]) / "final"):
+        weights = codebook_weights(directory) if directory else None
+        if weights is not None:
+            return weights
+    return None
 
 
 def metric_for(task: str, results: list[dict]) -> tuple[str, bool, str]:
@@ -74,6 +91,9 @@ def compare_runs(paths: list[str | Path], out_dir: str | Path) -> dict:
         row = {"run": result["run"], "bitrate_bps": result.get("bitrate_bps"), "scores": {}}
         for task, (metric, _, _) in columns.items():
             row["scores"][task] = result["tasks"].get(task, {}).get(metric)
+        weights = summed_weights(result)
+        if weights is not None:
+            row["codebook_weights"] = weights
         table[run_label(result)] = row
     best = {}
     for task, (_, higher, _) in columns.items():
@@ -108,12 +128,22 @@ def compare_runs(paths: list[str | Path], out_dir: str | Path) -> dict:
         for task, (metric, higher, label) in columns.items()
     ]
     markdown = "\n".join(lines) + "\n\nMetrics:\n" + "\n".join(notes) + "\n"
+    weighted = {
+        label: row["codebook_weights"] for label, row in table.items() if "codebook_weights" in row
+    }
+    if weighted:
+        markdown += "\nCodebook weights of summed input (softmax, codebook 0 first):\n" + "".join(
+            f"- {label}: {' '.join(f'{w:.3f}' for w in weights)}\n"
+            for label, weights in weighted.items()
+        )
     report = {"columns": {t: list(c) for t, c in columns.items()}, "runs": table, "best": best}
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out_dir / "comparison.md", markdown)
     atomic_write_text(out_dir / "comparison.json", json.dumps(report, indent=1))
     plot_comparison(table, columns, out_dir)
+    if weighted:
+        plot_codebook_weights(weighted, out_dir / "codebook_weights.png")
     return report | {"markdown": markdown}
 
 
@@ -160,6 +190,33 @@ def plot_comparison(table: dict, columns: dict, out_dir: Path) -> None:
     figure.tight_layout()
     _save(figure, out_dir / "score_vs_bitrate.png")
     plt.close("all")
+
+
+def plot_codebook_weights(weighted: dict[str, list[float]], path: Path) -> None:
+    """One group of bars per run (codebook 0, 1, ... left to right), the uniform 1/K dashed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    most = max(len(weights) for weights in weighted.values())
+    width = 0.8 / most
+    figure, axis = plt.subplots(figsize=(max(4.0, 1.2 + 0.3 * len(weighted) * most), 3.2))
+    handles = {}  # legend entry -> artist, one per codebook however many runs have it
+    for i, weights in enumerate(weighted.values()):
+        count = len(weights)
+        offsets = [i + (k - (count - 1) / 2) * width for k in range(count)]
+        for k, (x, weight) in enumerate(zip(offsets, weights, strict=True)):
+            handles[f"codebook {k}"] = axis.bar(x, weight, width, color=f"C{k}")
+        low, high = offsets[0] - width / 2, offsets[-1] + width / 2
+        handles["uniform 1/K"] = axis.hlines(1 / count, low, high, "k", "dashed", lw=0.8)
+    axis.set_xticks(range(len(weighted)), list(weighted), fontsize=7)
+    axis.set_ylabel("softmax weight", fontsize=8)
+    axis.set_title("summed input: weight per codebook", fontsize=9)
+    axis.legend(handles.values(), handles.keys(), fontsize=6)
+    figure.tight_layout()
+    _save(figure, path)
+    plt.close(figure)
 
 
 def _save(figure: Any, path: Path) -> None:

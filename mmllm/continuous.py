@@ -1,20 +1,27 @@
-"""The continuous-input baseline: audio features enter the LLM as embeddings, not tokens.
+"""Audio that enters the LLM as embeddings, not tokens: the continuous-input baseline
+(`audio_input: continuous`) and summed codebook embeddings (`audio_input: summed`).
 
 Templates render an input audio span as <|audio_start|> <|audio_embed|> x n <|audio_end|>
-and hand over the n feature frames [n, D * stack] (`Rendered.features`, packed into
-`audio_features` of a batch in the row-major order of the placeholders). `ContinuousInputLM`
-embeds the ids as usual, then overwrites the placeholder positions with
-`AudioProjector(features)`:
+and hand over one row per placeholder (`Rendered.features`, packed into `audio_features` of
+a batch in the row-major order of the placeholders). `ContinuousInputLM` embeds the ids as
+usual, then overwrites the placeholder positions with its input module's output:
 
-    frames [n, stack * D] -> LayerNorm -> Linear(stack * D, hidden) -> GELU -> Linear(hidden, width)
+    continuous  rows = stacked feature frames [n, stack * D] (float32), AudioProjector:
+                LayerNorm -> Linear(stack * D, hidden) -> GELU -> Linear(hidden, width)
+    summed      rows = the vocab ids of each frame's K codes [n, K] (int64), CodebookSum:
+                e(frame) = sum_k softmax(w)_k E(id_k), E = the LLM's own input embeddings
+                (the rows audio answers use), w [K] learned, initialised to 0 (the mean).
+                DASB's way to feed K codebooks: 1 position per frame instead of K; with
+                K = 1 it is exactly the discrete input.
 
 Everything else (trainer, templates, packing, per-document attention, budget) is the same
 as for discrete runs, and outputs that are audio stay discrete tokens. The wrapper forwards
 `get_input_embeddings` / `get_output_embeddings` / `config` to the LLM so the trainer's
 optimizer groups, LoRA and export treat it like the bare model.
 
-Checkpoint: the LLM in HF format as usual, plus `mmllm_projector.safetensors` and
-`mmllm_projector.json` beside it (`save_projector` / `load_projector`).
+Checkpoint: the LLM in HF format as usual, plus `mmllm_projector.safetensors` (the
+projector's weights, or CodebookSum's w only: E is the LLM's) and `mmllm_projector.json`
+(its kind and shape) beside it (`save_projector` / `load_projector`).
 """
 
 from __future__ import annotations
@@ -37,19 +44,43 @@ class AudioProjector(nn.Module):
 
     def __init__(self, in_dim: int, out_dim: int, hidden_dim: int) -> None:
         super().__init__()
-        self.config = {"in_dim": in_dim, "out_dim": out_dim, "hidden_dim": hidden_dim}
+        self.config = {
+            "kind": "projector",
+            "in_dim": in_dim,
+            "out_dim": out_dim,
+            "hidden_dim": hidden_dim,
+        }
         self.norm = nn.LayerNorm(in_dim)
         self.up = nn.Linear(in_dim, hidden_dim)
         self.down = nn.Linear(hidden_dim, out_dim)
 
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
-        return self.down(nn.functional.gelu(self.up(self.norm(frames))))
+        return self.down(nn.functional.gelu(self.up(self.norm(frames.float()))))
+
+
+class CodebookSum(nn.Module):
+    """Vocab ids of each frame's codes [n, K] -> sum_k softmax(w)_k E(id_k) [n, width].
+
+    E is the LLM's input embedding, held by reference and not registered as a submodule:
+    its parameters stay the LLM's (no duplicates in `parameters()` or the state dict, which
+    holds `weights` only)."""
+
+    def __init__(self, num_codebooks: int, embedding: nn.Module) -> None:
+        super().__init__()
+        self.config = {"kind": "codebook-sum", "num_codebooks": num_codebooks}
+        self.weights = nn.Parameter(torch.zeros(num_codebooks))
+        object.__setattr__(self, "embedding", embedding)  # bypasses submodule registration
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        vectors = self.embedding(ids)  # [n, K, width]
+        return torch.einsum("k,nkw->nw", self.weights.softmax(0).to(vectors.dtype), vectors)
 
 
 class ContinuousInputLM(nn.Module):
-    """A causal LM whose <|audio_embed|> positions take projected audio features."""
+    """A causal LM whose <|audio_embed|> positions take `projector(rows)`: projected audio
+    features (AudioProjector) or summed codebook embeddings (CodebookSum)."""
 
-    def __init__(self, lm: nn.Module, projector: AudioProjector, audio_embed_id: int) -> None:
+    def __init__(self, lm: nn.Module, projector: nn.Module, audio_embed_id: int) -> None:
         super().__init__()
         self.lm = lm
         self.projector = projector
@@ -71,8 +102,9 @@ class ContinuousInputLM(nn.Module):
         audio_features: torch.Tensor | None = None,
         **kwargs: Any,
     ) -> Any:
-        """input_ids [B, L]; audio_features [n, in_dim], n = number of <|audio_embed|> ids
-        in input_ids; other kwargs (position_ids, document_spans, ...) go to the LLM."""
+        """input_ids [B, L]; audio_features [n, ...] (the projector's rows: float frames or
+        int64 ids), n = number of <|audio_embed|> ids in input_ids; other kwargs
+        (position_ids, document_spans, ...) go to the LLM."""
         embeds = self.lm.get_input_embeddings()(input_ids)
         slots = input_ids == self.audio_embed_id
         count = int(slots.sum())
@@ -80,13 +112,13 @@ class ContinuousInputLM(nn.Module):
             if audio_features is None or audio_features.shape[0] != count:
                 got = None if audio_features is None else audio_features.shape[0]
                 raise ValueError(f"{count} <|audio_embed|> positions but {got} feature frames")
-            projected = self.projector(audio_features.to(embeds.device, torch.float32))
+            projected = self.projector(audio_features.to(embeds.device))
             embeds = embeds.masked_scatter(slots[..., None], projected.to(embeds.dtype))
         return self.lm(inputs_embeds=embeds, **kwargs)
 
 
-def save_projector(projector: AudioProjector, directory: str | Path, state_dict=None) -> None:
-    """Write the projector's weights and shape next to an HF checkpoint (atomically)."""
+def save_projector(projector: nn.Module, directory: str | Path, state_dict=None) -> None:
+    """Write the projector's weights, kind and shape next to an HF checkpoint (atomically)."""
     from safetensors.torch import save
 
     state = state_dict if state_dict is not None else projector.state_dict()
@@ -95,14 +127,33 @@ def save_projector(projector: AudioProjector, directory: str | Path, state_dict=
     atomic_write_text(Path(directory) / PROJECTOR_CONFIG, json.dumps(projector.config, indent=1))
 
 
-def load_projector(directory: str | Path) -> AudioProjector:
+def load_projector(directory: str | Path, embedding: nn.Module | None = None) -> nn.Module:
+    """The AudioProjector or CodebookSum saved in `directory`; a CodebookSum sums rows of
+    `embedding` (the loaded LLM's input embeddings)."""
     from safetensors.torch import load_file
 
     directory = Path(directory)
     if not (directory / PROJECTOR_CONFIG).is_file():
         raise FileNotFoundError(
-            f"{directory}: no {PROJECTOR_CONFIG}; not a continuous-input checkpoint"
+            f"{directory}: no {PROJECTOR_CONFIG}; not a continuous- or summed-input checkpoint"
         )
-    projector = AudioProjector(**json.loads((directory / PROJECTOR_CONFIG).read_text()))
+    config = json.loads((directory / PROJECTOR_CONFIG).read_text())
+    kind = config.pop("kind", "projector")  # checkpoints from before summed input have none
+    if kind == "codebook-sum":
+        if embedding is None:
+            raise ValueError(f"{directory}: a codebook-sum input needs the LLM's input embeddings")
+        projector = CodebookSum(config["num_codebooks"], embedding)
+    else:
+        projector = AudioProjector(**config)
     projector.load_state_dict(load_file(directory / PROJECTOR_WEIGHTS))
     return projector
+
+
+def codebook_weights(directory: str | Path) -> list[float] | None:
+    """softmax(w) per codebook of a summed-input checkpoint, None for any other directory."""
+    from safetensors.torch import load_file
+
+    config = Path(directory) / PROJECTOR_CONFIG
+    if not config.is_file() or json.loads(config.read_text()).get("kind") != "codebook-sum":
+        return None
+    return load_file(Path(directory) / PROJECTOR_WEIGHTS)["weights"].softmax(0).tolist()

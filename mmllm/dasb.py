@@ -77,7 +77,7 @@ class EvalData:
         return rows[:limit] if limit else rows
 
     def prompts(self, task: str, rows: list[dict]) -> list[Any]:
-        """Rendered rows (prompt ids, and features for continuous input)."""
+        """Rendered rows (prompt ids, and placeholder rows for continuous / summed input)."""
         inputs, outputs = self.caches.lookups(task, self.split)
         return [self.renderer.render(row, inputs, outputs) for row in rows]
 
@@ -94,7 +94,7 @@ def score_answers(
 ) -> torch.Tensor:
     """Teacher-forced log p(answer | prompt) [N] (sum over the answer's tokens), batched with
     right padding (positions beyond a row's length never influence it: causal attention).
-    `features`: continuous-input frames per prompt (mmllm.continuous)."""
+    `features`: continuous / summed input rows per prompt (mmllm.continuous)."""
     device = model.get_input_embeddings().weight.device
     features = features or [None] * len(prompts)
     scores = []
@@ -126,7 +126,8 @@ def answer(
     config: GenerationConfig,
     allowed: dict[str, list[str]] | None = None,
 ) -> list[list[int]]:
-    """Constrained answers to rendered rows (their prompts, and features for continuous input)."""
+    """Constrained answers to rendered rows (their prompts, and placeholder rows for
+    continuous / summed input)."""
     return generate(
         model,
         [r.prompt for r in rendered],

@@ -448,8 +448,8 @@ def generate(
     `config.batch_size` rows, little padding; left-padded, 2D attention mask); results come back in input order, each ending with <|eos_task|>
     unless `max_new_tokens` ran out. With `grammar` (and `config.constrained`), `tasks`
     (one per prompt, or one for all) selects each row's answer grammar; `allowed_texts`
-    restricts text answers to given strings. `features` (continuous-input models,
-    mmllm.continuous): each prompt's feature frames [n, D], one per <|audio_embed|>.
+    restricts text answers to given strings. `features` (continuous / summed input,
+    mmllm.continuous): each prompt's rows [n, D], one per <|audio_embed|>.
     The model is put in eval mode for the call.
     """
     cfg = config or GenerationConfig()

@@ -59,7 +59,8 @@ class PreparedRun:
 
     def export(self, model: Any, accelerator: Any, directory: Path) -> Path:
         """Save the trained model in HF format (LoRA merged) with the extended tokenizer,
-        the vocab, the pretrain config and (continuous input) the projector, all appearing
+        the vocab, the pretrain config and (continuous / summed input) the projector (for
+        summed: the codebook weights; the embeddings it sums are the LLM's), all appearing
         at once. Collective under ZeRO-3: every process calls it."""
         from mmllm.continuous import ContinuousInputLM, save_projector
 
@@ -226,10 +227,10 @@ def prepare_run(cfg: PretrainConfig, accelerator: Any) -> PreparedRun:
         )
     caches = TokenCaches.open(input_cache, output_cache)
     if caches.input.continuous != (cfg.audio_input == "continuous"):
+        gives, needs = ("features", "codes") if caches.input.continuous else ("codes", "features")
         raise ValueError(
-            f"tokenizers.input: {input_cfg.name} gives "
-            f"{'features' if caches.input.continuous else 'codes'}, but audio_input is "
-            f"{cfg.audio_input!r}"
+            f"tokenizers.input: {input_cfg.name} gives {gives}, but audio_input "
+            f"{cfg.audio_input!r} needs {needs}"
         )
     if caches.output.continuous and any(
         cfg.data.mixture.get(s, 0) > 0 for s in ("tts", "se", "ss")
@@ -246,7 +247,7 @@ def prepare_run(cfg: PretrainConfig, accelerator: Any) -> PreparedRun:
         caches.output.name,
         pattern=cfg.data.pattern,
         frame_rate_hz=caches.input.frame_rate_hz,
-        continuous_input=caches.input.continuous,
+        audio_input=cfg.audio_input,
         feature_stack=cfg.continuous.stack,
     )
     centroids = None

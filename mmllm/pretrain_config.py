@@ -17,6 +17,7 @@ from mmllm.model import INIT_MODES
 from mmllm.patterns import PATTERNS
 
 PRECISIONS = ("auto", "fp32", "bf16")
+AUDIO_INPUTS = ("discrete", "continuous", "summed")
 
 
 @config_dataclass
@@ -148,7 +149,7 @@ class ContinuousSection:
     """Continuous-input baseline (`audio_input: continuous`): the input tokenizer config names
     a feature backend (mfcc-features, log-mel-features); `stack` consecutive frames are
     concatenated (frame rate / stack), then an MLP of width `projector_hidden` maps them to
-    the model width (mmllm.continuous)."""
+    the model width (mmllm.continuous). Summed input uses neither."""
 
     stack: int = 1
     projector_hidden: int = 512
@@ -156,8 +157,15 @@ class ContinuousSection:
 
 @config_dataclass
 class PretrainConfig:
-    """audio_input: discrete (audio spans are tokens) | continuous (input audio spans are
-    projected features; audio answers stay tokens of `tokenizers.output`)"""
+    """audio_input: how input audio enters the LLM (audio answers are always tokens):
+    discrete    input audio spans are tokens laid out by `data.pattern` (flatten: K per frame)
+    continuous  one position per (stacked) feature frame of a feature tokenizer, its
+                embedding projected from the features (`continuous`; answers are tokens
+                of `tokenizers.output`)
+    summed      one position per frame of a code tokenizer, its embedding the
+                softmax(w)-weighted sum of the LLM's own embeddings of the frame's K
+                codes, w [K] learned (DASB's input for multi-codebook tokens; K = 1 is
+                the same as discrete). mmllm.continuous"""
 
     run_dir: str = "runs/pretrain/default"
     audio_input: str = "discrete"
@@ -189,15 +197,16 @@ def check_pretrain_config(cfg: PretrainConfig) -> None:
         problems.append(f"model.init: {cfg.model.init!r}; expected one of {INIT_MODES}")
     if cfg.train.precision not in PRECISIONS:
         problems.append(f"train.precision: {cfg.train.precision!r}; expected one of {PRECISIONS}")
-    if cfg.audio_input not in ("discrete", "continuous"):
-        problems.append(f"audio_input: {cfg.audio_input!r}; expected 'discrete' or 'continuous'")
-    if cfg.audio_input == "continuous":
+    if cfg.audio_input not in AUDIO_INPUTS:
+        problems.append(f"audio_input: {cfg.audio_input!r}; expected one of {AUDIO_INPUTS}")
+    if cfg.audio_input in ("continuous", "summed"):
         lm_audio = sorted(s for s in ("audio", "interleaved") if cfg.data.mixture.get(s, 0) > 0)
         if lm_audio:
             problems.append(
-                f"data.mixture: {lm_audio} predict input audio as tokens, which continuous "
-                "input does not have; give them weight 0"
+                f"data.mixture: {lm_audio} predict input audio as tokens, which "
+                f"{cfg.audio_input} input does not have; give them weight 0"
             )
+    if cfg.audio_input == "continuous":
         speaking = sorted(s for s in ("tts", "se", "ss") if cfg.data.mixture.get(s, 0) > 0)
         if speaking and not cfg.tokenizers.output:
             problems.append(

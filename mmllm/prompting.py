@@ -53,7 +53,7 @@ class Checkpoint:
     pattern: str
     input_config: TokenizerConfig
     output_config: TokenizerConfig
-    continuous_input: bool = False  # audio_input: continuous (mmllm.continuous)
+    audio_input: str = "discrete"  # discrete | continuous | summed (mmllm.continuous)
     feature_stack: int = 1
 
     @classmethod
@@ -81,7 +81,7 @@ class Checkpoint:
             tokenizer = AutoTokenizer.from_pretrained(directory)
         except (ConfigError, ValueError, OSError) as err:
             raise GenerateError(f"checkpoint {directory}: {_one_line(err)}") from None
-        continuous = pretrain.audio_input == "continuous"
+        continuous = pretrain.audio_input == "continuous"  # its input tokenizer gives features
         for config in (output_config,) if continuous else (input_config, output_config):
             if config.name not in vocab.blocks:
                 raise GenerateError(
@@ -95,7 +95,7 @@ class Checkpoint:
             pretrain.data.pattern,
             input_config,
             output_config,
-            continuous,
+            pretrain.audio_input,
             pretrain.continuous.stack,
         )
 
@@ -106,7 +106,7 @@ class Checkpoint:
             self.input_config.name,
             self.output_config.name,
             self.pattern,
-            continuous_input=self.continuous_input,
+            audio_input=self.audio_input,
             feature_stack=self.feature_stack,
         )
 
@@ -122,7 +122,7 @@ class Checkpoint:
             tokenizer = build_tokenizer(config)
         except (ValueError, OSError) as err:
             raise GenerateError(f"{which} tokenizer {config.name!r}: {_one_line(err)}") from None
-        if which == "input" and self.continuous_input:
+        if which == "input" and self.audio_input == "continuous":
             return tokenizer  # features, not codes: nothing in the vocab to match
         block = self.vocab.block(config.name)
         if (tokenizer.num_codebooks, tokenizer.codebook_size) != (
@@ -140,18 +140,18 @@ class Checkpoint:
         from mmllm.model import load_pretrained_multimodal
 
         model, _, _ = load_pretrained_multimodal(self.directory)
-        if self.continuous_input:
+        if self.audio_input != "discrete":
             from mmllm.continuous import ContinuousInputLM, load_projector
 
-            model = ContinuousInputLM(
-                model, load_projector(self.directory), self.vocab.audio_embed_id
-            )
+            projector = load_projector(self.directory, model.get_input_embeddings())
+            model = ContinuousInputLM(model, projector, self.vocab.audio_embed_id)
         return model.to(device).eval()
 
 
 def render_prompt(renderer: TemplateRenderer, row: dict, input_codes: Any) -> Any:
     """The generation prompt of a row that has no target (placeholder target codes/label:
-    `render` builds the whole example; use `.prompt` and, for continuous input, `.features`)."""
+    `render` builds the whole example; use `.prompt` and, for continuous / summed input,
+    `.features`)."""
     k = renderer.vocab.block(renderer.output_tokenizer).num_codebooks
     row = {**row, "label": row.get("label") or next(iter(SV_ANSWERS))}
     return renderer.render(row, input_codes, lambda key: np.zeros((k, 1), np.int64))
@@ -173,9 +173,9 @@ def _one_line(err: BaseException) -> str:
 def build_prompt(
     checkpoint: Checkpoint, task: str, inputs: Sequence[str], speaker: str | None = None
 ) -> Any:
-    """The rendered prompt (`.prompt` ids, `.features` for continuous input) for one task
-    from CLI-style inputs: audio file paths (sv: enrollment then trial) or, for tts, the
-    text to speak (with `speaker`)."""
+    """The rendered prompt (`.prompt` ids, `.features` for continuous / summed input) for
+    one task from CLI-style inputs: audio file paths (sv: enrollment then trial) or, for
+    tts, the text to speak (with `speaker`)."""
     codes: dict[str, np.ndarray] = {}
     if task != "tts":
         input_tokenizer = checkpoint.audio_tokenizer("input")

@@ -15,11 +15,13 @@ cut at word boundaries (from the corpus alignments) into spans of 1-5 words that
 between <|text|> words and <|speech|> AUDIO of the frames those words cover.
 
 Input audio uses the `input_tokenizer`'s codes, output audio the `output_tokenizer`'s (they
-may differ, e.g. semantic in, compression out). With `continuous_input` the input lookups
-return features [D, F] instead of codes: an input span becomes <|audio_start|>, one
-<|audio_embed|> per (stacked) feature frame, <|audio_end|>, and `Rendered.features` holds the
-frames [n, D * feature_stack] in the order of those placeholders (mmllm.continuous projects
-them into the model at those positions). Codes are laid out by a codebook pattern
+may differ, e.g. semantic in, compression out). `audio_input` says how input audio enters
+(mmllm.continuous): `discrete` as pattern-ordered tokens; `continuous` (the input lookups
+return features [D, F] instead of codes) and `summed` as <|audio_start|>, one <|audio_embed|>
+placeholder per frame, <|audio_end|>, with `Rendered.features` holding one row per
+placeholder, in order: the stacked feature frames [n, D * feature_stack] (float32), or the
+vocab ids of each frame's K codes [n, K] (int64) whose embeddings are summed. Audio answers
+are always tokens of the output tokenizer. Codes are laid out by a codebook pattern
 (`flatten` or `first`; `delay` needs the multi-stream model and is refused here). The same
 `render` without its target is the generation prompt (eval/dasb.py, mmllm.generate).
 """
@@ -50,7 +52,7 @@ class Rendered:
     prompt: list[int]
     target: list[int]
     loss_on_prompt: bool = False  # True for LM documents: every token is a target
-    features: np.ndarray | None = None  # [n, D * stack]: one row per <|audio_embed|>, in order
+    features: np.ndarray | None = None  # one row per <|audio_embed|>, in order (see above)
 
     @property
     def input_ids(self) -> list[int]:
@@ -77,7 +79,7 @@ class TemplateRenderer:
         output_tokenizer: str | None = None,
         pattern: str = "flatten",
         frame_rate_hz: float = 50.0,
-        continuous_input: bool = False,
+        audio_input: str = "discrete",
         feature_stack: int = 1,
     ) -> None:
         if pattern == "delay":
@@ -90,10 +92,12 @@ class TemplateRenderer:
         self.output_tokenizer = output_tokenizer or input_tokenizer
         self.pattern = get_pattern(pattern)
         self.frame_rate_hz = frame_rate_hz  # of the input tokenizer, to cut speech at word times
-        self.continuous_input = continuous_input
+        self.audio_input = audio_input  # discrete | continuous | summed
         self.feature_stack = feature_stack
-        self._features: list[np.ndarray] = []  # input feature frames of the row being rendered
-        discrete = [self.output_tokenizer] + ([] if continuous_input else [self.input_tokenizer])
+        self._features: list[np.ndarray] = []  # placeholder rows of the row being rendered
+        discrete = [self.output_tokenizer]
+        if audio_input != "continuous":  # continuous input gives features, not codes
+            discrete.append(self.input_tokenizer)
         for name in discrete:
             vocab.block(name)  # fails early, naming the tokenizer, if the vocab lacks it
 
@@ -102,25 +106,38 @@ class TemplateRenderer:
     def text(self, text: str) -> list[int]:
         return list(self.text_tokenizer.encode(text, add_special_tokens=False))
 
+    def audio_grid(self, codes: np.ndarray, tokenizer: str) -> torch.Tensor:
+        """codes [K, F] -> audio vocab ids [K, F] (int64)."""
+        return self.vocab.audio_ids(tokenizer, torch.as_tensor(np.asarray(codes, dtype=np.int64)))
+
     def audio_tokens(self, codes: np.ndarray, tokenizer: str) -> list[int]:
         """codes [K, F] -> pattern-ordered audio ids (no start/end markers)."""
-        ids = self.vocab.audio_ids(tokenizer, torch.as_tensor(np.asarray(codes, dtype=np.int64)))
+        ids = self.audio_grid(codes, tokenizer)
         return self.pattern.build(ids, fill=self.vocab.pad_audio_id).reshape(-1).tolist()
 
     def audio(self, codes: np.ndarray, tokenizer: str) -> list[int]:
-        """AUDIO(x): <|audio_start|> ids <|audio_end|> (placeholders for continuous input)."""
-        if self.continuous_input and tokenizer == self.input_tokenizer:
-            frames = stack_frames(codes, self.feature_stack)
-            self._features.append(frames)
-            inner = [self.vocab.audio_embed_id] * len(frames)
+        """AUDIO(x) as tokens: <|audio_start|> ids <|audio_end|>."""
+        inner = self.audio_tokens(codes, tokenizer)
+        return [self.vocab.audio_start_id, *inner, self.vocab.audio_end_id]
+
+    def input_audio(self, codes: np.ndarray) -> list[int]:
+        """AUDIO(x) of input audio: tokens (discrete) or one placeholder per frame, whose row
+        (stacked features, or the frame's K vocab ids) is collected for `Rendered.features`."""
+        if self.audio_input == "discrete":
+            return self.audio(codes, self.input_tokenizer)
+        if self.audio_input == "summed":
+            rows = self.audio_grid(codes, self.input_tokenizer).T.numpy()  # [F, K]
         else:
-            inner = self.audio_tokens(codes, tokenizer)
+            rows = stack_frames(codes, self.feature_stack)
+        self._features.append(rows)
+        inner = [self.vocab.audio_embed_id] * len(rows)
         return [self.vocab.audio_start_id, *inner, self.vocab.audio_end_id]
 
     def _with_features(self, rendered: Rendered) -> Rendered:
-        """Attach (and reset) the feature frames collected while rendering one row."""
+        """Attach (and reset) the placeholder rows collected while rendering one row (their
+        dtype kept: float32 frames or int64 ids)."""
         if self._features:
-            rendered.features = np.concatenate(self._features).astype(np.float32)
+            rendered.features = np.concatenate(self._features)
         self._features = []
         return rendered
 
@@ -139,9 +156,9 @@ class TemplateRenderer:
         output_codes = output_codes or input_codes
         task, v = row["task"], self.vocab
         start = [v.task_id(task)]
-        if task == "sv":  # rendered in sequence order: continuous features follow call order
-            enrollment = self.audio(input_codes(f"{row['id']}#ref0"), self.input_tokenizer)
-        source = self.audio(input_codes(row["id"]), self.input_tokenizer) if task != "tts" else []
+        if task == "sv":  # rendered in sequence order: placeholder rows follow call order
+            enrollment = self.input_audio(input_codes(f"{row['id']}#ref0"))
+        source = self.input_audio(input_codes(row["id"])) if task != "tts" else []
         end = [v.eos_task_id]
         if task == "asr":
             return Rendered(start + source + [v.text_tag_id], self.text(row["text"]) + end)
@@ -176,17 +193,17 @@ class TemplateRenderer:
     ) -> Rendered:
         """An unconditional document from a row with speech: text, audio or interleaved."""
         v = self.vocab
-        if self.continuous_input and kind != "text":
+        if self.audio_input != "discrete" and kind != "text":
             raise ValueError(
-                f"LM document {kind!r} predicts input audio, which continuous input does not "
-                "have as tokens; use weight 0 for it in data.mixture"
+                f"LM document {kind!r} predicts input audio, which {self.audio_input} input "
+                "does not have as tokens; use weight 0 for it in data.mixture"
             )
         if kind == "text":
             return Rendered(
                 [v.text_tag_id] + self.text(row["text"]), [v.eos_task_id], loss_on_prompt=True
             )
         if kind == "audio":
-            speech = [v.speech_tag_id] + self.audio(input_codes(row["id"]), self.input_tokenizer)
+            speech = [v.speech_tag_id] + self.input_audio(input_codes(row["id"]))
             return Rendered(speech, [v.eos_task_id], loss_on_prompt=True)
         if kind == "interleaved":
             return Rendered(
@@ -219,8 +236,8 @@ class TemplateRenderer:
                     if following is None
                     else min(int(round(last_time * self.frame_rate_hz)), num_frames)
                 )
-                ids += [self.vocab.speech_tag_id] + self.audio(
-                    codes[:, first : max(last, first + 1)], self.input_tokenizer
+                ids += [self.vocab.speech_tag_id] + self.input_audio(
+                    codes[:, first : max(last, first + 1)]
                 )
             else:
                 ids += [self.vocab.text_tag_id] + self.text(" ".join(w["word"] for w in span))

@@ -38,7 +38,13 @@ from mmllm.data.packing import (
 )
 from mmllm.fileio import LATEST, atomic_write_text, publish_checkpoint, read_latest, step_dir
 from mmllm.model import resize_model
-from mmllm.pretrain_config import LoraSection, ModelSection, OptimSection, TrainSection
+from mmllm.pretrain_config import (
+    ContinuousSection,
+    LoraSection,
+    ModelSection,
+    OptimSection,
+    TrainSection,
+)
 from mmllm.vocab import MultimodalVocab
 
 CHECKPOINTS = "checkpoints"
@@ -94,14 +100,27 @@ def build_model(
     return model
 
 
-def wrap_continuous_input(
-    model: Any, vocab: MultimodalVocab, feature_dim: int, stack: int, hidden: int
+def wrap_audio_input(
+    model: Any,
+    vocab: MultimodalVocab,
+    audio_input: str,
+    num_codebooks: int,
+    continuous: ContinuousSection,
 ) -> Any:
-    """The continuous-input baseline: <|audio_embed|> positions take projected features."""
-    from mmllm.continuous import AudioProjector, ContinuousInputLM
+    """`model` as is for discrete input; else <|audio_embed|> positions take projected
+    features (continuous: `num_codebooks` = the feature dimension D) or the softmax-weighted
+    sum of the frame's `num_codebooks` code embeddings (summed). See mmllm.continuous."""
+    from mmllm.continuous import AudioProjector, CodebookSum, ContinuousInputLM
 
-    width = model.get_input_embeddings().weight.shape[1]
-    projector = AudioProjector(feature_dim * stack, width, hidden)
+    if audio_input == "discrete":
+        return model
+    embedding = model.get_input_embeddings()
+    if audio_input == "summed":
+        projector = CodebookSum(num_codebooks, embedding)
+    else:
+        width = embedding.weight.shape[1]
+        stacked = num_codebooks * continuous.stack
+        projector = AudioProjector(stacked, width, continuous.projector_hidden)
     return ContinuousInputLM(model, projector, vocab.audio_embed_id)
 
 
@@ -303,7 +322,7 @@ def token_loss_sum(
     Documents are kept apart by per-document attention (`packed`, the model must use
     PACKED_ATTENTION) or by the 4D block mask; logits are upcast to fp32 for the loss."""
     inputs = {"input_ids": batch["input_ids"], "position_ids": batch["position_ids"]}
-    if "audio_features" in batch:  # continuous input (mmllm.continuous.ContinuousInputLM)
+    if "audio_features" in batch:  # continuous / summed input (mmllm.continuous)
         inputs["audio_features"] = batch["audio_features"]
     if packed:
         inputs["document_spans"] = document_spans(batch["document_ids"])

@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from mmllm.compare import compare_runs
 
 
@@ -52,3 +54,27 @@ def test_table_marks_best_per_column_and_falls_back_to_code_agreement(tmp_path):
     assert "instead of si_snr_improvement, which some run lacks" in report["markdown"]
     for name in ("comparison.md", "comparison.json", "tasks.png", "score_vs_bitrate.png"):
         assert (tmp_path / "out" / name).stat().st_size > 0
+
+
+def test_summed_run_is_labelled_and_its_codebook_weights_plotted(tmp_path):
+    import torch
+
+    from mmllm.continuous import CodebookSum, save_projector
+
+    discrete = write_run(
+        tmp_path, "mel-rvq", "discrete", "mel-rvq", 1600.0, {"ks": {"accuracy": 0.5}}
+    )
+    summed = write_run(tmp_path, "summed", "summed", "mel-rvq", 1600.0, {"ks": {"accuracy": 0.6}})
+    module = CodebookSum(4, torch.nn.Embedding(8, 2))
+    with torch.no_grad():
+        module.weights.copy_(torch.log(torch.tensor([0.4, 0.3, 0.2, 0.1])))
+    (summed / "final").mkdir()
+    save_projector(module, summed / "final")
+    report = compare_runs([discrete, summed], tmp_path / "out")
+    assert list(report["runs"]) == ["mel-rvq", "mel-rvq (summed)"]
+    assert "codebook_weights" not in report["runs"]["mel-rvq"]
+    weights = json.loads((tmp_path / "out" / "comparison.json").read_text())["runs"]
+    assert weights["mel-rvq (summed)"]["codebook_weights"] == pytest.approx([0.4, 0.3, 0.2, 0.1])
+    assert "| mel-rvq (summed) | 1.60 kbps | **60.0** |" in report["markdown"]
+    assert "- mel-rvq (summed): 0.400 0.300 0.200 0.100" in report["markdown"]
+    assert (tmp_path / "out" / "codebook_weights.png").stat().st_size > 5_000

@@ -1,16 +1,37 @@
-"""Continuous-input baseline: frame stacking, placeholder splicing, features cached like codes."""
+"""Audio as embeddings: the continuous-input baseline (frame stacking, placeholder splicing,
+features cached like codes) and summed codebook embeddings (K = 1 is the discrete input,
+K > 1 the weighted sum by hand, gradients, save / load)."""
+
+import json
 
 import numpy as np
 import pytest
 import torch
 from tiny_models import tiny_llama
 
-from mmllm.continuous import AudioProjector, ContinuousInputLM, load_projector, save_projector
+from mmllm.continuous import (
+    PROJECTOR_CONFIG,
+    AudioProjector,
+    CodebookSum,
+    ContinuousInputLM,
+    codebook_weights,
+    load_projector,
+    save_projector,
+)
+from mmllm.data.packing import collate_blocks, pack_documents
 from mmllm.templates import TemplateRenderer, stack_frames
 from mmllm.tokenizers.base import TokenizerConfig, build_tokenizer
+from mmllm.training import token_loss_sum
 from mmllm.vocab import MultimodalVocab
 
 VOCAB = MultimodalVocab(40, [("out", 1, 8)])
+
+
+class Chars:
+    """Stand-in text tokenizer: one id per character."""
+
+    def encode(self, text, add_special_tokens=False):
+        return [ord(c) % 40 for c in text]
 
 
 def test_stack_frames_by_hand():
@@ -55,13 +76,19 @@ def test_projector_save_load_round_trip(tmp_path):
     torch.testing.assert_close(loaded(frames), projector(frames))
 
 
-def test_renderer_emits_placeholders_in_order():
-    class Chars:
-        def encode(self, text, add_special_tokens=False):
-            return [ord(c) % 40 for c in text]
+def test_projector_config_without_kind_loads_as_projector(tmp_path):
+    """Checkpoints written before summed input existed have no "kind" in their json."""
+    save_projector(AudioProjector(6, 16, 8), tmp_path)
+    config = json.loads((tmp_path / PROJECTOR_CONFIG).read_text())
+    del config["kind"]
+    (tmp_path / PROJECTOR_CONFIG).write_text(json.dumps(config))
+    assert isinstance(load_projector(tmp_path), AudioProjector)
+    assert codebook_weights(tmp_path) is None
 
+
+def test_renderer_emits_placeholders_in_order():
     renderer = TemplateRenderer(
-        VOCAB, Chars(), "mfcc-features", "out", continuous_input=True, feature_stack=2
+        VOCAB, Chars(), "mfcc-features", "out", audio_input="continuous", feature_stack=2
     )
     enrollment = np.full((3, 4), 1.0, dtype=np.float32)  # D=3, F=4 -> 2 stacked frames
     trial = np.full((3, 3), 2.0, dtype=np.float32)  # -> 2 stacked frames (last padded)
@@ -90,3 +117,119 @@ def test_feature_backends_shapes_and_normalisation():
     assert log_mel.encode(wav, torch.tensor([16000, 16000]))[0].shape == (2, 80, 50)
     with pytest.raises(ValueError, match="do not apply"):
         build_tokenizer(TokenizerConfig(name="mfcc-features", codebook_size=5))
+
+
+# ---- summed codebook embeddings (audio_input: summed) ---------------------------------------
+
+
+def summed_lm(vocab, num_codebooks):
+    lm = tiny_llama(vocab.size)
+    embedding = lm.get_input_embeddings()
+    return ContinuousInputLM(lm, CodebookSum(num_codebooks, embedding), vocab.audio_embed_id)
+
+
+def codebook_weights_of(module):
+    return module.weights.detach().softmax(0).tolist()
+
+
+def asr_row_loss(renderer, model, codes):
+    """Render an ASR row, pack it alone -> (rendered, batch, summed token loss)."""
+    rendered = renderer.render({"id": "r", "task": "asr", "text": "hi"}, lambda key: codes)
+    [block] = pack_documents([rendered.document("r", "asr")], 64, renderer.vocab.pad_audio_id)
+    batch = collate_blocks([block])
+    loss, _ = token_loss_sum(model, batch, torch.float32, packed=False)
+    return rendered, batch, loss
+
+
+def test_summed_with_one_codebook_is_the_discrete_input():
+    """K = 1: softmax(w) = [1], so the placeholders get exactly the discrete tokens' rows."""
+    vocab = MultimodalVocab(40, [("mfcc-kmeans", 1, 8)])
+    codes = np.array([[3, 0, 7, 7, 1]])
+    model = summed_lm(vocab, 1)
+    discrete = TemplateRenderer(vocab, Chars(), "mfcc-kmeans")
+    summed = TemplateRenderer(vocab, Chars(), "mfcc-kmeans", audio_input="summed")
+    tokens, _, loss_discrete = asr_row_loss(discrete, model.lm, codes)
+    placeholders, batch, loss_summed = asr_row_loss(summed, model, codes)
+    # the same positions; summed rows are the discrete span's ids, kept int64 through packing
+    audio = [vocab.audio_id("mfcc-kmeans", 0, c) for c in codes[0]]
+    assert placeholders.prompt.count(vocab.audio_embed_id) == 5 and tokens.features is None
+    assert len(placeholders.prompt) == len(tokens.prompt)
+    assert placeholders.features.tolist() == [[i] for i in audio]
+    assert batch["audio_features"].dtype == torch.int64
+    assert loss_summed.item() == pytest.approx(loss_discrete.item(), rel=1e-6)
+    ids = torch.tensor([tokens.input_ids])
+    features = torch.from_numpy(placeholders.features)
+    torch.testing.assert_close(
+        model(torch.tensor([placeholders.input_ids]), audio_features=features).logits,
+        model.lm(ids).logits,
+        rtol=0,
+        atol=0,
+    )
+
+
+def test_summed_rows_are_the_frames_codebook_ids():
+    vocab = MultimodalVocab(40, [("mel-rvq", 4, 8)])
+    codes = np.array([[1, 2, 3], [0, 0, 5], [7, 6, 5], [4, 4, 4]])  # K=4, F=3
+    renderer = TemplateRenderer(vocab, Chars(), "mel-rvq", audio_input="summed")
+    rendered = renderer.render({"id": "r", "task": "se"}, lambda key: codes)
+    # one placeholder per input frame (not K); the clean answer stays K flattened tokens
+    assert rendered.prompt.count(vocab.audio_embed_id) == 3
+    assert len(rendered.target) == 1 + 4 * 3 + 1 + 1  # start, 12 ids, end, eos
+    expected = [[vocab.audio_id("mel-rvq", k, codes[k, f]) for k in range(4)] for f in range(3)]
+    assert rendered.features.dtype == np.int64 and rendered.features.tolist() == expected
+    with pytest.raises(ValueError, match="summed input does not have"):
+        renderer.lm_document("interleaved", {"id": "r", "words": []}, lambda key: codes)
+
+
+def test_codebook_sum_is_the_softmax_weighted_sum_by_hand():
+    vocab = MultimodalVocab(40, [("mel-rvq", 4, 8)])
+    model = summed_lm(vocab, 4)
+    table = model.get_input_embeddings().weight.detach()
+    codes = torch.tensor([[1, 1, 1, 1], [0, 6, 2, 7]]).T  # [K=4, F=2]
+    ids = vocab.audio_ids("mel-rvq", codes).T  # [n=2, K=4]: frame f's ids, codebook 0 first
+    # initialised to zeros: the plain mean of the K rows
+    torch.testing.assert_close(model.projector(ids), table[ids].mean(1))
+    with torch.no_grad():
+        model.projector.weights.copy_(torch.tensor([0.5, -1.0, 2.0, 0.0]))
+    e = [np.exp(w) for w in (0.5, -1.0, 2.0, 0.0)]
+    share = [w / sum(e) for w in e]
+    by_hand = sum(share[k] * table[ids[:, k]] for k in range(4))
+    torch.testing.assert_close(model.projector(ids), by_hand)
+    assert codebook_weights_of(model.projector) == pytest.approx(share)
+
+
+def test_summed_gradients_reach_the_weights_and_the_embedding_rows():
+    vocab = MultimodalVocab(40, [("mel-rvq", 2, 8)])
+    model = summed_lm(vocab, 2)
+    # the embedding stays the LLM's: one more parameter (w), nothing duplicated
+    assert len(list(model.parameters())) == len(list(model.lm.parameters())) + 1
+    assert list(model.projector.state_dict()) == ["weights"]
+    slot = vocab.audio_embed_id
+    ids = torch.tensor([[1, vocab.audio_start_id, slot, slot, vocab.audio_end_id, 2]])
+    rows = vocab.audio_ids("mel-rvq", torch.tensor([[1, 3], [2, 7]])).T  # [F=2, K=2]
+    model(ids, audio_features=rows).logits.sum().backward()
+    assert model.projector.weights.grad.abs().min() > 0
+    grad = model.get_input_embeddings().weight.grad
+    used = rows.reshape(-1).tolist()
+    assert all(grad[i].abs().sum() > 0 for i in used)
+    unused = [i for i in range(vocab.audio_start, vocab.size) if i not in used]
+    assert len(unused) == 16 - 4 and grad[unused].abs().sum() == 0
+
+
+def test_codebook_sum_save_load_round_trip(tmp_path):
+    vocab = MultimodalVocab(40, [("mel-rvq", 4, 8)])
+    model = summed_lm(vocab, 4)
+    with torch.no_grad():
+        model.projector.weights.copy_(torch.tensor([1.0, 0.0, -1.0, 0.5]))
+    save_projector(model.projector, tmp_path)
+    assert json.loads((tmp_path / PROJECTOR_CONFIG).read_text()) == {
+        "kind": "codebook-sum",
+        "num_codebooks": 4,
+    }
+    other = tiny_llama(vocab.size, seed=1).get_input_embeddings()
+    loaded = load_projector(tmp_path, other)
+    assert isinstance(loaded, CodebookSum) and loaded.embedding is other
+    torch.testing.assert_close(loaded.weights, model.projector.weights)
+    assert codebook_weights(tmp_path) == pytest.approx(codebook_weights_of(model.projector))
+    with pytest.raises(ValueError, match="needs the LLM's input embeddings"):
+        load_projector(tmp_path)

@@ -13,6 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -243,6 +244,18 @@ def test_vocab_mismatch_with_cache_fails_before_training(plain_run, tiny_tokens,
     assert "1 x 40 codes, the token cache has 1 x 32" in result.stdout
 
 
+def train_until_losses_fall(tiny_tokens, run_dir, overrides) -> None:
+    """Train with `overrides`; the training loss fell, and so did the held-out loss of
+    every source of their `data.mixture=` entry."""
+    run_pretrain(tiny_tokens, run_dir, overrides)
+    curve = losses(run_dir)
+    assert curve[-1] < curve[0] - 0.05
+    summary = json.loads((run_dir / "eval_summary.json").read_text())
+    mixture = yaml.safe_load(next(o for o in overrides if o.startswith("data.mixture="))[13:])
+    assert set(summary) == set(mixture)
+    assert all(row["fell"] for row in summary.values()), summary
+
+
 def test_continuous_input_run_trains_and_exports_projector(tiny_tokens, tmp_path):
     """audio_input: continuous with mfcc-features in and mfcc-kmeans codes out."""
     from mmllm.continuous import load_projector
@@ -257,12 +270,7 @@ def test_continuous_input_run_trains_and_exports_projector(tiny_tokens, tmp_path
         "data.mixture={asr: 1, ks: 1, sid: 1, sv: 1, tts: 1, se: 1, text: 0.25}",
         "train.checkpoint_every=0",
     ]
-    run_pretrain(tiny_tokens, run_dir, overrides)
-    curve = losses(run_dir)
-    assert curve[-1] < curve[0] - 0.05
-    summary = json.loads((run_dir / "eval_summary.json").read_text())
-    assert set(summary) == {"asr", "ks", "sid", "sv", "tts", "se", "text"}
-    assert all(row["fell"] for row in summary.values()), summary
+    train_until_losses_fall(tiny_tokens, run_dir, overrides)
     projector = load_projector(run_dir / "final")
     assert projector.config["in_dim"] == 26
     vocab = json.loads((run_dir / "final" / "mmllm_vocab.json").read_text())
@@ -287,6 +295,65 @@ def test_continuous_input_refuses_audio_lm_documents(tiny_tokens, tmp_path):
     )
     assert result.returncode == 2
     assert "['audio', 'interleaved'] predict input audio as tokens" in result.stderr
+
+
+def test_summed_input_run_trains_exports_loads_and_generates(tiny_tokens, tmp_path, capsys):
+    """audio_input: summed on a 2-codebook mel-rvq (fitted here): train, export the codebook
+    weights, load the checkpoint, evaluate and prompt it."""
+    from mmllm.audio import write_wav
+    from mmllm.continuous import CodebookSum, ContinuousInputLM, codebook_weights
+    from mmllm.dasb import evaluate_checkpoint
+    from mmllm.prompting import Checkpoint, build_prompt, main
+
+    run_dir = tmp_path / "summed"
+    overrides = [
+        "audio_input=summed",
+        f"tokenizers.input={ROOT / 'configs/tokenizers/mel-rvq.yaml'}",
+        f"tokenizers.input_overrides=[num_codebooks=2, codebook_size=16, centroids={tmp_path / 'rvq'}]",
+        f"tokenizers.cache_dir={tmp_path / 'tokens'}",
+        "tokenizers.fit_max_frames=2000",
+        "data.mixture={asr: 1, ks: 1, sv: 1, tts: 1, se: 1, text: 0.25}",
+        "train.checkpoint_every=0",
+    ]
+    train_until_losses_fall(tiny_tokens, run_dir, overrides)
+    final = run_dir / "final"
+    weights = codebook_weights(final)
+    # trained: the two weights moved apart (their gradients are opposite), still a softmax
+    assert len(weights) == 2 and abs(weights[0] - 0.5) > 1e-3 and sum(weights) == pytest.approx(1)
+    vocab = json.loads((final / "mmllm_vocab.json").read_text())
+    assert [(b["tokenizer"], b["num_codebooks"]) for b in vocab["audio"]] == [("mel-rvq", 2)]
+    checkpoint = Checkpoint.open(final)
+    model = checkpoint.load_model()
+    assert isinstance(model, ContinuousInputLM) and isinstance(model.projector, CodebookSum)
+    assert model.projector.embedding is model.lm.get_input_embeddings()
+    assert model.projector.weights.softmax(0).tolist() == pytest.approx(weights)
+    # evaluation renders the cached codes as summed rows, one placeholder per frame
+    report = evaluate_checkpoint(final, ["ks", "sv", "se"], tmp_path / "eval", limit=2)
+    assert report["audio_input"] == "summed" and report["input_tokenizer"] == "mel-rvq"
+    assert report["tasks"]["ks"]["rows"] == 2 and 0 <= report["tasks"]["sv"]["eer"] <= 1
+    # prompting from an audio file: input encoded to codes, summed; the answer is one line
+    wav = np.random.default_rng(0).uniform(-0.3, 0.3, 8000).astype(np.float32)
+    write_wav(tmp_path / "a.wav", wav, 16000)
+    rendered = build_prompt(checkpoint, "asr", [str(tmp_path / "a.wav")])
+    assert rendered.features.dtype == np.int64 and rendered.features.shape[1] == 2
+    assert rendered.prompt.count(checkpoint.vocab.audio_embed_id) == len(rendered.features)
+    capsys.readouterr()
+    assert main(["--checkpoint", str(final), "asr", str(tmp_path / "a.wav")]) == 0
+    out, err = capsys.readouterr()
+    assert err == "" and out.count("\n") == 1
+
+
+def test_summed_input_over_a_features_cache_fails_clearly(tiny_tokens, tmp_path):
+    overrides = [
+        "audio_input=summed",
+        "tokenizers.input=configs/tokenizers/mfcc-features.yaml",
+        "tokenizers.input_overrides=[]",
+        "data.mixture={asr: 1, ks: 1}",
+    ]
+    result = run_pretrain(tiny_tokens, tmp_path / "bad", overrides, check=False)
+    assert result.returncode == 2
+    message = "tokenizers.input: mfcc-features gives features, but audio_input 'summed' needs codes"
+    assert message in result.stdout
 
 
 def test_dasb_eval_on_the_trained_run(plain_run, tmp_path):

@@ -182,6 +182,20 @@ def test_config_checks_name_the_key():
     assert "data.pattern: 'delay'" in message
 
 
+def test_audio_input_checks_name_the_key():
+    cfg = PretrainConfig(audio_input="summed")
+    cfg.data.mixture = {"asr": 1.0, "tts": 1.0, "text": 0.25}
+    check_pretrain_config(cfg)  # summed: audio answers are the input tokenizer's tokens
+    cfg.data.mixture["interleaved"] = 0.5
+    with pytest.raises(
+        ValueError, match=r"\['interleaved'\] predict input audio as tokens, which summed input"
+    ):
+        check_pretrain_config(cfg)
+    cfg.audio_input = "tokens"
+    with pytest.raises(ValueError, match="audio_input: 'tokens'; expected one of"):
+        check_pretrain_config(cfg)
+
+
 def test_default_yaml_is_the_embedded_default():
     """`accelerate launch train/pretrain.py` (no --config) == --config configs/pretrain/default.yaml."""
     from mmllm.config import load_config

@@ -52,7 +52,7 @@ from mmllm.training import (
     prepare_deepspeed_environment,
     save_checkpoint,
     token_loss_sum,
-    wrap_continuous_input,
+    wrap_audio_input,
 )
 
 
@@ -127,14 +127,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     if cfg.model.lora is not None:
         model = apply_lora(model, cfg.model.lora, vocab, cfg.model.freeze_audio)
-    if cfg.audio_input == "continuous":
-        model = wrap_continuous_input(
-            model,
-            vocab,
-            run.caches.input.num_codebooks,  # = feature dimension D for feature caches
-            cfg.continuous.stack,
-            cfg.continuous.projector_hidden,
-        )
+    model = wrap_audio_input(
+        model, vocab, cfg.audio_input, run.caches.input.num_codebooks, cfg.continuous
+    )
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     say(

@@ -37,7 +37,9 @@ class Document:
     loss_mask: list[bool]
     name: str = ""  # e.g. the corpus row id, for error messages
     task: str = ""
-    features: np.ndarray | None = None  # continuous input frames [n, D], one per placeholder id
+    # continuous / summed input: one row per <|audio_embed|> id (float32 frames [n, D] or
+    # int64 codebook ids [n, K]; mmllm.continuous), dtype kept through packing
+    features: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if len(self.input_ids) != len(self.loss_mask):
@@ -53,9 +55,7 @@ class PackedBlock:
     position_ids: torch.Tensor  # [L] int64
     document_ids: torch.Tensor  # [L] int64
     names: list[str] = field(default_factory=list)
-    features: torch.Tensor | None = (
-        None  # [n, D] continuous input frames of its documents, in order
-    )
+    features: torch.Tensor | None = None  # [n, D] placeholder rows of its documents, in order
 
     @property
     def used(self) -> int:
@@ -128,7 +128,8 @@ def _make_block(documents: list[Document], block_size: int, pad_id: int) -> Pack
 
 def collate_blocks(blocks: list[PackedBlock]) -> dict[str, torch.Tensor]:
     """Stack blocks into a batch: input_ids, labels, position_ids, document_ids [B, L], and
-    `audio_features` [n, D] (row-major order of the placeholders) when blocks have them."""
+    `audio_features` [n, D] (row-major order of the placeholders; float32 frames or int64
+    ids) when blocks have them."""
     batch = {
         "input_ids": torch.stack([b.input_ids for b in blocks]),
         "labels": torch.stack([b.labels for b in blocks]),
