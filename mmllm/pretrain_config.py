@@ -85,7 +85,7 @@ def _default_mixture() -> dict[str, float]:
     # every task row once per epoch; LM documents from the asr rows: speech-only and
     # interleaved at half a pass, text-only at a quarter (text is cheap to learn)
     mixture = {source: 1.0 for source in SOURCES}
-    mixture.update(audio=0.5, interleaved=0.5, text=0.25)
+    mixture.update(audio=0.5, interleaved=0.5, text=0.25, asr_spans=0.0)
     return mixture
 
 

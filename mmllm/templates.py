@@ -42,6 +42,7 @@ from mmllm.vocab import MultimodalVocab
 CodesLookup = Callable[[str], np.ndarray]  # key ("<id>" or "<id>#ref<j>") -> codes [K, F]
 LABEL_TASKS = ("ks", "ic", "er", "sid")
 LM_DOCUMENTS = ("text", "audio", "interleaved")
+ASR_SPAN_WORDS = 4  # longest word span of an `asr_spans` document
 SV_ANSWERS = {"same": "yes", "different": "no"}
 
 
@@ -213,37 +214,59 @@ class TemplateRenderer:
             )
         raise ValueError(f"unknown LM document kind {kind!r}; known: {LM_DOCUMENTS}")
 
+    def span_frames(self, words: list[dict], first: int, last: int, num_frames: int) -> slice:
+        """Frames of words[first:last]: from the first word's start to the next word's start
+        (the pause belongs to the span) or, for the last word, to the end of the audio."""
+        start = min(int(round(words[first]["start"] * self.frame_rate_hz)), num_frames)
+        stop = (
+            num_frames
+            if last >= len(words)
+            else min(int(round(words[last]["start"] * self.frame_rate_hz)), num_frames)
+        )
+        return slice(start, max(stop, start + 1))
+
     def interleave(self, row: dict, codes: np.ndarray, seed: int = 0) -> list[int]:
         """Word-level interleaving: spans of 1-5 words alternate text and speech (seeded per row)."""
-        words = row["words"]
-        if not words:
-            raise ValueError(
-                f"row {row['id']}: interleaving needs word alignments, and it has none"
-            )
+        words = _words_of(row, "interleaving")
         rng = random.Random(f"{seed}-{row['id']}")
         ids, index, speech = [], 0, rng.random() < 0.5
-        num_frames = codes.shape[1]
         while index < len(words):
-            span = words[index : index + rng.randint(1, 5)]
-            following = (
-                words[index + len(span)]["start"] if index + len(span) < len(words) else None
-            )
+            stop = min(index + rng.randint(1, 5), len(words))
             if speech:
-                first = min(int(round(span[0]["start"] * self.frame_rate_hz)), num_frames)
-                last_time = following if following is not None else span[-1]["end"]
-                last = (
-                    num_frames
-                    if following is None
-                    else min(int(round(last_time * self.frame_rate_hz)), num_frames)
-                )
-                ids += [self.vocab.speech_tag_id] + self.input_audio(
-                    codes[:, first : max(last, first + 1)]
-                )
+                frames = self.span_frames(words, index, stop, codes.shape[1])
+                ids += [self.vocab.speech_tag_id] + self.input_audio(codes[:, frames])
             else:
-                ids += [self.vocab.text_tag_id] + self.text(" ".join(w["word"] for w in span))
-            index += len(span)
+                ids += [self.vocab.text_tag_id] + self.text(
+                    " ".join(w["word"] for w in words[index:stop])
+                )
+            index = stop
             speech = not speech
         return ids
+
+    def asr_span(
+        self, row: dict, input_codes: CodesLookup, seed: int = 0, max_words: int = ASR_SPAN_WORDS
+    ) -> Rendered:
+        """ASR of a seeded random span of 1..max_words consecutive words of an ASR row, cut at
+        the word alignments: short clips teach which audio is which word before whole
+        utterances must be aligned (rendered with the `asr` template, loss on the target)."""
+        words = _words_of(row, "asr_spans")
+        rng = random.Random(f"span-{seed}-{row['id']}")
+        length = min(rng.randint(1, max_words), len(words))
+        first = rng.randrange(len(words) - length + 1)
+        codes = input_codes(row["id"])
+        frames = self.span_frames(words, first, first + length, codes.shape[1])
+        self._features = []
+        source = self.input_audio(codes[:, frames])
+        text = " ".join(w["word"] for w in words[first : first + length])
+        v = self.vocab
+        prompt = [v.task_id("asr"), *source, v.text_tag_id]
+        return self._with_features(Rendered(prompt, self.text(text) + [v.eos_task_id]))
+
+
+def _words_of(row: dict, what: str) -> list[dict]:
+    if not row["words"]:
+        raise ValueError(f"row {row['id']}: {what} needs word alignments, and it has none")
+    return row["words"]
 
 
 def stack_frames(features: np.ndarray, stack: int) -> np.ndarray:

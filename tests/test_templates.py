@@ -178,3 +178,32 @@ def test_interleaved_alternates_and_covers_every_word(synth_tiny):
     assert previous_end < frames
     again = renderer().lm_document("interleaved", corpus_row, lambda key: codes, seed=1)
     assert again.input_ids == document.input_ids  # seeded per row
+
+
+def test_asr_span_is_the_asr_template_over_a_cut_of_whole_words(synth_tiny):
+    corpus_row = load_task(synth_tiny, "asr")["train"][0]
+    words = corpus_row["words"]
+    frames = int(np.ceil(words[-1]["end"] * 50)) + 3
+    codes = np.stack([np.arange(frames) % 16, np.zeros(frames, dtype=np.int64)])
+    spans = [renderer().asr_span(corpus_row, lambda key: codes, seed=s) for s in range(12)]
+    lengths = set()
+    for rendered in spans:
+        assert rendered.prompt[0] == VOCAB.task_id("asr")
+        assert rendered.prompt[-1] == VOCAB.text_tag_id
+        assert rendered.target[-1] == VOCAB.eos_task_id
+        assert rendered.loss_mask == [False] * len(rendered.prompt) + [True] * len(rendered.target)
+        text = "".join(chr(t) for t in rendered.target[:-1])
+        first = next(i for i in range(len(words)) if " ".join(
+            w["word"] for w in words[i:]).startswith(text))
+        count = len(text.split())
+        assert " ".join(w["word"] for w in words[first : first + count]) == text
+        lengths.add(count)
+        # the audio is the frames from the first word's start to the next word's start
+        (span,) = audio_spans(rendered.prompt)
+        frame_codes = unflatten(span, "in", 2)[0]
+        start = int(round(words[first]["start"] * 50))
+        stop = frames if first + count == len(words) else int(round(words[first + count]["start"] * 50))
+        assert list(frame_codes) == [f % 16 for f in range(start, stop)]
+    assert lengths <= {1, 2, 3, 4} and len(lengths) > 1  # seeded, varied lengths
+    again = renderer().asr_span(corpus_row, lambda key: codes, seed=3)
+    assert again.input_ids == spans[3].input_ids

@@ -1,9 +1,10 @@
 """Training documents from a corpus, its token caches and a mixture of sources.
 
-A *source* is either a task (`asr`, `ks`, ..., `tts`: its rows rendered by the task
-template, loss on the target) or an unconditional LM document kind (`text`, `audio`,
-`interleaved`: built from the `asr` rows, which carry transcript, speech and word
-alignments; loss on every token). The mixture gives each source a weight that reads as
+A *source* is a task (`asr`, `ks`, ..., `tts`: its rows rendered by the task template,
+loss on the target), an unconditional LM document kind (`text`, `audio`, `interleaved`:
+built from the `asr` rows, which carry transcript, speech and word alignments; loss on
+every token), or `asr_spans` (ASR of a random 1-4 word span cut out of an `asr` row at its
+word alignments: a curriculum that teaches which audio is which word). The mixture gives each source a weight that reads as
 *passes over its rows per epoch*: 1.0 uses every row once, 0.25 a seeded quarter of them,
 2.5 every row twice plus a seeded half. Epoch e draws with seed (seed, e), so the documents
 of any epoch can be rebuilt exactly (resume depends on it).
@@ -31,8 +32,9 @@ from mmllm.data.schema import TASKS
 from mmllm.data.synth import load_task
 from mmllm.templates import LM_DOCUMENTS, TemplateRenderer
 
-SOURCES: tuple[str, ...] = (*TASKS, *LM_DOCUMENTS)
-LM_ROWS_TASK = "asr"  # LM documents are built from these rows (speech + transcript + words)
+ASR_SPANS = "asr_spans"
+SOURCES: tuple[str, ...] = (*TASKS, *LM_DOCUMENTS, ASR_SPANS)
+LM_ROWS_TASK = "asr"  # sources that are not tasks are built from these rows (speech + words)
 ROW_COLUMNS = ("id", "task", "text", "label", "speaker", "words")  # everything but the audio
 
 
@@ -99,7 +101,7 @@ def source_rows(corpus: str | Path, source: str, split: str) -> list[dict]:
     """The rows (without audio) a source draws from."""
     if source not in SOURCES:
         raise ValueError(f"unknown mixture source {source!r}; known: {list(SOURCES)}")
-    task = LM_ROWS_TASK if source in LM_DOCUMENTS else source
+    task = source if source in TASKS else LM_ROWS_TASK
     dataset = load_task(corpus, task)[split]
     return dataset.select_columns(list(ROW_COLUMNS)).to_list()
 
@@ -124,12 +126,14 @@ def render_source(
     skipped: Counter,
 ) -> list[Document]:
     """Render rows of one source to documents (rows without cached codes are counted)."""
-    task = LM_ROWS_TASK if source in LM_DOCUMENTS else source
+    task = source if source in TASKS else LM_ROWS_TASK
     input_codes, output_codes = caches.lookups(task, split)
     documents = []
     for row in task_rows:
         try:
-            if source in LM_DOCUMENTS:
+            if source == ASR_SPANS:
+                rendered = renderer.asr_span(row, input_codes, seed=seed)
+            elif source in LM_DOCUMENTS:
                 rendered = renderer.lm_document(source, row, input_codes, seed=seed)
             else:
                 rendered = renderer.render(row, input_codes, output_codes)
