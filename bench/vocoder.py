@@ -15,8 +15,9 @@ For the first `--num` rows of the task's split, scores against the original audi
     that decoder, and
 (c) an upper bound that is not a token decoder: Griffin-Lim from the 80-bin log-mel of the
     ORIGINAL audio (mel-rvq's decoder without quantisation).
-With --asr-checkpoint, dWER: WER between that ASR's transcripts of the original and of each
-resynthesis. Metrics: STOI (mmllm.metrics.stoi) and MFCC mel-cepstral distortion in dB
+With --asr (an mmllm checkpoint dir, or a Whisper hub id / dir; mmllm.asr_scorer), dWER: WER
+between that ASR's transcripts of the original and of each resynthesis. Metrics: STOI
+(mmllm.metrics.stoi) and MFCC mel-cepstral distortion in dB
 (mmllm.metrics.mel_cepstral_distortion, silent frames left out); mean and standard
 deviation over utterances, and seconds of compute per second of audio. Both outputs are
 cut to the original length. Writes bench/results/vocoder.json (atomically) and the first
@@ -49,6 +50,7 @@ from mmllm.config import load_config
 from mmllm.data.cache import CachedSplit
 from mmllm.data.synth import load_task
 from mmllm.fileio import atomic_write_text
+from mmllm.metrics import dwer as differential_wer
 from mmllm.metrics import mel_cepstral_distortion, stoi
 from mmllm.tokenizers.backends.offline import (
     GRIFFIN_LIM_ITERS,
@@ -127,10 +129,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--wavs", type=int, default=4, help="utterances written as WAVs")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument(
+        "--asr",
         "--asr-checkpoint",
-        type=Path,
         default=None,
-        help="mmllm checkpoint used as the ASR of dWER (original vs resynthesised transcripts)",
+        help="ASR of dWER (original vs resynthesised transcripts): mmllm checkpoint dir, or "
+        "Whisper hub id / dir",
     )
     args = parser.parse_args(argv)
     torch.set_grad_enabled(False)
@@ -207,15 +210,19 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"no cached rows in {args.cache}/{args.task}/{args.split}")
 
     dwer = {}
-    if args.asr_checkpoint is not None:
-        from mmllm.dasb import CheckpointAsr
+    if args.asr is not None:
+        from mmllm.asr_scorer import AsrError, load_asr
         from mmllm.generate import GenerationConfig
-        from mmllm.metrics import wer
 
-        asr = CheckpointAsr(args.asr_checkpoint, GenerationConfig(max_new_tokens=64))
+        try:
+            asr = load_asr(args.asr, GenerationConfig(max_new_tokens=64))
+        except AsrError as err:
+            raise SystemExit(f"error: {err}") from None
         heard = {k: asr.transcribe(v, SAMPLE_RATE) for k, v in resynthesised.items()}
-        dwer = {k: wer(heard["original"], heard[k]).rate for k in heard if k != "original"}
-        dwer["asr"] = str(args.asr_checkpoint)
+        dwer = {
+            k: differential_wer(heard["original"], heard[k]).rate for k in heard if k != "original"
+        }
+        dwer["asr"] = asr.name
     vocoder_card = tokenizer.vocoder.card if tokenizer.vocoder is not None else {}
     systems = {}
     for system, values in scores.items():
@@ -254,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
         "metrics": "STOI (pystoi); MCD = MFCC mel-cepstral distortion in dB over c1..c12, frames "
         "within 40 dB of the loudest (mmllm.metrics.mel_cepstral_distortion)",
         "systems": systems,
-        "dwer": dwer or "not measured (no --asr-checkpoint)",
+        "dwer": dwer or "not measured (no --asr)",
         "wavs": written,
         "per_utterance": per_utterance,
         "cache_tokenizer_hash": card["tokenizer_hash"],

@@ -2,11 +2,12 @@
 
     python eval/dasb.py --checkpoint runs/pretrain/default/final \
         [--tasks asr,ks,ic,er,sid,sv,se,ss,tts] [--split test] [--limit N] [--out DIR] \
-        [--asr-checkpoint DIR] [--vocoder DIR] [--batch-size 32] [--max-new-tokens 96]
+        [--asr ASR] [--vocoder DIR] [--batch-size 32] [--max-new-tokens 96]
 
 Uses the checkpoint's own corpus and token caches (from its mmllm_pretrain.yaml). Writes
 DIR/<task>.json, DIR/<task>.jsonl (every generation) and DIR/dasb.json; DIR defaults to the
-run directory's `eval/`. TTS dWER needs --asr-checkpoint (an mmllm checkpoint trained on ASR).
+run directory's `eval/`. dWER of TTS / SE / SS needs --asr: an mmllm checkpoint directory
+trained on ASR, or a Whisper hub id / directory (mmllm.asr_scorer); the report names it.
 Logic: mmllm.dasb.
 """
 
@@ -28,7 +29,12 @@ def main(argv: list[str] | None = None) -> int:
         "--limit", type=int, default=None, help="rows per task (default: all; 40 for audio tasks)"
     )
     parser.add_argument("--out", type=Path, default=None)
-    parser.add_argument("--asr-checkpoint", type=Path, default=None)
+    parser.add_argument(
+        "--asr",
+        "--asr-checkpoint",
+        default=None,
+        help="ASR of dWER (TTS, SE, SS): mmllm checkpoint dir, or Whisper hub id / dir",
+    )
     parser.add_argument(
         "--vocoder", type=Path, default=None, help="decode audio answers with this token vocoder"
     )
@@ -54,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
             args.split,
             args.limit,
             config,
-            args.asr_checkpoint,
+            args.asr,
             args.vocoder,
         )
     except (GenerateError, FileNotFoundError) as err:

@@ -13,7 +13,10 @@ templates, the prompt (without its target) goes to batched constrained generatio
                   (teacher-forced), and accuracy of the higher-scoring answer
     se ss tts     audio answers; if the output tokenizer decodes (mel-rvq, EnCodec, ...):
                   SE: SI-SNR improvement, STOI, PESQ against the clean reference; SS: PIT
-                  SI-SNR improvement; TTS: dWER through an ASR checkpoint when one is given.
+                  SI-SNR improvement. With an ASR (`mmllm.asr_scorer`: Whisper or an mmllm
+                  checkpoint) dWER too: SE: ASR(answer) vs ASR(clean reference); SS: each
+                  estimate vs the source PIT pairs it with, both through the ASR; TTS:
+                  ASR(answer) vs the text. `dwer_asr` names the ASR.
                   Every audio task also reports code-level agreement with the reference
                   tokens (frames equal / frames compared) and the length ratio, which need
                   no decoder (mfcc-kmeans and the SSL k-means decode only through a vocoder)
@@ -37,6 +40,7 @@ import torch
 from tqdm import tqdm
 
 from mmllm import metrics
+from mmllm.asr_scorer import CheckpointAsr, load_asr  # noqa: F401 (CheckpointAsr: re-exported)
 from mmllm.config import config_to_dict
 from mmllm.data.mixture import TokenCaches, source_rows
 from mmllm.data.synth import load_task
@@ -216,11 +220,11 @@ def _audio_task(model, data, task, rows, config, decoder, asr) -> tuple[dict, li
         if decoder is not None and len(generated) == spans and all(g.shape[-1] for g in generated):
             wavs = [_decode(decoder, g) for g in generated]
             full_row = full_rows[index]  # the same row with its audio and references
-            line |= _signal_metrics(
+            values, pairs = _signal_metrics(
                 task, full_row, wavs, decoder.sample_rate, decode_audio_value, signal
             )
-            if task == "tts" and asr is not None:
-                asr_pairs.append((row["text"], wavs[0]))
+            line |= values
+            asr_pairs += pairs
         lines.append(line)
     result = {
         "code_agreement": equal / max(compared, 1),
@@ -230,10 +234,8 @@ def _audio_task(model, data, task, rows, config, decoder, asr) -> tuple[dict, li
     }
     for name, values in signal.items():
         result[name] = len(values) if name == "pesq_failed" else float(np.mean(values))
-    if asr_pairs:
-        transcripts = asr.transcribe([w for _, w in asr_pairs], decoder.sample_rate)
-        result["dwer"] = metrics.wer([t for t, _ in asr_pairs], transcripts).rate
-        result["dwer_asr"] = str(asr.checkpoint.directory)
+    if asr is not None and asr_pairs:
+        result |= score_dwer(asr, asr_pairs, decoder.sample_rate)
     if decoder is None:
         result["not_decoded"] = (
             f"output tokenizer {checkpoint.output_config.name!r} cannot decode audio "
@@ -254,8 +256,10 @@ def _fit(wav: np.ndarray, length: int) -> np.ndarray:
     return out
 
 
-def _signal_metrics(task, row, wavs, sample_rate, load, signal) -> dict:
-    """SE: SI-SNRi / STOI / PESQ vs the clean reference; SS: PIT SI-SNRi vs the sources."""
+def _signal_metrics(task, row, wavs, sample_rate, load, signal) -> tuple[dict, list[tuple]]:
+    """SE: SI-SNRi / STOI / PESQ vs the clean reference; SS: PIT SI-SNRi vs the sources.
+    Also the (reference, decoded answer) pairs dWER compares: SE (clean audio, answer), SS
+    (source j, the estimate PIT matched to it), TTS (text, answer)."""
     mixture = load(row["audio"], sample_rate, name=row["id"])
     if task == "se":
         clean = load(row["refs"][0], sample_rate, name=f"{row['id']}#ref0")
@@ -270,6 +274,7 @@ def _signal_metrics(task, row, wavs, sample_rate, load, signal) -> dict:
             values["pesq"] = metrics.pesq(clean, estimate, sample_rate)
         except Exception:  # pesq refuses signals it finds no speech in: counted, not averaged
             signal.setdefault("pesq_failed", []).append(1.0)
+        pairs = [(clean, wavs[0])]
     elif task == "ss":
         sources = [load(ref, sample_rate, name=row["id"]) for ref in row["refs"]]
         length = min(s.shape[0] for s in sources)
@@ -278,40 +283,30 @@ def _signal_metrics(task, row, wavs, sample_rate, load, signal) -> dict:
         best = metrics.permutation_invariant_si_snr(estimates, references)
         baseline = np.mean([metrics.si_snr(_fit(mixture, length), r) for r in references])
         values = {"si_snr_improvement": best.si_snr - baseline}
+        # estimates[permutation[j]] is matched to sources[j]
+        pairs = [(source, wavs[i]) for source, i in zip(sources, best.permutation, strict=True)]
     else:
-        values = {}
+        values, pairs = {}, [(row["text"], wavs[0])]
     for name, value in values.items():
         signal.setdefault(name, []).append(value)
-    return values
+    return values, pairs
 
 
-class CheckpointAsr:
-    """An mmllm checkpoint used as the ASR of dWER: encode audio with its input tokenizer,
-    prompt `asr`, decode the transcript."""
-
-    def __init__(self, directory: str | Path, config: GenerationConfig) -> None:
-        self.checkpoint = Checkpoint.open(directory)
-        self.model = self.checkpoint.load_model()
-        self.tokenizer = self.checkpoint.audio_tokenizer("input")
-        self.config = config
-
-    def transcribe(self, wavs: Sequence[np.ndarray], sample_rate: int) -> list[str]:
-        from mmllm.audio import resample
-
-        renderer = self.checkpoint.renderer()
-        prompts = []
-        for i, wav in enumerate(wavs):
-            wav = resample(wav.astype(np.float32), sample_rate, self.tokenizer.sample_rate)
-            codes, frames = self.tokenizer.encode(
-                torch.from_numpy(wav)[None], torch.tensor([wav.shape[0]])
-            )
-            codes = codes[0, :, : int(frames[0])].numpy()
-            row = {"id": str(i), "task": "asr", "text": "", "label": "", "speaker": "", "words": []}
-            prompts.append(renderer.render(row, lambda key, c=codes: c))
-        outputs = answer(self.model, self.checkpoint, prompts, "asr", self.config)
-        return [
-            decode_text(ids, self.checkpoint.tokenizer, self.checkpoint.vocab) for ids in outputs
-        ]
+def score_dwer(asr: Any, pairs: list[tuple], sample_rate: int) -> dict:
+    """dWER of decoded answers: pairs of (reference, answer wav [T]); a reference is a text
+    (TTS) or a wav that goes through the same ASR (SE, SS). Returns `dwer` and `dwer_asr`
+    (the scorer's name), or `dwer_undefined` when the references hold no words."""
+    references, answers = zip(*pairs, strict=True)
+    wavs = [r for r in references if not isinstance(r, str)]
+    heard = asr.transcribe(wavs + list(answers), sample_rate)
+    heard_references = iter(heard[: len(wavs)])
+    truth = [r if isinstance(r, str) else next(heard_references) for r in references]
+    result = {"dwer_asr": asr.name}
+    try:
+        result["dwer"] = metrics.dwer(truth, heard[len(wavs) :]).rate
+    except ValueError as err:  # e.g. the ASR hears no word in any reference
+        result["dwer_undefined"] = str(err)
+    return result
 
 
 def evaluate_checkpoint(
@@ -321,10 +316,12 @@ def evaluate_checkpoint(
     split: str = "test",
     limit: int | None = None,
     config: GenerationConfig | None = None,
-    asr_checkpoint: str | Path | None = None,
+    asr: str | Path | None = None,
     vocoder: str | Path | None = None,
 ) -> dict:
-    """Run `tasks` on a checkpoint; write per-task JSON + JSONL and `dasb.json` to out_dir."""
+    """Run `tasks` on a checkpoint; write per-task JSON + JSONL and `dasb.json` to out_dir.
+    `asr`: the ASR of dWER for tts / se / ss (`mmllm.asr_scorer.load_asr`: an mmllm checkpoint
+    directory or a Whisper hub id / directory)."""
     config = config or GenerationConfig(max_new_tokens=96, batch_size=32)
     checkpoint = Checkpoint.open(directory)
     data = EvalData(checkpoint, split)
@@ -339,7 +336,9 @@ def evaluate_checkpoint(
             )
         output_tokenizer = checkpoint.audio_tokenizer("output")
         decoder = output_tokenizer if output_tokenizer.can_decode else None
-    asr = CheckpointAsr(asr_checkpoint, config) if asr_checkpoint and "tts" in tasks else None
+    scorer = None
+    if asr is not None and any(t in AUDIO_ANSWER_SPANS for t in tasks):  # fails before tasks run
+        scorer = load_asr(asr, config)
     report = {
         "checkpoint": str(directory),
         "split": split,
@@ -361,7 +360,7 @@ def evaluate_checkpoint(
         if task == "sv":
             result, lines = _sv_task(model, data, rows)
         elif task in AUDIO_ANSWER_SPANS:
-            result, lines = _audio_task(model, data, task, rows, config, decoder, asr)
+            result, lines = _audio_task(model, data, task, rows, config, decoder, scorer)
         else:
             result, lines = _text_task(model, data, task, rows, config)
         result["rows"] = len(rows)

@@ -7,7 +7,7 @@
 | speaker verification                   | `equal_error_rate`                              |
 | enhancement                            | `si_snr(_improvement)`, `stoi`, `pesq`, `dwer`  |
 | resynthesis (vocoders)                 | `stoi`, `mel_cepstral_distortion`               |
-| separation                             | `permutation_invariant_si_snr`, SI-SNRi         |
+| separation                             | `permutation_invariant_si_snr`, SI-SNRi, `dwer` |
 | TTS                                    | `dwer`, `speaker_similarity`                    |
 
 Text: every transcript goes through ONE normalizer, `mmllm.data.text.normalize_text`
