@@ -84,8 +84,9 @@ class ModelSection:
 def _default_mixture() -> dict[str, float]:
     # every task row once per epoch; LM documents from the asr rows: speech-only and
     # interleaved at half a pass, text-only at a quarter (text is cheap to learn)
-    mixture = {source: 1.0 for source in SOURCES}
-    mixture.update(audio=0.5, interleaved=0.5, text=0.25, asr_spans=0.0)
+    # (asr_spans, the word-span curriculum, is opt-in: the comparison configs use it)
+    mixture = {source: 1.0 for source in SOURCES if source != "asr_spans"}
+    mixture.update(audio=0.5, interleaved=0.5, text=0.25)
     return mixture
 
 

@@ -190,7 +190,7 @@ class TemplateRenderer:
     # ------------------------------------------------------------------ LM documents
 
     def lm_document(
-        self, kind: str, row: dict, input_codes: CodesLookup, seed: int = 0
+        self, kind: str, row: dict, input_codes: CodesLookup, seed: int | str = 0
     ) -> Rendered:
         """An unconditional document from a row with speech: text, audio or interleaved."""
         v = self.vocab
@@ -225,7 +225,7 @@ class TemplateRenderer:
         )
         return slice(start, max(stop, start + 1))
 
-    def interleave(self, row: dict, codes: np.ndarray, seed: int = 0) -> list[int]:
+    def interleave(self, row: dict, codes: np.ndarray, seed: int | str = 0) -> list[int]:
         """Word-level interleaving: spans of 1-5 words alternate text and speech (seeded per row)."""
         words = _words_of(row, "interleaving")
         rng = random.Random(f"{seed}-{row['id']}")
@@ -244,7 +244,7 @@ class TemplateRenderer:
         return ids
 
     def asr_span(
-        self, row: dict, input_codes: CodesLookup, seed: int = 0, max_words: int = ASR_SPAN_WORDS
+        self, row: dict, input_codes: CodesLookup, seed: int | str = 0, max_words: int = ASR_SPAN_WORDS
     ) -> Rendered:
         """ASR of a seeded random span of 1..max_words consecutive words of an ASR row, cut at
         the word alignments: short clips teach which audio is which word before whole

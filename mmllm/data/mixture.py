@@ -129,12 +129,16 @@ def render_source(
     task = source if source in TASKS else LM_ROWS_TASK
     input_codes, output_codes = caches.lookups(task, split)
     documents = []
+    copies: Counter = Counter()  # a row drawn twice in an epoch gets a different crop/layout
     for row in task_rows:
+        copy = copies[row["id"]]
+        copies[row["id"]] += 1
+        row_seed = seed if copy == 0 else f"{seed}.{copy}"
         try:
             if source == ASR_SPANS:
-                rendered = renderer.asr_span(row, input_codes, seed=seed)
+                rendered = renderer.asr_span(row, input_codes, seed=row_seed)
             elif source in LM_DOCUMENTS:
-                rendered = renderer.lm_document(source, row, input_codes, seed=seed)
+                rendered = renderer.lm_document(source, row, input_codes, seed=row_seed)
             else:
                 rendered = renderer.render(row, input_codes, output_codes)
         except MissingCodes:  # its audio (or a reference) was skipped at extraction

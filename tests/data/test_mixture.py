@@ -67,6 +67,18 @@ def test_every_source_renders_and_weights_scale_counts(tiny_tokens, renderer_and
     sample = {d.task: d for d in docs}
     assert not all(sample["asr"].loss_mask) and any(sample["asr"].loss_mask)
     assert all(sample["audio"].loss_mask)
+    assert not all(sample["asr_spans"].loss_mask) and any(sample["asr_spans"].loss_mask)
+
+
+def test_a_row_drawn_twice_gets_two_different_spans(tiny_tokens, renderer_and_caches):
+    renderer, caches = renderer_and_caches
+    corpus = tiny_tokens["corpus"]
+    docs, _ = mixture_documents(corpus, renderer, caches, {"asr_spans": 3.0}, epoch=0, seed=0)
+    by_row: dict[str, set] = {}
+    for doc in docs:
+        by_row.setdefault(doc.name, set()).add(tuple(doc.input_ids))
+    assert len(docs) == 3 * len(source_rows(corpus, "asr", "train"))
+    assert sum(len(variants) > 1 for variants in by_row.values()) > len(by_row) // 2
 
 
 def test_eval_documents_are_the_first_valid_rows(tiny_tokens, renderer_and_caches):
