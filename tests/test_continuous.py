@@ -20,6 +20,7 @@ from mmllm.continuous import (
 )
 from mmllm.data.packing import collate_blocks, pack_documents
 from mmllm.templates import TemplateRenderer, stack_frames
+from mmllm.tokenizers.backends.features import utterance_cmvn
 from mmllm.tokenizers.base import TokenizerConfig, build_tokenizer
 from mmllm.training import token_loss_sum
 from mmllm.vocab import MultimodalVocab
@@ -117,6 +118,23 @@ def test_feature_backends_shapes_and_normalisation():
     assert log_mel.encode(wav, torch.tensor([16000, 16000]))[0].shape == (2, 80, 50)
     with pytest.raises(ValueError, match="do not apply"):
         build_tokenizer(TokenizerConfig(name="mfcc-features", codebook_size=5))
+
+
+def test_cmvn_none_keeps_the_raw_frames_that_utterance_cmvn_normalises():
+    wav = torch.randn(1, 16000) * torch.linspace(0.1, 1.0, 16000)
+    raw_tokenizer = build_tokenizer(TokenizerConfig(name="mfcc-features", options={"cmvn": "none"}))
+    raw, frames = raw_tokenizer.encode(wav, torch.tensor([16000]))
+    assert raw_tokenizer.describe()["cmvn"] == "none"
+    assert raw[0].mean(1).abs().max() > 1.0  # raw MFCCs are not centred
+    normalised, _ = build_tokenizer(TokenizerConfig(name="mfcc-features")).encode(
+        wav, torch.tensor([16000])
+    )
+    by_hand = utterance_cmvn(raw.transpose(1, 2), frames).transpose(1, 2)
+    torch.testing.assert_close(normalised, by_hand)
+    with pytest.raises(ValueError, match="options.cmvn must be one of"):
+        build_tokenizer(TokenizerConfig(name="mfcc-features", options={"cmvn": "corpus"}))
+    with pytest.raises(ValueError, match="unknown options"):
+        build_tokenizer(TokenizerConfig(name="mfcc-features", options={"stack": 2}))
 
 
 # ---- summed codebook embeddings (audio_input: summed) ---------------------------------------

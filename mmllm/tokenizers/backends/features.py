@@ -10,8 +10,12 @@ them into the embedding space at the audio span (`mmllm.continuous`).
                       mfcc-kmeans clusters, before quantisation (the direct comparison)
     log-mel-features  80 log-mel bands at 50 Hz
 
-Both are normalised per utterance (mean 0, variance 1 per dimension over the utterance's
-frames): the usual CMVN, so loudness and channel do not shift the inputs.
+Both are normalised per utterance by default (`options.cmvn: utterance`: mean 0, variance 1
+per dimension over the utterance's frames), the usual CMVN, so loudness and channel do not
+shift the inputs -- but a per-utterance mean also removes much of what tells speakers apart
+(their average spectral envelope). `options.cmvn: none` keeps the raw frames (the
+projector's LayerNorm scales them), as mfcc-kmeans keeps speaker offsets with its corpus
+statistics; compare both when speaker identity matters.
 """
 
 from __future__ import annotations
@@ -29,6 +33,9 @@ from mmllm.tokenizers.backends.offline import (
     mfcc_frames,
 )
 from mmllm.tokenizers.base import AudioTokenizer, TokenizerConfig, register_tokenizer
+from mmllm.tokenizers.hf import check_options
+
+CMVN_MODES = ("utterance", "none")
 
 
 def utterance_cmvn(features: torch.Tensor, frame_lengths: torch.Tensor) -> torch.Tensor:
@@ -70,19 +77,26 @@ class _ContinuousFeatures(AudioTokenizer):
                 f"{self.name}: config keys {sorted(unused)} do not apply; leave them unset"
             )
         self.num_codebooks = self.feature_dim  # the cache stores [D, F] like [K, F]
+        check_options(cfg, {"cmvn"})
+        self.cmvn = cfg.options.get("cmvn", "utterance")
+        if self.cmvn not in CMVN_MODES:
+            raise ValueError(
+                f"{self.name}: options.cmvn must be one of {list(CMVN_MODES)}, got {self.cmvn!r}"
+            )
 
     @property
     def bitrate_bps(self) -> float:
         return self.feature_dim * 16 * self.frame_rate_hz  # as cached: float16 per dimension
 
     def describe(self) -> dict[str, Any]:
-        return super().describe() | {"feature_dim": self.feature_dim}
+        return super().describe() | {"feature_dim": self.feature_dim, "cmvn": self.cmvn}
 
     def encode(self, wav: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """wav [B, T] 16 kHz, lengths [B] -> (features [B, D, F] float32, frame_lengths [B])."""
         lengths = torch.as_tensor(lengths).long().cpu()
         features, frame_lengths = self._frames(wav.float().cpu(), lengths)
-        features = utterance_cmvn(features, frame_lengths)
+        if self.cmvn == "utterance":
+            features = utterance_cmvn(features, frame_lengths)
         return features.transpose(1, 2).to(wav.device), frame_lengths
 
 
