@@ -49,11 +49,16 @@ def load_result(path: str | Path) -> dict:
 
 
 def run_label(result: dict) -> str:
+    """Row name: input mode, tokenizer and its non-default options (e.g. cmvn=none)."""
+    name = result["input_tokenizer"]
+    options = result.get("input_options") or {}
+    if options:
+        name += " (" + ", ".join(f"{k}={v}" for k, v in sorted(options.items())) + ")"
     if result.get("audio_input") == "continuous":
-        return f"continuous: {result['input_tokenizer']}"
+        return f"continuous: {name}"
     if result.get("audio_input") == "summed":
-        return f"{result['input_tokenizer']} (summed)"
-    return result["input_tokenizer"]
+        return f"{name} (summed)"
+    return name
 
 
 def summed_weights(result: dict) -> list[float] | None:
@@ -94,7 +99,10 @@ def compare_runs(paths: list[str | Path], out_dir: str | Path) -> dict:
         weights = summed_weights(result)
         if weights is not None:
             row["codebook_weights"] = weights
-        table[run_label(result)] = row
+        label = run_label(result)
+        if label in table:  # two runs of the same input (other budget, seed...): name the run
+            label = f"{label} [{Path(result['run']).name}]"
+        table[label] = row
     best = {}
     for task, (_, higher, _) in columns.items():
         values = [row["scores"][task] for row in table.values() if row["scores"][task] is not None]

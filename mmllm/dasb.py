@@ -344,6 +344,7 @@ def evaluate_checkpoint(
         "split": split,
         "audio_input": data.pretrain.audio_input,
         "input_tokenizer": checkpoint.input_config.name,
+        "input_options": dict(checkpoint.input_config.options),
         "output_tokenizer": checkpoint.output_config.name,
         "vocoder": str(vocoder) if vocoder else None,
         "bitrate_bps": data.caches.input.bitrate_bps,

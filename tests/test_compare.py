@@ -78,3 +78,20 @@ def test_summed_run_is_labelled_and_its_codebook_weights_plotted(tmp_path):
     assert "| mel-rvq (summed) | 1.60 kbps | **60.0** |" in report["markdown"]
     assert "- mel-rvq (summed): 0.400 0.300 0.200 0.100" in report["markdown"]
     assert (tmp_path / "out" / "codebook_weights.png").stat().st_size > 5_000
+
+
+def test_runs_of_the_same_tokenizer_get_distinct_rows(tmp_path):
+    tasks = {"ks": {"accuracy": 0.5}}
+    utterance = write_run(tmp_path, "continuous", "continuous", "mfcc-features", 20800.0, tasks)
+    raw = write_run(tmp_path, "continuous-raw", "continuous", "mfcc-features", 20800.0, tasks)
+    report_file = raw / "eval" / "dasb.json"
+    report = json.loads(report_file.read_text())
+    report_file.write_text(json.dumps(report | {"input_options": {"cmvn": "none"}}))
+    again = write_run(tmp_path / "other", "continuous", "continuous", "mfcc-features", 20800.0, tasks)
+    table = compare_runs([utterance, raw, again], tmp_path / "out")["markdown"].splitlines()
+    labels = [line.split(" | ")[0].lstrip("| ") for line in table[2:5]]
+    assert labels == [
+        "continuous: mfcc-features",
+        "continuous: mfcc-features (cmvn=none)",
+        "continuous: mfcc-features [continuous]",
+    ]
