@@ -128,7 +128,7 @@ def compare_runs(paths: list[str | Path], out_dir: str | Path) -> dict:
         f"- {task.upper()}: {metric}"
         + (
             f" instead of {PRIMARY[task][0]}, which some run lacks (no decoder for its audio "
-            "answers, or no --asr-checkpoint for dWER): the share of generated codes equal to "
+            "answers, or no --asr for dWER): the share of generated codes equal to "
             "the reference codes, comparable only between runs with the same output tokenizer"
             if (metric, higher, label) == FALLBACK
             else ""
