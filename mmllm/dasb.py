@@ -40,7 +40,7 @@ import torch
 from tqdm import tqdm
 
 from mmllm import metrics
-from mmllm.asr_scorer import CheckpointAsr, load_asr  # noqa: F401 (CheckpointAsr: re-exported)
+from mmllm.asr_scorer import load_asr
 from mmllm.config import config_to_dict
 from mmllm.data.mixture import TokenCaches, source_rows
 from mmllm.data.synth import load_task

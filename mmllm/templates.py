@@ -255,12 +255,8 @@ class TemplateRenderer:
         first = rng.randrange(len(words) - length + 1)
         codes = input_codes(row["id"])
         frames = self.span_frames(words, first, first + length, codes.shape[1])
-        self._features = []
-        source = self.input_audio(codes[:, frames])
         text = " ".join(w["word"] for w in words[first : first + length])
-        v = self.vocab
-        prompt = [v.task_id("asr"), *source, v.text_tag_id]
-        return self._with_features(Rendered(prompt, self.text(text) + [v.eos_task_id]))
+        return self.render({**row, "text": text}, lambda key: codes[:, frames])
 
 
 def _words_of(row: dict, what: str) -> list[dict]:
