@@ -119,8 +119,27 @@ def _describe(problem: dict[str, Any]) -> str:
     return f"{problem['msg']} (got {problem.get('input')!r})"
 
 
+# Field metadata of an optional section (`x: Section | None = dataclasses.field(default=None,
+# metadata=OMIT_WHEN_NONE)`): left out of config_to_dict while None, so adding such a section
+# to a config keeps the hash and the saved form of every config written before it existed.
+OMIT_WHEN_NONE = {"omit_when_none": True}
+
+
 def config_to_dict(cfg: Any) -> dict[str, Any]:
-    return dataclasses.asdict(cfg)
+    """The config as plain data (what config_hash hashes and save_config writes); fields
+    declared with OMIT_WHEN_NONE are left out while None."""
+    values = dataclasses.asdict(cfg)
+    _omit_unset_sections(cfg, values)
+    return values
+
+
+def _omit_unset_sections(cfg: Any, values: dict[str, Any]) -> None:
+    for field in dataclasses.fields(cfg):
+        value = getattr(cfg, field.name)
+        if value is None and field.metadata.get("omit_when_none"):
+            del values[field.name]
+        elif dataclasses.is_dataclass(value):
+            _omit_unset_sections(value, values[field.name])
 
 
 def config_hash(cfg: Any) -> str:

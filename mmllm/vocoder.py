@@ -22,8 +22,10 @@ frames only: the valid part of a padded batch equals decoding each item alone.
 
 Training (`train_vocoder`): random aligned segments of (cached codes, audio) pairs, AdamW,
 multi-resolution STFT loss (spectral convergence + log-magnitude L1) plus a log-mel L1.
-No adversarial losses (no discriminators): the audio is intelligible but smoother and
-more buzzy than a GAN-trained Vocos; discriminators are the next step for quality.
+By default no adversarial losses: the audio is intelligible but smoother and more buzzy
+than a GAN-trained Vocos. The optional `adversarial` section adds multi-period and
+multi-resolution spectrogram discriminators, hinge and feature-matching losses
+(mmllm.vocoder_gan); they live in the checkpoints only, never in the exported vocoder.
 
 Saved as `vocoder.safetensors` + `vocoder.json` (config, the tokenizer it was trained
 for, codebook weights, speakers); loaded with safetensors only.
@@ -37,7 +39,7 @@ import json
 import math
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -45,7 +47,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mmllm.audio import log_mel
-from mmllm.config import config_dataclass, config_hash, config_to_dict, from_dict
+from mmllm.config import OMIT_WHEN_NONE, config_dataclass, config_hash, config_to_dict, from_dict
 from mmllm.fileio import (
     atomic_directory,
     atomic_write_bytes,
@@ -56,6 +58,9 @@ from mmllm.fileio import (
     truncate_jsonl,
 )
 from mmllm.training import lr_multiplier
+
+if TYPE_CHECKING:
+    from mmllm.vocoder_gan import AdversarialTraining
 
 WEIGHTS_FILENAME = "vocoder.safetensors"
 CARD_FILENAME = "vocoder.json"
@@ -71,6 +76,63 @@ def _default_tasks() -> list[str]:
 
 def _default_resolutions() -> list[list[int]]:
     return [[256, 64], [512, 128], [1024, 256], [2048, 512]]
+
+
+@config_dataclass
+class AdversarialConfig:
+    """VocoderConfig.adversarial: discriminators and GAN losses (mmllm.vocoder_gan).
+
+    weight, feature_matching_weight: of the generator's hinge and feature-matching losses,
+                        added to the reconstruction loss (each a mean over branches; the
+                        defaults are a starting point, not tuned)
+    start_step:         steps 1..start_step train on the reconstruction losses alone (a
+                        warm-up: discriminators fed noise-like early output learn little)
+    lr:                 discriminator lr (null = the generator's); same betas, weight
+                        decay, grad_clip and warmup + cosine schedule as the generator
+    mpd_periods, mpd_channels: multi-period discriminator: one branch per period, conv
+                        widths of its layers (kernel (5, 1), stride 3 but the last)
+    mrd_resolutions, mrd_channels: multi-resolution spectrogram discriminator: one branch
+                        per [n_fft, hop], conv widths of its layers (kernel (3, 9), stride
+                        2 over frequency)
+    Widths are small by default so that CPU training stays feasible (HiFi-GAN's MPD goes
+    to 1024 channels; Vocos's MRD uses 32).
+    """
+
+    weight: float = 0.1
+    feature_matching_weight: float = 0.2
+    start_step: int = 0
+    lr: float | None = None
+    mpd_periods: list[int] = dataclasses.field(default_factory=lambda: [2, 3, 5, 7, 11])
+    mpd_channels: list[int] = dataclasses.field(default_factory=lambda: [8, 16, 32, 32])
+    mrd_resolutions: list[list[int]] = dataclasses.field(
+        default_factory=lambda: [[512, 128], [1024, 256], [2048, 512]]
+    )
+    mrd_channels: list[int] = dataclasses.field(default_factory=lambda: [8, 16, 16])
+
+    def __post_init__(self) -> None:
+        def fail(key: str, why: str) -> None:
+            raise ValueError(f"key 'adversarial.{key}': {why}")
+
+        for key in ("weight", "feature_matching_weight", "start_step"):
+            if getattr(self, key) < 0:
+                fail(key, f"must be >= 0, got {getattr(self, key)}")
+        if self.weight == 0 and self.feature_matching_weight == 0:
+            fail("weight", "weight and feature_matching_weight are both 0 (use adversarial: null)")
+        if self.lr is not None and self.lr <= 0:
+            fail("lr", f"must be > 0 (or null), got {self.lr}")
+        if not self.mpd_periods and not self.mrd_resolutions:
+            fail("mpd_periods", "no discriminator: mpd_periods and mrd_resolutions are both empty")
+        if any(p < 1 for p in self.mpd_periods):
+            fail("mpd_periods", f"periods must be >= 1, got {self.mpd_periods}")
+        if any(len(pair) != 2 or pair[0] < 2 or pair[1] < 1 for pair in self.mrd_resolutions):
+            fail(
+                "mrd_resolutions",
+                f"expected [n_fft >= 2, hop >= 1] pairs, got {self.mrd_resolutions}",
+            )
+        for key in ("mpd_channels", "mrd_channels"):
+            widths = getattr(self, key)
+            if not widths or min(widths) < 1:
+                fail(key, f"expected a non-empty list of widths >= 1, got {widths}")
 
 
 @config_dataclass
@@ -97,6 +159,8 @@ class VocoderConfig:
       stft_resolutions:   [n_fft, hop] pairs of the multi-resolution STFT loss (Hann)
       mel_n_fft, mel_hop, mel_bins: the log-mel L1 loss (mmllm.audio.log_mel)
       mel_weight, spectral_convergence_weight, log_magnitude_weight
+    adversarial:          null (default: no GAN) or an AdversarialConfig section; `{}` turns
+                          it on with its defaults. Left out of the config hash while null
     run
       checkpoint_every, keep_checkpoints, log_every (progress bar refresh), seed
     """
@@ -130,6 +194,7 @@ class VocoderConfig:
     mel_weight: float = 1.0
     spectral_convergence_weight: float = 1.0
     log_magnitude_weight: float = 1.0
+    adversarial: AdversarialConfig | None = dataclasses.field(default=None, metadata=OMIT_WHEN_NONE)
     checkpoint_every: int = 500
     keep_checkpoints: int = 2
     log_every: int = 10
@@ -149,11 +214,13 @@ class VocoderConfig:
                 raise ValueError(f"key {name!r}: must be >= 1, got {getattr(self, name)}")
         if any(len(pair) != 2 for pair in self.stft_resolutions):
             raise ValueError("key 'stft_resolutions': expected [n_fft, hop] pairs")
-        widest = max([self.mel_n_fft, *(n for n, _ in self.stft_resolutions)])
+        discriminator = self.adversarial.mrd_resolutions if self.adversarial else []
+        widest = max([self.mel_n_fft, *(n for n, _ in [*self.stft_resolutions, *discriminator])])
         if self.segment_frames * self.hop <= widest // 2:
             raise ValueError(
                 f"key 'segment_frames': segments of {self.segment_frames * self.hop} samples are "
-                f"too short for the loss STFTs (reflect padding of {widest // 2} samples)"
+                f"too short for the loss and discriminator STFTs (reflect padding of "
+                f"{widest // 2} samples)"
             )
 
 
@@ -579,10 +646,14 @@ class SegmentSampler:
 
 CHECKPOINTS = "checkpoints"
 METRICS = "metrics.jsonl"
+DISCRIMINATOR_FILENAME = "discriminator.safetensors"  # checkpoints only, never exported
 
 
-def make_optimizer(model: nn.Module, cfg: VocoderConfig) -> torch.optim.AdamW:
-    """AdamW; no weight decay on vectors (norms, biases, layer scales, codebook logits)."""
+def make_optimizer(
+    model: nn.Module, cfg: VocoderConfig, lr: float | None = None
+) -> torch.optim.AdamW:
+    """AdamW (lr: cfg.lr unless given); no weight decay on vectors (norms, biases, layer
+    scales, codebook logits)."""
     groups = [
         {
             "params": [p for p in model.parameters() if p.dim() >= 2],
@@ -590,7 +661,7 @@ def make_optimizer(model: nn.Module, cfg: VocoderConfig) -> torch.optim.AdamW:
         },
         {"params": [p for p in model.parameters() if p.dim() < 2], "weight_decay": 0.0},
     ]
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas))
+    return torch.optim.AdamW(groups, lr=cfg.lr if lr is None else lr, betas=tuple(cfg.betas))
 
 
 def save_checkpoint(
@@ -600,9 +671,12 @@ def save_checkpoint(
     optimizer: torch.optim.Optimizer,
     generator: torch.Generator,
     keep: int,
+    adversarial: AdversarialTraining | None = None,
 ) -> Path:
     """Full training state of `step` in a temporary directory renamed into place, then
-    `latest` pointed at it: a kill at any moment leaves the previous checkpoint usable."""
+    `latest` pointed at it: a kill at any moment leaves the previous checkpoint usable.
+    With `adversarial`, the discriminators (discriminator.safetensors) and their optimizer
+    (in trainer.pt) too."""
     from safetensors.torch import save
 
     final = step_dir(out / CHECKPOINTS, step)
@@ -610,6 +684,11 @@ def save_checkpoint(
         state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
         (tmp / "model.safetensors").write_bytes(save(state))
         trainer = {"optimizer": optimizer.state_dict(), "generator": generator.get_state()}
+        if adversarial is not None:
+            found = adversarial.discriminator.state_dict()
+            found = {k: v.detach().cpu().contiguous() for k, v in found.items()}
+            (tmp / DISCRIMINATOR_FILENAME).write_bytes(save(found))
+            trainer["discriminator_optimizer"] = adversarial.optimizer.state_dict()
         torch.save(trainer, tmp / "trainer.pt")
         (tmp / "state.json").write_text(json.dumps({"step": step}))
     publish_checkpoint(final, keep, complete=Path.is_dir)  # atomic_directory: whole or absent
@@ -617,7 +696,11 @@ def save_checkpoint(
 
 
 def load_checkpoint(
-    out: Path, model: TokenVocoder, optimizer: torch.optim.Optimizer, generator: torch.Generator
+    out: Path,
+    model: TokenVocoder,
+    optimizer: torch.optim.Optimizer,
+    generator: torch.Generator,
+    adversarial: AdversarialTraining | None = None,
 ) -> int:
     """Restore the checkpoint `latest` names (if any) -> its step (0 without one)."""
     from safetensors.torch import load_file
@@ -633,6 +716,12 @@ def load_checkpoint(
     trainer = torch.load(path / "trainer.pt", map_location=device, weights_only=True)
     optimizer.load_state_dict(trainer["optimizer"])
     generator.set_state(trainer["generator"].cpu())
+    if adversarial is not None:
+        if not (path / DISCRIMINATOR_FILENAME).is_file():
+            raise ValueError(f"{path}: checkpoint of a run without discriminators (adversarial)")
+        weights = load_file(str(path / DISCRIMINATOR_FILENAME), device=str(device))
+        adversarial.discriminator.load_state_dict(weights)
+        adversarial.optimizer.load_state_dict(trainer["discriminator_optimizer"])
     return int(json.loads((path / "state.json").read_text())["step"])
 
 
@@ -664,7 +753,8 @@ def train_vocoder(
     export it to out_dir (vocoder.safetensors + vocoder.json).
 
     Resumes from out_dir/checkpoints/latest when there is one (model, optimizer, sampling
-    RNG, step): the losses of a resumed run equal those of one that never stopped.
+    RNG, step, and the discriminators with their optimizer when `cfg.adversarial` is set):
+    the losses of a resumed run equal those of one that never stopped.
     `stop_after` (tests) returns after that step without exporting, like a kill would.
     Returns the per-step records of the steps run by this call (also in metrics.jsonl).
     """
@@ -707,8 +797,13 @@ def train_vocoder(
     torch.manual_seed(cfg.seed)
     model = TokenVocoder(cfg, signature["num_codebooks"], signature["codebook_size"]).to(device)
     optimizer = make_optimizer(model, cfg)
+    adversarial = None
+    if cfg.adversarial is not None:
+        from mmllm.vocoder_gan import AdversarialTraining
+
+        adversarial = AdversarialTraining(cfg, device)
     generator = torch.Generator().manual_seed(cfg.seed)  # batches: CPU, saved with checkpoints
-    step = load_checkpoint(out, model, optimizer, generator)
+    step = load_checkpoint(out, model, optimizer, generator, adversarial)
     truncate_jsonl(out / METRICS, step)
     records: list[dict[str, float]] = []
     model.train()
@@ -718,14 +813,20 @@ def train_vocoder(
     ):
         while step < cfg.steps:
             step += 1
-            lr = cfg.lr * lr_multiplier(step - 1, cfg, cfg.steps)  # the trainer's schedule
+            multiplier = lr_multiplier(step - 1, cfg, cfg.steps)  # the trainer's schedule
+            lr = cfg.lr * multiplier
             for group in optimizer.param_groups:
                 group["lr"] = lr
+            if adversarial is not None:
+                adversarial.set_lr(multiplier)
             codes, wav, speakers = sampler.sample(cfg.batch_size, generator)
             frame_lengths = torch.full((cfg.batch_size,), cfg.segment_frames, device=device)
             speakers = speakers.to(device) if cfg.speaker_conditioning else None
             predicted = model(codes.to(device), frame_lengths, speakers)
-            losses = vocoder_losses(predicted, wav.to(device), cfg)
+            wav = wav.to(device)
+            losses = vocoder_losses(predicted, wav, cfg)
+            if adversarial is not None and adversarial.active(step):  # D update, + G terms
+                losses = adversarial.train_step(wav, predicted, losses)
             optimizer.zero_grad(set_to_none=True)
             losses["loss"].backward()
             clip = cfg.grad_clip if cfg.grad_clip > 0 else math.inf
@@ -738,9 +839,12 @@ def train_vocoder(
             log.flush()
             bar.update()
             if step % cfg.log_every == 0 or step == cfg.steps:
-                bar.set_postfix(loss=f"{record['loss']:.3f}", mel=f"{record['mel']:.3f}")
+                shown = {k: f"{record[k]:.3f}" for k in ("loss", "mel", "d_loss") if k in record}
+                bar.set_postfix(shown)
             if step % cfg.checkpoint_every == 0 and step < cfg.steps:
-                save_checkpoint(out, step, model, optimizer, generator, cfg.keep_checkpoints)
+                save_checkpoint(
+                    out, step, model, optimizer, generator, cfg.keep_checkpoints, adversarial
+                )
             if stop_after is not None and step >= stop_after:
                 return records
     model.eval()
