@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from mmllm.config import load_config, save_config
+from mmllm.data.augment import AudioAugment
 from mmllm.data.mixture import SOURCES, TokenCaches, eval_documents, mixture_documents
 from mmllm.data.packing import Document, PackedBlock, pack_documents
 from mmllm.model import save_pretrained_multimodal
@@ -54,6 +55,7 @@ class PreparedRun:
             split="train",
             epoch=epoch,
             seed=self.cfg.train.seed,
+            augment=self.cfg.data.augment,
         )
         return documents
 
@@ -261,8 +263,11 @@ def prepare_run(cfg: PretrainConfig, accelerator: Any) -> PreparedRun:
         corpus, renderer, caches, sources, split="valid", per_source=cfg.data.eval_per_source
     )
     every_row = {source: 1.0 for source in sources}
+    longest = cfg.data.augment  # the slowest speed warp makes the longest documents
+    if longest is not None:
+        longest = AudioAugment(speed=[longest.speed[0]] * 2)
     train_docs, skipped = mixture_documents(
-        corpus, renderer, caches, every_row, seed=cfg.train.seed
+        corpus, renderer, caches, every_row, seed=cfg.train.seed, augment=longest
     )
     check_lengths(train_docs + [d for docs in held_out.values() for d in docs], cfg.data.block_size)
     if skipped:

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from mmllm.config import config_dataclass
+from mmllm.config import OMIT_WHEN_NONE, config_dataclass
+from mmllm.data.augment import AudioAugment
 from mmllm.data.mixture import SOURCES
 from mmllm.model import INIT_MODES
 from mmllm.patterns import PATTERNS
@@ -95,12 +96,15 @@ class DataSection:
     """pattern:          codebook layout of audio spans (flatten | first)
     block_size:       tokens per packed block; the longest document must fit
     mixture:          source -> passes over its rows per epoch (mmllm.data.mixture)
-    eval_per_source:  held-out documents (valid split) per source for the eval loss"""
+    eval_per_source:  held-out documents (valid split) per source for the eval loss
+    augment:          seeded speed warp + time masks of the input audio of text-answer tasks
+                      (mmllm.data.augment), e.g. {speed: [0.9, 1.1], mask_ratio: 0.1}; null = off"""
 
     pattern: str = "flatten"
     block_size: int = 1024
     mixture: dict[str, float] = dataclasses.field(default_factory=_default_mixture)
     eval_per_source: int = 32
+    augment: AudioAugment | None = dataclasses.field(default=None, metadata=OMIT_WHEN_NONE)
 
 
 @config_dataclass

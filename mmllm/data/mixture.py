@@ -26,6 +26,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+from mmllm.data.augment import AUGMENTED_TASKS, AudioAugment, augmented_lookup
 from mmllm.data.cache import CACHE_CARD, CachedSplit, CacheError, MissingCodes
 from mmllm.data.packing import Document
 from mmllm.data.schema import TASKS
@@ -124,16 +125,22 @@ def render_source(
     split: str,
     seed: int,
     skipped: Counter,
+    augment: AudioAugment | None = None,
 ) -> list[Document]:
-    """Render rows of one source to documents (rows without cached codes are counted)."""
+    """Render rows of one source to documents (rows without cached codes are counted);
+    `augment` transforms the input audio of text-answer tasks (mmllm.data.augment)."""
     task = source if source in TASKS else LM_ROWS_TASK
-    input_codes, output_codes = caches.lookups(task, split)
+    cached_input, output_codes = caches.lookups(task, split)
     documents = []
     copies: Counter = Counter()  # a row drawn twice in an epoch gets a different crop/layout
     for row in task_rows:
         copy = copies[row["id"]]
         copies[row["id"]] += 1
         row_seed = seed if copy == 0 else f"{seed}.{copy}"
+        input_codes = cached_input
+        if augment is not None and source in AUGMENTED_TASKS:
+            codebook_size = None if caches.input.continuous else caches.input.codebook_size
+            input_codes = augmented_lookup(cached_input, augment, row_seed, codebook_size)
         try:
             if source == ASR_SPANS:
                 rendered = renderer.asr_span(row, input_codes, seed=row_seed)
@@ -156,8 +163,10 @@ def mixture_documents(
     split: str = "train",
     epoch: int = 0,
     seed: int = 0,
+    augment: AudioAugment | None = None,
 ) -> tuple[list[Document], Counter]:
-    """All documents of one epoch of the mixture, in a seeded shuffled order.
+    """All documents of one epoch of the mixture, in a seeded shuffled order (input audio
+    of text-answer tasks augmented when `augment` is given).
 
     Returns (documents, skipped rows per source)."""
     rng = random.Random(f"mixture-{seed}-{epoch}")
@@ -170,7 +179,14 @@ def mixture_documents(
         rows = source_rows(corpus, source, split)
         chosen = [rows[i] for i in draw_rows(len(rows), weight, rng)]
         documents += render_source(
-            renderer, caches, source, chosen, split, seed=seed * 1000 + epoch, skipped=skipped
+            renderer,
+            caches,
+            source,
+            chosen,
+            split,
+            seed=seed * 1000 + epoch,
+            skipped=skipped,
+            augment=augment,
         )
     rng.shuffle(documents)
     return documents, skipped

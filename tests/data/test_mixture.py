@@ -6,6 +6,7 @@ from collections import Counter
 
 import pytest
 
+from mmllm.data.augment import AudioAugment
 from mmllm.data.mixture import (
     SOURCES,
     TokenCaches,
@@ -79,6 +80,39 @@ def test_a_row_drawn_twice_gets_two_different_spans(tiny_tokens, renderer_and_ca
         by_row.setdefault(doc.name, set()).add(tuple(doc.input_ids))
     assert len(docs) == 3 * len(source_rows(corpus, "asr", "train"))
     assert sum(len(variants) > 1 for variants in by_row.values()) > len(by_row) // 2
+
+
+def test_augment_changes_text_answer_inputs_only_and_is_reproducible(
+    tiny_tokens, renderer_and_caches
+):
+    renderer, caches = renderer_and_caches
+    corpus = tiny_tokens["corpus"]
+    mixture = {"ks": 1.0, "sv": 1.0, "se": 1.0, "interleaved": 1.0}
+    augment = AudioAugment(speed=[0.8, 1.2], mask_ratio=0.2, mask_span=3)
+    plain, _ = mixture_documents(corpus, renderer, caches, mixture, epoch=0, seed=1)
+    warped, _ = mixture_documents(
+        corpus, renderer, caches, mixture, epoch=0, seed=1, augment=augment
+    )
+    again, _ = mixture_documents(
+        corpus, renderer, caches, mixture, epoch=0, seed=1, augment=augment
+    )
+    later, _ = mixture_documents(
+        corpus, renderer, caches, mixture, epoch=1, seed=1, augment=augment
+    )
+    by_name = lambda docs: {d.name: d for d in docs}  # noqa: E731
+    plain, warped, later = by_name(plain), by_name(warped), by_name(later)
+    assert [d.input_ids for d in again] == [warped[d.name].input_ids for d in again]  # resume
+    changed = {
+        name.split(":")[0] for name in plain if plain[name].input_ids != warped[name].input_ids
+    }
+    assert changed == {"ks", "sv"}  # SE answers and LM documents are aligned to their audio
+    for name, doc in warped.items():
+        if doc.task == "ks":  # the answer (the label) is untouched; another epoch draws again
+            target = [i for i, m in zip(doc.input_ids, doc.loss_mask, strict=True) if m]
+            assert target == [
+                i for i, m in zip(plain[name].input_ids, plain[name].loss_mask, strict=True) if m
+            ]
+    assert any(later[n].input_ids != warped[n].input_ids for n in warped if n.startswith("ks:"))
 
 
 def test_eval_documents_are_the_first_valid_rows(tiny_tokens, renderer_and_caches):
