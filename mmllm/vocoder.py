@@ -562,6 +562,11 @@ def check_cache(cache_dir: str | Path, tokenizer_cfg: Any) -> dict[str, Any]:
     return card
 
 
+# Code frames a tokenizer may give below ceil(samples / hop): the SSL k-means tokenizers
+# give floor((T - 400) / 320) + 1 (mmllm.tokenizers.backends.ssl), 1 or 2 below.
+MAX_DROPPED_FRAMES = 2
+
+
 class SegmentSampler:
     """Random aligned (codes, audio) segments of a SynthDASB-layout corpus and its cache.
 
@@ -569,6 +574,10 @@ class SegmentSampler:
     frames (codes from CachedSplit(cache_dir/task/split), audio decoded from the corpus
     row on every draw: nothing is held in memory but the index). A segment of code frames
     [s, s + L) pairs with samples [s * hop, (s + L) * hop) (zero-padded past the end).
+    An entry of T samples has ceil(T / hop) frames, or up to MAX_DROPPED_FRAMES fewer: the
+    SSL tokenizers' conv encoders drop the last frames whose receptive field (400 samples
+    at hop 320) would pass the end, and their frame f covers samples [f * hop, f * hop +
+    400), a fixed offset the vocoder learns like any other.
     """
 
     def __init__(
@@ -623,10 +632,12 @@ class SegmentSampler:
             dropped = float(torch.rand(1, generator=generator)) < self.cfg.speaker_dropout
             record = self.datasets[t][row]
             wav = decode_audio_value(record["audio"], self.cfg.sample_rate, name=key)
-            if record["id"] != key or math.ceil(wav.size / hop) != frames:
+            short = math.ceil(wav.size / hop) - frames
+            if record["id"] != key or not 0 <= short <= MAX_DROPPED_FRAMES:
                 raise CacheError(
                     f"cache entry {key!r} ({frames} frames) does not match corpus row {row} "
-                    f"({record['id']!r}, {wav.size} samples); rebuild the token cache"
+                    f"({record['id']!r}, {wav.size} samples: ceil(samples / {hop}) frames, or "
+                    f"up to {MAX_DROPPED_FRAMES} fewer); rebuild the token cache"
                 )
             segment = torch.zeros(length * hop)
             piece = torch.from_numpy(wav[start * hop : (start + length) * hop])

@@ -354,3 +354,66 @@ def test_fit_refuses_fewer_frames_than_clusters(weights, synth, tmp_path):
     cfg = cfg_for("hubert", weights, layers=[2], codebook_size=100)
     with pytest.raises(ValueError, match=r"50 frames from 10 rows .* fewer than k=100"):
         fit_ssl_kmeans(cfg, synth, tmp_path / "km", max_frames=50, seed=0, progress=False)
+
+
+# ----------------------------------------------------------------------------- vocoder
+
+
+def test_trained_vocoder_decodes_a_two_layer_tokenizer(weights, centroids, synth_tiny, tmp_path):
+    """End to end: token cache of SynthDASB tiny ASR -> a few vocoder steps -> `vocoder: DIR`."""
+    from mmllm.data.cache import CachedSplit, extract_corpus
+    from mmllm.vocoder import VocoderConfig, load_vocoder, read_card, train_vocoder
+
+    cfg = cfg_for("hubert", weights, codebook_size=K, centroids=centroids["hubert"])  # [1, 3]
+    # conv frames: 1 or 2 fewer than ceil(samples / 320), which the vocoder's sampler allows
+    cache = extract_corpus(cfg, synth_tiny, tmp_path / "tokens", ["asr"], ("train", "test"))
+    vocoder_cfg = VocoderConfig(
+        hidden_size=8,
+        intermediate_size=16,
+        num_layers=1,
+        kernel_size=3,
+        n_fft=960,
+        segment_frames=10,
+        batch_size=2,
+        stft_resolutions=[[256, 64], [512, 128]],
+        mel_n_fft=512,
+        mel_hop=128,
+        mel_bins=40,
+        tasks=["asr"],
+        warmup_steps=1,
+        steps=3,
+    )  # default hop 320 = the conv feature encoder's
+    out = tmp_path / "vocoder"
+    records = train_vocoder(vocoder_cfg, cfg, synth_tiny, cache, out, progress=False)
+    assert [r["step"] for r in records] == [1, 2, 3]
+    assert all(math.isfinite(r["loss"]) for r in records)
+
+    card = read_card(out)
+    assert card["tokenizer"]["name"] == "hubert-kmeans" and card["tokenizer"]["layers"] == [1, 3]
+    assert (card["num_codebooks"], card["codebook_size"]) == (2, K)
+    assert len(card["codebook_weights"]) == 2 and sum(card["codebook_weights"]) == pytest.approx(1)
+
+    tok = build_tokenizer(dataclasses.replace(cfg, vocoder=str(out)))
+    assert tok.can_decode and tok.vocoder.codebook_weights().shape == (2,)  # one per layer
+    assert tok.vocoder.codebook_weights().tolist() == pytest.approx(card["codebook_weights"])
+    split = CachedSplit(cache / "asr" / "test")
+    items = [torch.from_numpy(split.get(e["key"]).astype("int64")) for e in split.entries[:3]]
+    frame_lengths = torch.tensor([c.shape[1] for c in items])
+    codes = torch.full((3, 2, int(frame_lengths.max())), PAD_CODE)
+    for b, item in enumerate(items):
+        codes[b, :, : item.shape[1]] = item
+    wav, lengths = tok.decode(codes, frame_lengths)
+    assert wav.shape == (3, codes.shape[-1] * 320) and torch.equal(lengths, frame_lengths * 320)
+    assert torch.isfinite(wav).all()
+    for b, n in enumerate(lengths.tolist()):
+        assert wav[b, :n].abs().max() > 0 and (wav[b, n:] == 0).all()
+    assert torch.equal(wav, load_vocoder(out).synthesize(codes, frame_lengths)[0])
+
+    # tied to this fit and these layers: other layers or centroids are refused
+    with pytest.raises(ValueError, match=r"trained for another.*layers: vocoder \[1, 3\]"):
+        build_tokenizer(dataclasses.replace(cfg, layers=[1, 2], vocoder=str(out)))
+    tensors, centroid_card = load_centroids(centroids["hubert"])
+    save_centroids(tmp_path / "refit", {k: v.flip(0) for k, v in tensors.items()}, centroid_card)
+    refit = dataclasses.replace(cfg, centroids=str(tmp_path / "refit"), vocoder=str(out))
+    with pytest.raises(ValueError, match=r"trained for another.*centroids_sha256"):
+        build_tokenizer(refit)
