@@ -214,6 +214,27 @@ def check_lengths(documents: list[Document], block_size: int) -> None:
         )
 
 
+def check_deduplicated(cfg: PretrainConfig, caches: TokenCaches) -> None:
+    """Deduplicated units have no time axis: refuse the sources that cut speech at word
+    times, and audio answers (no vocoder can decode units without durations)."""
+    uses = [s for s, w in cfg.data.mixture.items() if w > 0]
+    if caches.input.deduplicated:
+        timed = [s for s in uses if s in ("asr_spans", "interleaved")]
+        if timed:
+            raise ValueError(
+                f"tokenizers.input: {caches.input.name} sets `deduplicate`, so its codes have no "
+                f"time axis; data.mixture sources {timed} cut speech at word times: drop them"
+            )
+    if caches.output.deduplicated:
+        answers = [s for s in uses if s in ("tts", "se", "ss")]
+        if answers:
+            raise ValueError(
+                f"tokenizers.output: {caches.output.name} sets `deduplicate`, which no vocoder "
+                f"decodes; data.mixture sources {answers} answer in audio: drop them or set "
+                f"tokenizers.output to a tokenizer without `deduplicate`"
+            )
+
+
 def prepare_run(cfg: PretrainConfig, accelerator: Any) -> PreparedRun:
     """Data, tokenizers, vocab and held-out blocks of a run, after every check passed."""
     from mmllm.tokenizers.base import build_tokenizer
@@ -240,6 +261,7 @@ def prepare_run(cfg: PretrainConfig, accelerator: Any) -> PreparedRun:
         raise ValueError(
             f"tokenizers.output: {output_cfg.name} gives features; audio answers need codes"
         )
+    check_deduplicated(cfg, caches)
     hf_tokenizer = text_tokenizer(cfg, corpus, accelerator)
     vocab = build_vocab(cfg, hf_tokenizer, caches)
     renderer = TemplateRenderer(

@@ -244,7 +244,11 @@ class TemplateRenderer:
         return ids
 
     def asr_span(
-        self, row: dict, input_codes: CodesLookup, seed: int | str = 0, max_words: int = ASR_SPAN_WORDS
+        self,
+        row: dict,
+        input_codes: CodesLookup,
+        seed: int | str = 0,
+        max_words: int = ASR_SPAN_WORDS,
     ) -> Rendered:
         """ASR of a seeded random span of 1..max_words consecutive words of an ASR row, cut at
         the word alignments: short clips teach which audio is which word before whole

@@ -297,6 +297,42 @@ def test_continuous_input_refuses_audio_lm_documents(tiny_tokens, tmp_path):
     assert "['audio', 'interleaved'] predict input audio as tokens" in result.stderr
 
 
+def test_deduplicated_input_trains_evaluates_and_refuses_word_time_sources(tiny_tokens, tmp_path):
+    """mfcc-kmeans with `deduplicate`: its own cache, shorter documents, losses fall, and
+    evaluation encodes prompts the same way; sources cut at word times are refused."""
+    dedup = [
+        f"tokenizers.input_overrides={json.dumps([*tiny_tokens['overrides'], 'deduplicate=true'])}",
+        f"tokenizers.cache_dir={tmp_path / 'tokens'}",
+    ]
+    bad = run_pretrain(
+        tiny_tokens, tmp_path / "bad", [*dedup, "data.mixture={asr: 1, asr_spans: 1}"], check=False
+    )
+    assert bad.returncode == 2
+    assert "sources ['asr_spans'] cut speech at word times" in bad.stdout + bad.stderr
+    run_dir = tmp_path / "dedup"
+    train_until_losses_fall(
+        tiny_tokens,
+        run_dir,
+        [*dedup, "data.mixture={asr: 1, ks: 1, audio: 0.5}", "train.checkpoint_every=0"],
+    )
+    card = json.loads((tmp_path / "tokens" / "mfcc-kmeans" / "cache.json").read_text())
+    assert card["tokenizer_properties"]["deduplicated"] is True
+    frames = [
+        sum(
+            e["frames"]
+            for e in json.loads((d / "asr" / "train" / "index.json").read_text())["entries"]
+        )
+        for d in (tmp_path / "tokens" / "mfcc-kmeans", tiny_tokens["cache_dir"] / "mfcc-kmeans")
+    ]
+    assert frames[0] < frames[1]  # runs collapsed
+    out = tmp_path / "eval"
+    command = [sys.executable, "eval/dasb.py", "--checkpoint", str(run_dir / "final")]
+    command += ["--tasks", "asr,ks", "--limit", "3", "--out", str(out)]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert set(json.loads((out / "dasb.json").read_text())["tasks"]) == {"asr", "ks"}
+
+
 def test_summed_input_run_trains_exports_loads_and_generates(tiny_tokens, tmp_path, capsys):
     """audio_input: summed on a 2-codebook mel-rvq (fitted here): train, export the codebook
     weights, load the checkpoint, evaluate and prompt it."""

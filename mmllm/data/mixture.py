@@ -51,6 +51,7 @@ class CacheCard:
     tokenizer_hash: str
     continuous: bool = False  # features [D, F] (num_codebooks = D) instead of codes
     bitrate_bps: float = 0.0
+    deduplicated: bool = False  # runs of repeated units collapsed: no time axis
 
     @classmethod
     def read(cls, path: str | Path) -> CacheCard:
@@ -71,6 +72,7 @@ class CacheCard:
             card["tokenizer_hash"],
             bool(props.get("continuous", False)),
             float(props.get("bitrate_bps") or 0.0),
+            bool(props.get("deduplicated", False)),
         )
 
 

@@ -121,6 +121,7 @@ class AudioTokenizer(ABC):
             "bitrate_bps": self.bitrate_bps,
             "can_decode": self.can_decode,
             "continuous": self.continuous,
+            "deduplicated": bool(getattr(self.cfg, "deduplicate", False)),
         }
 
 
@@ -167,3 +168,29 @@ def mask_padding(codes: torch.Tensor, frame_lengths: torch.Tensor) -> torch.Tens
     return codes.masked_fill(
         frames[None, None, :] >= frame_lengths[:, None, None].to(codes.device), PAD_CODE
     )
+
+
+def deduplicate_units(
+    codes: torch.Tensor, frame_lengths: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Collapse runs of repeated units (GSLM-style deduplication of semantic units).
+
+    codes [B, 1, F], frame_lengths [B] -> (codes [B, 1, F'] PAD_CODE-padded, lengths [B] =
+    number of runs per item, F' = the longest). Durations are dropped: the result has no
+    time axis any more, so nothing can be cut at word times or decoded by a vocoder."""
+    if codes.shape[1] != 1:
+        raise ValueError(f"deduplicate_units needs one codebook, got codes {tuple(codes.shape)}")
+    runs = [
+        torch.unique_consecutive(codes[b, 0, : int(frame_lengths[b])])
+        for b in range(codes.shape[0])
+    ]
+    new_lengths = torch.tensor([len(r) for r in runs], dtype=torch.long, device=codes.device)
+    out = torch.full(
+        (codes.shape[0], 1, int(new_lengths.max()) if len(runs) else 0),
+        PAD_CODE,
+        dtype=codes.dtype,
+        device=codes.device,
+    )
+    for b, run in enumerate(runs):
+        out[b, 0, : len(run)] = run
+    return out, new_lengths

@@ -130,6 +130,27 @@ def test_empty_item_in_batch(tokenizers, held_out):
     assert frame_lengths.tolist() == [16, 0] and (codes[1] == PAD_CODE).all()
 
 
+def test_mfcc_kmeans_deduplicate_collapses_runs(tokenizers, mfcc_dir, held_out):
+    """deduplicate=True gives the frame codes with every run of a repeated unit collapsed to
+    one, per item, whatever else is in the batch."""
+    dedup = build_tokenizer(
+        TokenizerConfig(name="mfcc-kmeans", centroids=str(mfcc_dir), deduplicate=True)
+    )
+    assert (
+        dedup.describe()["deduplicated"]
+        and not tokenizers["mfcc-kmeans"].describe()["deduplicated"]
+    )
+    wav, lengths = pad_batch(held_out[:3])
+    frames, frame_lengths = tokenizers["mfcc-kmeans"].encode(wav, lengths)
+    short, short_lengths = dedup.encode(wav, lengths)
+    for b in range(3):
+        item = frames[b, 0, : int(frame_lengths[b])].tolist()
+        expected = [c for i, c in enumerate(item) if i == 0 or c != item[i - 1]]
+        assert short[b, 0, : int(short_lengths[b])].tolist() == expected
+        assert (short[b, 0, int(short_lengths[b]) :] == PAD_CODE).all()
+        assert len(expected) < len(item)  # speech repeats units: something was collapsed
+
+
 def test_mfcc_features_match_reference_mfcc(held_out):
     item = held_out[1]
     ours, frame_lengths = mfcc_frames(item[None], torch.tensor([item.numel()]))
@@ -194,10 +215,8 @@ def test_config_mismatches_are_refused(mfcc_dir, rvq_dir):
         build_tokenizer(TokenizerConfig(name="mel-rvq", centroids=str(mfcc_dir)))
     with pytest.raises(ValueError, match="'num_codebooks' is 5 but .* holds 4"):
         build_tokenizer(TokenizerConfig(name="mel-rvq", centroids=str(rvq_dir), num_codebooks=5))
-    with pytest.raises(ValueError, match="'deduplicate' is not supported"):
-        build_tokenizer(
-            TokenizerConfig(name="mfcc-kmeans", centroids=str(mfcc_dir), deduplicate=True)
-        )
+    with pytest.raises(ValueError, match="mel-rvq: config key 'deduplicate' is for one codebook"):
+        build_tokenizer(TokenizerConfig(name="mel-rvq", centroids=str(rvq_dir), deduplicate=True))
     with pytest.raises(ValueError, match="'weights' is not used"):
         build_tokenizer(TokenizerConfig(name="mel-rvq", centroids=str(rvq_dir), weights="x"))
     with pytest.raises(ValueError, match=r"options\.hop"):

@@ -11,8 +11,8 @@ import torch
 
 from mmllm.config import from_dict, load_config
 from mmllm.tokenizers import PAD_CODE, TokenizerConfig, build_tokenizer
-from mmllm.tokenizers.backends.ssl import SSLFeatures, deduplicate_units, fit_ssl_kmeans
-from mmllm.tokenizers.base import pad_batch
+from mmllm.tokenizers.backends.ssl import SSLFeatures, fit_ssl_kmeans
+from mmllm.tokenizers.base import deduplicate_units, pad_batch
 from mmllm.tokenizers.hf import WeightsUnavailableError
 from mmllm.tokenizers.kmeans import load_centroids, save_centroids
 

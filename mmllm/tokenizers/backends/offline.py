@@ -46,6 +46,7 @@ from mmllm.tokenizers.base import (
     PAD_CODE,
     AudioTokenizer,
     TokenizerConfig,
+    deduplicate_units,
     mask_padding,
     pad_batch,
     register_tokenizer,
@@ -215,6 +216,7 @@ class _OfflineTokenizer(AudioTokenizer):
     sample_rate = SAMPLE_RATE
     frame_rate_hz = float(FRAME_RATE_HZ)
     allowed_options: tuple[str, ...] = ()
+    can_deduplicate = False  # config key `deduplicate`: collapse runs of repeated units
 
     def __init__(self, cfg: TokenizerConfig) -> None:
         super().__init__(cfg)
@@ -259,8 +261,11 @@ class _OfflineTokenizer(AudioTokenizer):
         for key, value in unused.items():
             if value is not None:
                 raise ValueError(f"{self.name}: config key {key!r} is not used; leave it unset")
-        if cfg.deduplicate:
-            raise ValueError(f"{self.name}: config key 'deduplicate' is not supported yet")
+        if cfg.deduplicate and not self.can_deduplicate:
+            raise ValueError(
+                f"{self.name}: config key 'deduplicate' is for one codebook of units "
+                f"(mfcc-kmeans); {self.name} decodes frame by frame"
+            )
         if cfg.trust_remote_code:
             raise ValueError(f"{self.name}: config key 'trust_remote_code' is not used")
         unknown = sorted(set(cfg.options) - set(self.allowed_options))
@@ -309,6 +314,8 @@ class _OfflineTokenizer(AudioTokenizer):
         batch, num_frames, dim = frames.shape
         codes = self._quantize(frames.reshape(-1, dim)).reshape(batch, num_frames, -1)
         codes = mask_padding(codes.permute(0, 2, 1), frame_lengths)
+        if self.cfg.deduplicate:
+            codes, frame_lengths = deduplicate_units(codes, frame_lengths)
         return codes.to(out_device), frame_lengths
 
 
@@ -318,6 +325,7 @@ class MfccKMeansTokenizer(_OfflineTokenizer):
     through a vocoder)."""
 
     num_codebooks = 1
+    can_deduplicate = True
 
     def _check_unused(self, cfg: TokenizerConfig) -> None:
         super()._check_unused(cfg)

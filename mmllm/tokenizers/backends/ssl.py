@@ -48,6 +48,7 @@ from mmllm.tokenizers.base import (
     PAD_CODE,
     AudioTokenizer,
     TokenizerConfig,
+    deduplicate_units,
     pad_batch,
     register_tokenizer,
 )
@@ -190,28 +191,6 @@ class SSLFeatures:
                         feature[members, : hidden.shape[1]] = hidden
         valid = sample_mask(frame_lengths, frames)[..., None]
         return [as_normal_tensor(f) * valid for f in features], frame_lengths
-
-
-def deduplicate_units(
-    codes: torch.Tensor, frame_lengths: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Collapse runs of repeated units. codes [B, 1, F] -> ([B, 1, F'] PAD_CODE-padded, run counts [B])."""
-    if codes.shape[1] != 1:
-        raise ValueError(f"deduplicate_units needs one codebook, got codes {tuple(codes.shape)}")
-    runs = [
-        torch.unique_consecutive(codes[b, 0, : int(frame_lengths[b])])
-        for b in range(codes.shape[0])
-    ]
-    new_lengths = torch.tensor([len(r) for r in runs], dtype=torch.long, device=codes.device)
-    out = torch.full(
-        (codes.shape[0], 1, int(new_lengths.max()) if len(runs) else 0),
-        PAD_CODE,
-        dtype=codes.dtype,
-        device=codes.device,
-    )
-    for b, run in enumerate(runs):
-        out[b, 0, : len(run)] = run
-    return out, new_lengths
 
 
 class SSLKMeansTokenizer(AudioTokenizer):
