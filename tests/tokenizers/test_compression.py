@@ -151,6 +151,7 @@ def test_encodec_6kbps_is_6000_bps(weights):
         "bitrate_bps": 6000.0,
         "can_decode": True,
         "continuous": False,
+        "deduplicated": False,
     }
 
 
