@@ -33,7 +33,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from mmllm.fileio import atomic_write_bytes, atomic_write_text
+from mmllm.fileio import atomic_write_bytes, atomic_write_text, state_dict_bytes
 
 PROJECTOR_WEIGHTS = "mmllm_projector.safetensors"
 PROJECTOR_CONFIG = "mmllm_projector.json"
@@ -119,11 +119,8 @@ class ContinuousInputLM(nn.Module):
 
 def save_projector(projector: nn.Module, directory: str | Path, state_dict=None) -> None:
     """Write the projector's weights, kind and shape next to an HF checkpoint (atomically)."""
-    from safetensors.torch import save
-
     state = state_dict if state_dict is not None else projector.state_dict()
-    tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}
-    atomic_write_bytes(Path(directory) / PROJECTOR_WEIGHTS, save(tensors))
+    atomic_write_bytes(Path(directory) / PROJECTOR_WEIGHTS, state_dict_bytes(state))
     atomic_write_text(Path(directory) / PROJECTOR_CONFIG, json.dumps(projector.config, indent=1))
 
 

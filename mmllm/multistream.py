@@ -56,10 +56,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
-from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
-from mmllm.fileio import atomic_write_bytes, atomic_write_text
+from mmllm.fileio import atomic_write_bytes, atomic_write_text, state_dict_bytes
 from mmllm.patterns import get_pattern
 from mmllm.vocab import MultimodalVocab
 
@@ -307,8 +306,7 @@ def save_multistream(model: MultiStreamLM, directory: str | Path) -> Path:
     base LM's files (`save_pretrained_multimodal` writes those). Each file is atomic.
     Under ZeRO-3, gather the parameters first (the state dict must hold full tensors)."""
     directory = Path(directory)
-    tensors = {k: v.detach().cpu().contiguous() for k, v in _extra_state(model).items()}
-    atomic_write_bytes(directory / MULTISTREAM_WEIGHTS, safetensors_bytes(tensors))
+    atomic_write_bytes(directory / MULTISTREAM_WEIGHTS, state_dict_bytes(_extra_state(model)))
     meta = {
         "format": MULTISTREAM_FORMAT,
         "version": MULTISTREAM_VERSION,

@@ -24,8 +24,16 @@ import torch
 
 from mmllm.config import load_config, save_config
 from mmllm.data.augment import AudioAugment
-from mmllm.data.mixture import SOURCES, TokenCaches, eval_documents, mixture_documents
+from mmllm.data.mixture import (
+    SOURCES,
+    WORD_TIMED_SOURCES,
+    TokenCaches,
+    eval_documents,
+    mixture_documents,
+    weighted_sources,
+)
 from mmllm.data.packing import Document, PackedBlock, pack_documents
+from mmllm.data.schema import AUDIO_ANSWER_TASKS
 from mmllm.model import save_pretrained_multimodal
 from mmllm.pretrain_config import PretrainConfig
 from mmllm.templates import TemplateRenderer
@@ -214,25 +222,31 @@ def check_lengths(documents: list[Document], block_size: int) -> None:
         )
 
 
-def check_deduplicated(cfg: PretrainConfig, caches: TokenCaches) -> None:
-    """Deduplicated units have no time axis: refuse the sources that cut speech at word
-    times, and audio answers (no vocoder can decode units without durations)."""
-    uses = [s for s, w in cfg.data.mixture.items() if w > 0]
-    if caches.input.deduplicated:
-        timed = [s for s in uses if s in ("asr_spans", "interleaved")]
-        if timed:
-            raise ValueError(
-                f"tokenizers.input: {caches.input.name} sets `deduplicate`, so its codes have no "
-                f"time axis; data.mixture sources {timed} cut speech at word times: drop them"
-            )
-    if caches.output.deduplicated:
-        answers = [s for s in uses if s in ("tts", "se", "ss")]
-        if answers:
-            raise ValueError(
-                f"tokenizers.output: {caches.output.name} sets `deduplicate`, which no vocoder "
-                f"decodes; data.mixture sources {answers} answer in audio: drop them or set "
-                f"tokenizers.output to a tokenizer without `deduplicate`"
-            )
+def check_caches_fit(cfg: PretrainConfig, caches: TokenCaches) -> None:
+    """The caches can give what audio_input and data.mixture ask of them: codes or
+    features as input; a time axis for the sources cut at word times (deduplicated units
+    have none); codes a vocoder decodes for audio answers (not features, not deduplicated
+    units, whose durations are gone)."""
+    if caches.input.continuous != (cfg.audio_input == "continuous"):
+        gives, needs = ("features", "codes") if caches.input.continuous else ("codes", "features")
+        raise ValueError(
+            f"tokenizers.input: {caches.input.name} gives {gives}, but audio_input "
+            f"{cfg.audio_input!r} needs {needs}"
+        )
+    timed = weighted_sources(cfg.data.mixture, WORD_TIMED_SOURCES)
+    if caches.input.deduplicated and timed:
+        raise ValueError(
+            f"tokenizers.input: {caches.input.name} sets `deduplicate`, so its codes have no "
+            f"time axis; data.mixture sources {timed} cut speech at word times: drop them"
+        )
+    answers = weighted_sources(cfg.data.mixture, AUDIO_ANSWER_TASKS)
+    if answers and (caches.output.continuous or caches.output.deduplicated):
+        why = "gives features" if caches.output.continuous else "sets `deduplicate`"
+        raise ValueError(
+            f"tokenizers.output: {caches.output.name} {why}; data.mixture sources {answers} "
+            f"answer in audio, which needs codes a vocoder decodes: drop them or set "
+            f"tokenizers.output to such a tokenizer"
+        )
 
 
 def prepare_run(cfg: PretrainConfig, accelerator: Any) -> PreparedRun:
@@ -249,19 +263,7 @@ def prepare_run(cfg: PretrainConfig, accelerator: Any) -> PreparedRun:
             cfg.tokenizers.output, cfg.tokenizers.output_overrides, cfg, corpus, accelerator
         )
     caches = TokenCaches.open(input_cache, output_cache)
-    if caches.input.continuous != (cfg.audio_input == "continuous"):
-        gives, needs = ("features", "codes") if caches.input.continuous else ("codes", "features")
-        raise ValueError(
-            f"tokenizers.input: {input_cfg.name} gives {gives}, but audio_input "
-            f"{cfg.audio_input!r} needs {needs}"
-        )
-    if caches.output.continuous and any(
-        cfg.data.mixture.get(s, 0) > 0 for s in ("tts", "se", "ss")
-    ):
-        raise ValueError(
-            f"tokenizers.output: {output_cfg.name} gives features; audio answers need codes"
-        )
-    check_deduplicated(cfg, caches)
+    check_caches_fit(cfg, caches)
     hf_tokenizer = text_tokenizer(cfg, corpus, accelerator)
     vocab = build_vocab(cfg, hf_tokenizer, caches)
     renderer = TemplateRenderer(

@@ -13,7 +13,8 @@ import dataclasses
 
 from mmllm.config import OMIT_WHEN_NONE, config_dataclass
 from mmllm.data.augment import AudioAugment
-from mmllm.data.mixture import SOURCES
+from mmllm.data.mixture import SOURCES, weighted_sources
+from mmllm.data.schema import AUDIO_ANSWER_TASKS
 from mmllm.model import INIT_MODES
 from mmllm.patterns import PATTERNS
 
@@ -205,14 +206,14 @@ def check_pretrain_config(cfg: PretrainConfig) -> None:
     if cfg.audio_input not in AUDIO_INPUTS:
         problems.append(f"audio_input: {cfg.audio_input!r}; expected one of {AUDIO_INPUTS}")
     if cfg.audio_input in ("continuous", "summed"):
-        lm_audio = sorted(s for s in ("audio", "interleaved") if cfg.data.mixture.get(s, 0) > 0)
+        lm_audio = weighted_sources(cfg.data.mixture, ("audio", "interleaved"))
         if lm_audio:
             problems.append(
                 f"data.mixture: {lm_audio} predict input audio as tokens, which "
                 f"{cfg.audio_input} input does not have; give them weight 0"
             )
     if cfg.audio_input == "continuous":
-        speaking = sorted(s for s in ("tts", "se", "ss") if cfg.data.mixture.get(s, 0) > 0)
+        speaking = weighted_sources(cfg.data.mixture, AUDIO_ANSWER_TASKS)
         if speaking and not cfg.tokenizers.output:
             problems.append(
                 f"tokenizers.output: audio answers ({speaking}) need a discrete output "

@@ -54,6 +54,7 @@ from mmllm.fileio import (
     atomic_write_text,
     publish_checkpoint,
     read_latest,
+    state_dict_bytes,
     step_dir,
     truncate_jsonl,
 )
@@ -463,10 +464,7 @@ def save_vocoder(
 ) -> Path:
     """Write directory/vocoder.safetensors, then directory/vocoder.json (the card, last: a
     directory with a card always has its weights). `tokenizer` is tokenizer_signature()."""
-    from safetensors.torch import save
-
     directory = Path(directory)
-    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     card = {
         "format_version": FORMAT_VERSION,
         "config": config_to_dict(model.cfg),
@@ -477,7 +475,7 @@ def save_vocoder(
         "speakers": list(speakers or []),
         **(extra or {}),
     }
-    atomic_write_bytes(directory / WEIGHTS_FILENAME, save(tensors))
+    atomic_write_bytes(directory / WEIGHTS_FILENAME, state_dict_bytes(model.state_dict()))
     atomic_write_text(directory / CARD_FILENAME, json.dumps(card, indent=1) + "\n")
     return directory
 
@@ -688,17 +686,13 @@ def save_checkpoint(
     `latest` pointed at it: a kill at any moment leaves the previous checkpoint usable.
     With `adversarial`, the discriminators (discriminator.safetensors) and their optimizer
     (in trainer.pt) too."""
-    from safetensors.torch import save
-
     final = step_dir(out / CHECKPOINTS, step)
     with atomic_directory(final) as tmp:
-        state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-        (tmp / "model.safetensors").write_bytes(save(state))
+        (tmp / "model.safetensors").write_bytes(state_dict_bytes(model.state_dict()))
         trainer = {"optimizer": optimizer.state_dict(), "generator": generator.get_state()}
         if adversarial is not None:
-            found = adversarial.discriminator.state_dict()
-            found = {k: v.detach().cpu().contiguous() for k, v in found.items()}
-            (tmp / DISCRIMINATOR_FILENAME).write_bytes(save(found))
+            weights = state_dict_bytes(adversarial.discriminator.state_dict())
+            (tmp / DISCRIMINATOR_FILENAME).write_bytes(weights)
             trainer["discriminator_optimizer"] = adversarial.optimizer.state_dict()
         torch.save(trainer, tmp / "trainer.pt")
         (tmp / "state.json").write_text(json.dumps({"step": step}))

@@ -8,6 +8,7 @@ bad configs fail before training, naming the problem.
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -420,3 +421,56 @@ def test_dasb_eval_on_the_trained_run(plain_run, tmp_path):
         assert "cannot decode" in tasks[task]["not_decoded"]
     lines = (out / "ks.jsonl").read_text().splitlines()
     assert len(lines) == 4 and all(json.loads(x)["answer"] for x in lines)
+
+
+@pytest.mark.parametrize(
+    "input_kind, output_kind, mixture, message",
+    [
+        ("codes", "codes", {"asr": 1}, None),
+        ("dedup", "codes", {"asr": 1, "tts": 1}, None),  # answers in the output's codes
+        (
+            "dedup",
+            "dedup",
+            {"asr": 1, "interleaved": 0.5, "asr_spans": 1},
+            "sources ['asr_spans', 'interleaved'] cut speech at word times",
+        ),
+        (
+            "codes",
+            "dedup",
+            {"asr": 1, "se": 1, "tts": 0},
+            "mfcc-kmeans sets `deduplicate`; data.mixture sources ['se'] answer in audio",
+        ),
+        (
+            "codes",
+            "features",
+            {"ks": 1, "ss": 1, "tts": 1},
+            "mfcc-features gives features; data.mixture sources ['ss', 'tts'] answer in audio",
+        ),
+        (
+            "features",
+            "codes",
+            {"asr": 1},
+            "mfcc-features gives features, but audio_input 'discrete' needs codes",
+        ),
+    ],
+)
+def test_caches_must_fit_the_input_kind_and_the_mixture(input_kind, output_kind, mixture, message):
+    """Deduplicated units have no time axis and no decoder; features are not codes."""
+    from mmllm.data.mixture import CacheCard, TokenCaches
+    from mmllm.pipeline import check_caches_fit
+    from mmllm.pretrain_config import PretrainConfig
+
+    def card(kind: str) -> CacheCard:
+        name = "mfcc-features" if kind == "features" else "mfcc-kmeans"
+        return CacheCard(
+            Path(kind), name, 1, 500, 50.0, "hash", kind == "features", 0.0, kind == "dedup"
+        )
+
+    cfg = PretrainConfig()
+    cfg.data.mixture = mixture
+    caches = TokenCaches(card(input_kind), card(output_kind))
+    if message is None:
+        check_caches_fit(cfg, caches)
+    else:
+        with pytest.raises(ValueError, match=re.escape(message)):
+            check_caches_fit(cfg, caches)

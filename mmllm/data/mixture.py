@@ -35,6 +35,7 @@ from mmllm.templates import LM_DOCUMENTS, TemplateRenderer
 
 ASR_SPANS = "asr_spans"
 SOURCES: tuple[str, ...] = (*TASKS, *LM_DOCUMENTS, ASR_SPANS)
+WORD_TIMED_SOURCES = ("interleaved", ASR_SPANS)  # cut the input speech at word times
 LM_ROWS_TASK = "asr"  # sources that are not tasks are built from these rows (speech + words)
 ROW_COLUMNS = ("id", "task", "text", "label", "speaker", "words")  # everything but the audio
 
@@ -100,6 +101,11 @@ class TokenCaches:
         return self._split(self.input, task, split).get, self._split(self.output, task, split).get
 
 
+def weighted_sources(mixture: dict[str, float], among: tuple[str, ...]) -> list[str]:
+    """The sources of `among` that `mixture` gives a positive weight, sorted."""
+    return sorted(s for s in among if mixture.get(s, 0) > 0)
+
+
 def source_rows(corpus: str | Path, source: str, split: str) -> list[dict]:
     """The rows (without audio) a source draws from."""
     if source not in SOURCES:
@@ -134,6 +140,7 @@ def render_source(
     task = source if source in TASKS else LM_ROWS_TASK
     cached_input, output_codes = caches.lookups(task, split)
     documents = []
+    codebook_size = None if caches.input.continuous else caches.input.codebook_size
     copies: Counter = Counter()  # a row drawn twice in an epoch gets a different crop/layout
     for row in task_rows:
         copy = copies[row["id"]]
@@ -141,7 +148,6 @@ def render_source(
         row_seed = seed if copy == 0 else f"{seed}.{copy}"
         input_codes = cached_input
         if augment is not None and source in AUGMENTED_TASKS:
-            codebook_size = None if caches.input.continuous else caches.input.codebook_size
             input_codes = augmented_lookup(cached_input, augment, row_seed, codebook_size)
         try:
             if source == ASR_SPANS:

@@ -32,6 +32,7 @@ from mmllm.audio import encode_wav
 
 SAMPLE_RATE = 16000
 TASKS = ("asr", "ks", "ic", "sid", "sv", "er", "se", "ss", "tts")
+AUDIO_ANSWER_TASKS = ("se", "ss", "tts")  # answered in audio (output-tokenizer codes)
 SPLITS = ("train", "valid", "test")
 
 AUDIO_FEATURE = Audio(sampling_rate=SAMPLE_RATE, decode=False)

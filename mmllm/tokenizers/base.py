@@ -121,7 +121,7 @@ class AudioTokenizer(ABC):
             "bitrate_bps": self.bitrate_bps,
             "can_decode": self.can_decode,
             "continuous": self.continuous,
-            "deduplicated": bool(getattr(self.cfg, "deduplicate", False)),
+            "deduplicated": bool(self.cfg.deduplicate),
         }
 
 
