@@ -1,5 +1,6 @@
 """Offline tokenizers (mfcc-kmeans, mel-rvq): fitting on SynthDASB tiny, encode, decode."""
 
+import dataclasses
 import importlib.util
 import json
 import math
@@ -16,6 +17,7 @@ from mmllm.tokenizers.backends.offline import (
     fit_offline_tokenizer,
     log_mel_frames,
     mfcc_frames,
+    utterance_cmvn,
 )
 from mmllm.tokenizers.base import pad_batch
 
@@ -149,6 +151,60 @@ def test_mfcc_kmeans_deduplicate_collapses_runs(tokenizers, mfcc_dir, held_out):
         assert short[b, 0, : int(short_lengths[b])].tolist() == expected
         assert (short[b, 0, int(short_lengths[b]) :] == PAD_CODE).all()
         assert len(expected) < len(item)  # speech repeats units: something was collapsed
+
+
+def test_utterance_cmvn_normalises_each_item_on_its_own_frames():
+    mfcc = torch.randn(2, 8, 13, dtype=torch.float64).float() * 3 + 5
+    frame_lengths = torch.tensor([4, 2])  # code frames: 8 and 4 MFCC frames are valid
+    out = utterance_cmvn(mfcc, frame_lengths)
+    for b, valid in enumerate((8, 4)):
+        item = mfcc[b, :valid].double()
+        expected = (item - item.mean(0)) / item.std(0, unbiased=False)
+        torch.testing.assert_close(out[b, :valid].double(), expected, atol=1e-5, rtol=1e-5)
+    # Padding never enters the statistics: a constant offset of one item cancels exactly.
+    shifted = utterance_cmvn(mfcc + torch.tensor([[[7.0]], [[0.0]]]), frame_lengths)
+    torch.testing.assert_close(shifted[0], out[0], atol=1e-4, rtol=1e-4)
+
+
+def test_mfcc_kmeans_utterance_normalisation(corpus, tmp_path, mfcc_dir, held_out):
+    """options.normalize=utterance: fitted and encoded on per-utterance CMVN features; the
+    codes ignore a gain change (a constant log-spectrum offset), batched == alone, and
+    centroids of the other normalisation are refused naming both."""
+    out = fit_offline_tokenizer(
+        "mfcc-kmeans", corpus, tmp_path / "cmvn", k=K, num_codebooks=1, max_frames=8000,
+        seed=0, tasks=TASKS, max_steps=60, progress=False, normalize="utterance",
+    )  # fmt: skip
+    card = json.loads((out / "card.json").read_text())
+    assert card["features"]["normalisation"].startswith("per-utterance")
+    cfg = TokenizerConfig(
+        name="mfcc-kmeans", centroids=str(out), options={"normalize": "utterance"}
+    )
+    tok = build_tokenizer(cfg)
+    wav, lengths = pad_batch(held_out)
+    codes, frame_lengths = tok.encode(wav, lengths)
+    louder, _ = tok.encode(wav * 3.0, lengths)
+    same = (codes == louder)[codes != PAD_CODE].float().mean()
+    assert same > 0.97, same  # a few frames near the log floor may move
+    corpus_codes, _ = build_tokenizer(
+        TokenizerConfig(name="mfcc-kmeans", centroids=str(mfcc_dir))
+    ).encode(wav * 3.0, lengths)
+    assert not torch.equal(corpus_codes, codes)
+    for b, item in enumerate(held_out):
+        alone, _ = tok.encode(item[None], torch.tensor([item.numel()]))
+        assert torch.equal(codes[b, :, : int(frame_lengths[b])], alone[0])
+    with pytest.raises(
+        ValueError,
+        match="fitted on features .*per-coefficient.*this config computes .*per-utterance",
+    ):
+        build_tokenizer(dataclasses.replace(cfg, centroids=str(mfcc_dir)))
+    with pytest.raises(
+        ValueError, match=r"'options.normalize' must be one of \['corpus', 'utterance'\]"
+    ):
+        build_tokenizer(dataclasses.replace(cfg, options={"normalize": "speaker"}))
+    with pytest.raises(ValueError, match=r"mel-rvq: unknown config key.*options\.normalize"):
+        build_tokenizer(
+            TokenizerConfig(name="mel-rvq", centroids=str(out), options={"normalize": "utterance"})
+        )
 
 
 def test_mfcc_features_match_reference_mfcc(held_out):

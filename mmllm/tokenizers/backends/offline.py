@@ -3,7 +3,10 @@
 - `mfcc-kmeans`: HuBERT's first-iteration units. 13 MFCCs (40 mels, 25 ms Hann window,
   10 ms hop) normalised with corpus mean/variance, two consecutive frames stacked into one
   26-dim frame at 50 Hz (20 ms, HuBERT's frame rate), one codebook of k = 500 k-means units.
-  Decodes only through a trained vocoder (config key `vocoder`, mmllm.vocoder).
+  `options.normalize: utterance` normalises each utterance with its own mean/variance
+  instead (CMVN): a constant offset of the log spectrum (vocal tract, channel) cancels, so
+  units depend less on who speaks. Decodes only through a trained vocoder (config key
+  `vocoder`, mmllm.vocoder).
 - `mel-rvq`: residual k-means over 80-bin log-mel frames (64 ms window, 20 ms hop = 50 Hz):
   codebook j quantizes what codebooks < j left over, so the first codebooks carry the coarse
   spectrum and later ones refine it (K = 4, k = 256 by default = 1.6 kbps). Decodable: the sum
@@ -108,6 +111,26 @@ FEATURE_SPECS: dict[str, dict[str, Any]] = {
 }
 
 
+# `options.normalize` of mfcc-kmeans -> the "normalisation" entry of its feature spec. The
+# corpus entry is the one cards have always carried, so centroids fitted before still load.
+MFCC_NORMALISATIONS = {
+    "corpus": "per-coefficient mean/std (mfcc_mean, mfcc_std)",
+    "utterance": "per-utterance per-coefficient mean/std (CMVN over the utterance's frames)",
+}
+
+
+def feature_spec(name: str, normalize: str = "corpus") -> dict[str, Any]:
+    """What `name` computes (recorded in cards); mfcc-kmeans depends on `normalize`."""
+    if name != "mfcc-kmeans":
+        return FEATURE_SPECS[name]
+    if normalize not in MFCC_NORMALISATIONS:
+        raise ValueError(
+            f"mfcc-kmeans: config key 'options.normalize' must be one of "
+            f"{list(MFCC_NORMALISATIONS)}, got {normalize!r}"
+        )
+    return {**FEATURE_SPECS[name], "normalisation": MFCC_NORMALISATIONS[normalize]}
+
+
 def _fit_command(name: str) -> str:
     return (
         f"python tokenizers/fit_kmeans.py --tokenizer configs/tokenizers/{name}.yaml "
@@ -162,6 +185,21 @@ def mfcc_frames(wav: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor,
     bank = mel_filters(SAMPLE_RATE, MFCC_N_FFT, MFCC_N_MELS, 0.0, SAMPLE_RATE / 2).to(power)
     logmel = torch.log(torch.clamp(power @ bank, min=MFCC_LOG_FLOOR))
     return (logmel @ dct_matrix(MFCC_N_MELS, N_MFCC).to(logmel)).float(), frame_lengths
+
+
+def utterance_cmvn(mfcc: torch.Tensor, frame_lengths: torch.Tensor) -> torch.Tensor:
+    """Per-utterance mean/variance normalisation. mfcc [B, 2 F, 13] raw, frame_lengths [B]
+    code frames -> [B, 2 F, 13], each item normalised with the statistics of its own valid
+    2 x frame_lengths MFCC frames only (padding never enters them: batch == alone)."""
+    valid = torch.arange(mfcc.shape[1], device=mfcc.device)[None, :] < (
+        MFCC_STACK * frame_lengths.to(mfcc.device)[:, None]
+    )
+    weights = valid[..., None].double()
+    count = weights.sum(dim=1, keepdim=True).clamp(min=1.0)
+    values = mfcc.double()
+    mean = (values * weights).sum(dim=1, keepdim=True) / count
+    variance = ((values - mean).square() * weights).sum(dim=1, keepdim=True) / count
+    return ((values - mean) / variance.clamp(min=1e-12).sqrt()).float()
 
 
 def stack_mfcc(mfcc: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
@@ -239,10 +277,11 @@ class _OfflineTokenizer(AudioTokenizer):
                 f"{directory}: centroids were fitted for {self.card.get('tokenizer')!r}, "
                 f"not {self.name!r} (config key 'centroids')"
             )
-        if self.card.get("features") != FEATURE_SPECS[self.name]:
+        expected = self.feature_spec()
+        if self.card.get("features") != expected:
             raise ValueError(
                 f"{directory}: centroids were fitted on features {self.card.get('features')}, "
-                f"this version computes {FEATURE_SPECS[self.name]}; refit them with "
+                f"this config computes {expected}; refit them with "
                 f"`{_fit_command(self.name)}`"
             )
         self._load(tensors, directory)
@@ -274,6 +313,10 @@ class _OfflineTokenizer(AudioTokenizer):
                 f"{self.name}: unknown config key(s) {['options.' + k for k in unknown]}; "
                 f"allowed: {['options.' + k for k in self.allowed_options]}"
             )
+
+    def feature_spec(self) -> dict[str, Any]:
+        """What this config computes; the centroids' card must record the same."""
+        return feature_spec(self.name)
 
     def _load(self, tensors: dict[str, torch.Tensor], directory: Path) -> None:
         raise NotImplementedError
@@ -326,6 +369,7 @@ class MfccKMeansTokenizer(_OfflineTokenizer):
 
     num_codebooks = 1
     can_deduplicate = True
+    allowed_options = ("normalize",)
 
     def _check_unused(self, cfg: TokenizerConfig) -> None:
         super()._check_unused(cfg)
@@ -333,6 +377,11 @@ class MfccKMeansTokenizer(_OfflineTokenizer):
             raise ValueError(
                 f"mfcc-kmeans: config key 'num_codebooks' must be 1 or unset, got {cfg.num_codebooks}"
             )
+        self.normalize = cfg.options.get("normalize", "corpus")
+        feature_spec(self.name, self.normalize)  # refuses an unknown value, naming the key
+
+    def feature_spec(self) -> dict[str, Any]:
+        return feature_spec(self.name, self.normalize)
 
     def _load(self, tensors: dict[str, torch.Tensor], directory: Path) -> None:
         self.centroids = self._tensor(tensors, "centroids", directory).to(self.device)
@@ -346,6 +395,8 @@ class MfccKMeansTokenizer(_OfflineTokenizer):
 
     def _features(self, wav, lengths):
         mfcc, frame_lengths = mfcc_frames(wav, lengths)
+        if self.normalize == "utterance":
+            mfcc = utterance_cmvn(mfcc, frame_lengths)
         return stack_mfcc(mfcc, self.mfcc_mean, self.mfcc_std), frame_lengths
 
     def _quantize(self, frames):
@@ -475,15 +526,19 @@ def _feature_batches(
     device: torch.device,
     stats: _MfccStats | None,
     batch_items: int = 16,
+    normalize: str = "corpus",
 ) -> Iterator[torch.Tensor]:
     """Waveforms -> [n, D] frames of the tokenizer's features (valid frames only).
-    mfcc-kmeans: raw stacked MFCC [n, 26] (normalised after the pass; `stats` accumulates)."""
+    mfcc-kmeans: stacked MFCC [n, 26], per-utterance normalised (`normalize: utterance`) or
+    raw (normalised with corpus statistics after the pass); `stats` accumulates either."""
 
     def flush(items: list[torch.Tensor]) -> torch.Tensor:
         wav, lengths = pad_batch(items)
         wav = wav.to(device)
         if name == "mfcc-kmeans":
             mfcc, frame_lengths = mfcc_frames(wav, lengths)
+            if normalize == "utterance":
+                mfcc = utterance_cmvn(mfcc, frame_lengths)
             valid = [mfcc[b, : MFCC_STACK * int(n)] for b, n in enumerate(frame_lengths)]
             for item in valid:
                 stats.update(item)
@@ -517,6 +572,7 @@ def fit_offline_tokenizer(
     batch_size: int = 4096,
     max_steps: int = 200,
     progress: bool = True,
+    normalize: str = "corpus",
 ) -> Path:
     """Fit `mfcc-kmeans` or `mel-rvq` centroids on a SynthDASB directory -> out_dir.
 
@@ -525,7 +581,9 @@ def fit_offline_tokenizer(
     `max_frames` frames, and fits k-means (mel-rvq: `num_codebooks` residual stages, stage j
     on what stages < j left over, seed + j). Writes centroids.safetensors (mfcc-kmeans:
     centroids [k, 26], mfcc_mean [13], mfcc_std [13]; mel-rvq: codebooks [K, k, 80]) and
-    card.json. `batch_size` / `max_steps` are the k-means minibatch settings.
+    card.json. `batch_size` / `max_steps` are the k-means minibatch settings; `normalize`
+    is mfcc-kmeans' `options.normalize` (utterance: the stored mean/std are 0 and 1, since
+    every utterance is already normalised by its own statistics).
     """
     from mmllm.data.schema import TASKS
 
@@ -538,6 +596,9 @@ def fit_offline_tokenizer(
     if num_codebooks < 1:
         raise ValueError(f"{name}: num_codebooks must be >= 1, got {num_codebooks}")
     tasks = tuple(TASKS if tasks is None else tasks)
+    if name != "mfcc-kmeans" and normalize != "corpus":
+        raise ValueError(f"{name}: 'normalize' is an mfcc-kmeans option, got {normalize!r}")
+    features = feature_spec(name, normalize) if name == "mfcc-kmeans" else feature_spec(name)
     run_device = torch.device(device)
     stats = _MfccStats() if name == "mfcc-kmeans" else None
     seen = 0
@@ -552,18 +613,25 @@ def fit_offline_tokenizer(
 
     waveforms = corpus_waveforms(data_dir, tasks, splits, SAMPLE_RATE)
     frames = sample_frames(
-        counted(_feature_batches(name, waveforms, run_device, stats)), max_frames, seed
+        counted(_feature_batches(name, waveforms, run_device, stats, normalize=normalize)),
+        max_frames,
+        seed,
     )
     frames = frames.to(run_device)
     fit = {"seed": seed, "batch_size": batch_size, "max_steps": max_steps, "progress": progress}
     tensors: dict[str, torch.Tensor] = {}
     if name == "mfcc-kmeans":
         mean, std = stats.mean_std()
+        if normalize == "utterance":  # already normalised per utterance: identity here
+            mean, std = torch.zeros_like(mean), torch.ones_like(std)
         frames = stack_mfcc(frames.reshape(-1, MFCC_STACK, N_MFCC), mean, std).squeeze(1)
         result = fit_kmeans(frames, k, **fit)
         tensors = {"centroids": result.centroids, "mfcc_mean": mean, "mfcc_std": std}
         inertia: list[float] = [result.inertia]
-        source = "13 MFCC (40 mels, 25 ms / 10 ms), mean/var normalised, 2 frames stacked (50 Hz)"
+        source = (
+            f"13 MFCC (40 mels, 25 ms / 10 ms), mean/var normalised per {normalize}, "
+            "2 frames stacked (50 Hz)"
+        )
     else:
         residual = frames
         codebooks, inertia = [], []
@@ -577,7 +645,7 @@ def fit_offline_tokenizer(
     card = {
         "tokenizer": name,
         "feature_source": source,
-        "features": FEATURE_SPECS[name],
+        "features": features,
         "layers": [],
         "k": k,
         "num_codebooks": num_codebooks,
@@ -621,6 +689,7 @@ def fit_offline_from_config(
         tasks,
         device=cfg.device,
         progress=progress,
+        **({"normalize": cfg.options["normalize"]} if "normalize" in cfg.options else {}),
     )
     resolved = dataclasses.replace(
         cfg,
