@@ -172,10 +172,11 @@ def test_mfcc_kmeans_utterance_normalisation(corpus, tmp_path, mfcc_dir, held_ou
     centroids of the other normalisation are refused naming both."""
     out = fit_offline_tokenizer(
         "mfcc-kmeans", corpus, tmp_path / "cmvn", k=K, num_codebooks=1, max_frames=8000,
-        seed=0, tasks=TASKS, max_steps=60, progress=False, normalize="utterance",
+        seed=0, max_steps=60, progress=False, normalize="utterance",
     )  # fmt: skip
     card = json.loads((out / "card.json").read_text())
     assert card["features"]["normalisation"].startswith("per-utterance")
+    assert card["tasks"] == list(TASKS)  # no tasks given: those the corpus has (asr, sid)
     cfg = TokenizerConfig(
         name="mfcc-kmeans", centroids=str(out), options={"normalize": "utterance"}
     )

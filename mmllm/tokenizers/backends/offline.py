@@ -576,7 +576,7 @@ def fit_offline_tokenizer(
 ) -> Path:
     """Fit `mfcc-kmeans` or `mel-rvq` centroids on a SynthDASB directory -> out_dir.
 
-    Streams the `audio` of every row of `tasks` (default: all SynthDASB tasks) x `splits`,
+    Streams the `audio` of every row of `tasks` (default: those the corpus has) x `splits`,
     computes the tokenizer's features, keeps a uniform reservoir sample of at most
     `max_frames` frames, and fits k-means (mel-rvq: `num_codebooks` residual stages, stage j
     on what stages < j left over, seed + j). Writes centroids.safetensors (mfcc-kmeans:
@@ -595,7 +595,11 @@ def fit_offline_tokenizer(
         raise ValueError(f"mfcc-kmeans has one codebook, got num_codebooks={num_codebooks}")
     if num_codebooks < 1:
         raise ValueError(f"{name}: num_codebooks must be >= 1, got {num_codebooks}")
-    tasks = tuple(TASKS if tasks is None else tasks)
+    if tasks is None:  # every task the corpus has (an ASR-only corpus is a corpus too)
+        tasks = tuple(task for task in TASKS if (Path(data_dir) / task).is_dir())
+        if not tasks:
+            raise FileNotFoundError(f"{data_dir}: none of the SynthDASB tasks {list(TASKS)} found")
+    tasks = tuple(tasks)
     if name != "mfcc-kmeans" and normalize != "corpus":
         raise ValueError(f"{name}: 'normalize' is an mfcc-kmeans option, got {normalize!r}")
     features = feature_spec(name, normalize) if name == "mfcc-kmeans" else feature_spec(name)
