@@ -31,22 +31,12 @@ from mmllm.tokenizers.backends.offline import (
     SAMPLE_RATE,
     log_mel_frames,
     mfcc_frames,
+    utterance_cmvn,
 )
 from mmllm.tokenizers.base import AudioTokenizer, TokenizerConfig, register_tokenizer
 from mmllm.tokenizers.hf import check_options
 
 CMVN_MODES = ("utterance", "none")
-
-
-def utterance_cmvn(features: torch.Tensor, frame_lengths: torch.Tensor) -> torch.Tensor:
-    """features [B, F, D], frame_lengths [B] -> per-utterance mean/variance normalised
-    features; frames beyond an item's length are set to 0."""
-    frames = torch.arange(features.shape[1], device=features.device)
-    valid = (frames[None, :] < frame_lengths[:, None].to(features.device))[..., None]
-    count = valid.sum(1, keepdim=True).clamp(min=1)
-    mean = (features * valid).sum(1, keepdim=True) / count
-    var = ((features - mean).square() * valid).sum(1, keepdim=True) / count
-    return torch.where(valid, (features - mean) / (var + 1e-5).sqrt(), 0.0)
 
 
 class _ContinuousFeatures(AudioTokenizer):

@@ -3,7 +3,7 @@
 - `mfcc-kmeans`: HuBERT's first-iteration units. 13 MFCCs (40 mels, 25 ms Hann window,
   10 ms hop) normalised with corpus mean/variance, two consecutive frames stacked into one
   26-dim frame at 50 Hz (20 ms, HuBERT's frame rate), one codebook of k = 500 k-means units.
-  `options.normalize: utterance` normalises each utterance with its own mean/variance
+  `options.cmvn: utterance` normalises each utterance with its own mean/variance
   instead (CMVN): a constant offset of the log spectrum (vocal tract, channel) cancels, so
   units depend less on who speaks. Decodes only through a trained vocoder (config key
   `vocoder`, mmllm.vocoder).
@@ -111,7 +111,7 @@ FEATURE_SPECS: dict[str, dict[str, Any]] = {
 }
 
 
-# `options.normalize` of mfcc-kmeans -> the "normalisation" entry of its feature spec. The
+# `options.cmvn` of mfcc-kmeans -> the "normalisation" entry of its feature spec. The
 # corpus entry is the one cards have always carried, so centroids fitted before still load.
 MFCC_NORMALISATIONS = {
     "corpus": "per-coefficient mean/std (mfcc_mean, mfcc_std)",
@@ -119,16 +119,16 @@ MFCC_NORMALISATIONS = {
 }
 
 
-def feature_spec(name: str, normalize: str = "corpus") -> dict[str, Any]:
-    """What `name` computes (recorded in cards); mfcc-kmeans depends on `normalize`."""
+def feature_spec(name: str, cmvn: str = "corpus") -> dict[str, Any]:
+    """What `name` computes (recorded in cards); mfcc-kmeans depends on `cmvn`."""
     if name != "mfcc-kmeans":
         return FEATURE_SPECS[name]
-    if normalize not in MFCC_NORMALISATIONS:
+    if cmvn not in MFCC_NORMALISATIONS:
         raise ValueError(
-            f"mfcc-kmeans: config key 'options.normalize' must be one of "
-            f"{list(MFCC_NORMALISATIONS)}, got {normalize!r}"
+            f"mfcc-kmeans: config key 'options.cmvn' must be one of "
+            f"{list(MFCC_NORMALISATIONS)}, got {cmvn!r}"
         )
-    return {**FEATURE_SPECS[name], "normalisation": MFCC_NORMALISATIONS[normalize]}
+    return {**FEATURE_SPECS[name], "normalisation": MFCC_NORMALISATIONS[cmvn]}
 
 
 def _fit_command(name: str) -> str:
@@ -187,19 +187,17 @@ def mfcc_frames(wav: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor,
     return (logmel @ dct_matrix(MFCC_N_MELS, N_MFCC).to(logmel)).float(), frame_lengths
 
 
-def utterance_cmvn(mfcc: torch.Tensor, frame_lengths: torch.Tensor) -> torch.Tensor:
-    """Per-utterance mean/variance normalisation. mfcc [B, 2 F, 13] raw, frame_lengths [B]
-    code frames -> [B, 2 F, 13], each item normalised with the statistics of its own valid
-    2 x frame_lengths MFCC frames only (padding never enters them: batch == alone)."""
-    valid = torch.arange(mfcc.shape[1], device=mfcc.device)[None, :] < (
-        MFCC_STACK * frame_lengths.to(mfcc.device)[:, None]
-    )
-    weights = valid[..., None].double()
-    count = weights.sum(dim=1, keepdim=True).clamp(min=1.0)
-    values = mfcc.double()
-    mean = (values * weights).sum(dim=1, keepdim=True) / count
-    variance = ((values - mean).square() * weights).sum(dim=1, keepdim=True) / count
-    return ((values - mean) / variance.clamp(min=1e-12).sqrt()).float()
+def utterance_cmvn(features: torch.Tensor, frame_lengths: torch.Tensor) -> torch.Tensor:
+    """features [B, F, D], frame_lengths [B] -> per-utterance mean/variance normalised
+    features (CMVN over each item's own valid frames, so batch == alone); frames beyond an
+    item's length are set to 0. Used by mfcc-kmeans (`options.cmvn: utterance`) and the
+    continuous feature backends."""
+    frames = torch.arange(features.shape[1], device=features.device)
+    valid = (frames[None, :] < frame_lengths[:, None].to(features.device))[..., None]
+    count = valid.sum(1, keepdim=True).clamp(min=1)
+    mean = (features * valid).sum(1, keepdim=True) / count
+    var = ((features - mean).square() * valid).sum(1, keepdim=True) / count
+    return torch.where(valid, (features - mean) / (var + 1e-5).sqrt(), 0.0)
 
 
 def stack_mfcc(mfcc: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
@@ -369,7 +367,7 @@ class MfccKMeansTokenizer(_OfflineTokenizer):
 
     num_codebooks = 1
     can_deduplicate = True
-    allowed_options = ("normalize",)
+    allowed_options = ("cmvn",)
 
     def _check_unused(self, cfg: TokenizerConfig) -> None:
         super()._check_unused(cfg)
@@ -377,11 +375,11 @@ class MfccKMeansTokenizer(_OfflineTokenizer):
             raise ValueError(
                 f"mfcc-kmeans: config key 'num_codebooks' must be 1 or unset, got {cfg.num_codebooks}"
             )
-        self.normalize = cfg.options.get("normalize", "corpus")
-        feature_spec(self.name, self.normalize)  # refuses an unknown value, naming the key
+        self.cmvn = cfg.options.get("cmvn", "corpus")
+        feature_spec(self.name, self.cmvn)  # refuses an unknown value, naming the key
 
     def feature_spec(self) -> dict[str, Any]:
-        return feature_spec(self.name, self.normalize)
+        return feature_spec(self.name, self.cmvn)
 
     def _load(self, tensors: dict[str, torch.Tensor], directory: Path) -> None:
         self.centroids = self._tensor(tensors, "centroids", directory).to(self.device)
@@ -395,8 +393,8 @@ class MfccKMeansTokenizer(_OfflineTokenizer):
 
     def _features(self, wav, lengths):
         mfcc, frame_lengths = mfcc_frames(wav, lengths)
-        if self.normalize == "utterance":
-            mfcc = utterance_cmvn(mfcc, frame_lengths)
+        if self.cmvn == "utterance":  # float64, like the MFCCs: batch == alone to the bit
+            mfcc = utterance_cmvn(mfcc.double(), MFCC_STACK * frame_lengths).float()
         return stack_mfcc(mfcc, self.mfcc_mean, self.mfcc_std), frame_lengths
 
     def _quantize(self, frames):
@@ -526,10 +524,10 @@ def _feature_batches(
     device: torch.device,
     stats: _MfccStats | None,
     batch_items: int = 16,
-    normalize: str = "corpus",
+    cmvn: str = "corpus",
 ) -> Iterator[torch.Tensor]:
     """Waveforms -> [n, D] frames of the tokenizer's features (valid frames only).
-    mfcc-kmeans: stacked MFCC [n, 26], per-utterance normalised (`normalize: utterance`) or
+    mfcc-kmeans: stacked MFCC [n, 26], per-utterance normalised (`cmvn: utterance`) or
     raw (normalised with corpus statistics after the pass); `stats` accumulates either."""
 
     def flush(items: list[torch.Tensor]) -> torch.Tensor:
@@ -537,8 +535,8 @@ def _feature_batches(
         wav = wav.to(device)
         if name == "mfcc-kmeans":
             mfcc, frame_lengths = mfcc_frames(wav, lengths)
-            if normalize == "utterance":
-                mfcc = utterance_cmvn(mfcc, frame_lengths)
+            if cmvn == "utterance":
+                mfcc = utterance_cmvn(mfcc.double(), MFCC_STACK * frame_lengths).float()
             valid = [mfcc[b, : MFCC_STACK * int(n)] for b, n in enumerate(frame_lengths)]
             for item in valid:
                 stats.update(item)
@@ -572,7 +570,7 @@ def fit_offline_tokenizer(
     batch_size: int = 4096,
     max_steps: int = 200,
     progress: bool = True,
-    normalize: str = "corpus",
+    cmvn: str = "corpus",
 ) -> Path:
     """Fit `mfcc-kmeans` or `mel-rvq` centroids on a SynthDASB directory -> out_dir.
 
@@ -581,8 +579,8 @@ def fit_offline_tokenizer(
     `max_frames` frames, and fits k-means (mel-rvq: `num_codebooks` residual stages, stage j
     on what stages < j left over, seed + j). Writes centroids.safetensors (mfcc-kmeans:
     centroids [k, 26], mfcc_mean [13], mfcc_std [13]; mel-rvq: codebooks [K, k, 80]) and
-    card.json. `batch_size` / `max_steps` are the k-means minibatch settings; `normalize`
-    is mfcc-kmeans' `options.normalize` (utterance: the stored mean/std are 0 and 1, since
+    card.json. `batch_size` / `max_steps` are the k-means minibatch settings; `cmvn`
+    is mfcc-kmeans' `options.cmvn` (utterance: the stored mean/std are 0 and 1, since
     every utterance is already normalised by its own statistics).
     """
     from mmllm.data.schema import TASKS
@@ -600,9 +598,9 @@ def fit_offline_tokenizer(
         if not tasks:
             raise FileNotFoundError(f"{data_dir}: none of the SynthDASB tasks {list(TASKS)} found")
     tasks = tuple(tasks)
-    if name != "mfcc-kmeans" and normalize != "corpus":
-        raise ValueError(f"{name}: 'normalize' is an mfcc-kmeans option, got {normalize!r}")
-    features = feature_spec(name, normalize) if name == "mfcc-kmeans" else feature_spec(name)
+    if name != "mfcc-kmeans" and cmvn != "corpus":
+        raise ValueError(f"{name}: 'cmvn' is an mfcc-kmeans option, got {cmvn!r}")
+    features = feature_spec(name, cmvn)
     run_device = torch.device(device)
     stats = _MfccStats() if name == "mfcc-kmeans" else None
     seen = 0
@@ -617,7 +615,7 @@ def fit_offline_tokenizer(
 
     waveforms = corpus_waveforms(data_dir, tasks, splits, SAMPLE_RATE)
     frames = sample_frames(
-        counted(_feature_batches(name, waveforms, run_device, stats, normalize=normalize)),
+        counted(_feature_batches(name, waveforms, run_device, stats, cmvn=cmvn)),
         max_frames,
         seed,
     )
@@ -626,14 +624,14 @@ def fit_offline_tokenizer(
     tensors: dict[str, torch.Tensor] = {}
     if name == "mfcc-kmeans":
         mean, std = stats.mean_std()
-        if normalize == "utterance":  # already normalised per utterance: identity here
+        if cmvn == "utterance":  # already normalised per utterance: identity here
             mean, std = torch.zeros_like(mean), torch.ones_like(std)
         frames = stack_mfcc(frames.reshape(-1, MFCC_STACK, N_MFCC), mean, std).squeeze(1)
         result = fit_kmeans(frames, k, **fit)
         tensors = {"centroids": result.centroids, "mfcc_mean": mean, "mfcc_std": std}
         inertia: list[float] = [result.inertia]
         source = (
-            f"13 MFCC (40 mels, 25 ms / 10 ms), mean/var normalised per {normalize}, "
+            f"13 MFCC (40 mels, 25 ms / 10 ms), mean/var normalised per {cmvn}, "
             "2 frames stacked (50 Hz)"
         )
     else:
@@ -693,7 +691,7 @@ def fit_offline_from_config(
         tasks,
         device=cfg.device,
         progress=progress,
-        **({"normalize": cfg.options["normalize"]} if "normalize" in cfg.options else {}),
+        **({"cmvn": cfg.options["cmvn"]} if "cmvn" in cfg.options else {}),
     )
     resolved = dataclasses.replace(
         cfg,
