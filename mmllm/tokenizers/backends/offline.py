@@ -375,8 +375,12 @@ class MfccKMeansTokenizer(_OfflineTokenizer):
             raise ValueError(
                 f"mfcc-kmeans: config key 'num_codebooks' must be 1 or unset, got {cfg.num_codebooks}"
             )
-        self.cmvn = cfg.options.get("cmvn", "corpus")
-        feature_spec(self.name, self.cmvn)  # refuses an unknown value, naming the key
+        feature_spec(self.name, cfg.options.get("cmvn", "corpus"))  # refuses a bad value
+
+    @property
+    def cmvn(self) -> str:
+        """`options.cmvn`: corpus (default) or utterance statistics normalise the MFCCs."""
+        return self.cfg.options.get("cmvn", "corpus")
 
     def feature_spec(self) -> dict[str, Any]:
         return feature_spec(self.name, self.cmvn)
@@ -527,8 +531,8 @@ def _feature_batches(
     cmvn: str = "corpus",
 ) -> Iterator[torch.Tensor]:
     """Waveforms -> [n, D] frames of the tokenizer's features (valid frames only).
-    mfcc-kmeans: stacked MFCC [n, 26], per-utterance normalised (`cmvn: utterance`) or
-    raw (normalised with corpus statistics after the pass); `stats` accumulates either."""
+    mfcc-kmeans: stacked MFCC [n, 26], per-utterance normalised (`cmvn: utterance`, `stats`
+    None) or raw (normalised after the pass with the corpus statistics `stats` gathers)."""
 
     def flush(items: list[torch.Tensor]) -> torch.Tensor:
         wav, lengths = pad_batch(items)
@@ -538,7 +542,7 @@ def _feature_batches(
             if cmvn == "utterance":
                 mfcc = utterance_cmvn(mfcc.double(), MFCC_STACK * frame_lengths).float()
             valid = [mfcc[b, : MFCC_STACK * int(n)] for b, n in enumerate(frame_lengths)]
-            for item in valid:
+            for item in valid if stats is not None else ():
                 stats.update(item)
             return torch.cat([v.reshape(-1, MFCC_STACK * N_MFCC) for v in valid])
         log_mel, frame_lengths = log_mel_frames(wav, lengths)
@@ -602,7 +606,7 @@ def fit_offline_tokenizer(
         raise ValueError(f"{name}: 'cmvn' is an mfcc-kmeans option, got {cmvn!r}")
     features = feature_spec(name, cmvn)
     run_device = torch.device(device)
-    stats = _MfccStats() if name == "mfcc-kmeans" else None
+    stats = _MfccStats() if name == "mfcc-kmeans" and cmvn == "corpus" else None
     seen = 0
 
     def counted(batches: Iterator[torch.Tensor]) -> Iterator[torch.Tensor]:
@@ -623,9 +627,10 @@ def fit_offline_tokenizer(
     fit = {"seed": seed, "batch_size": batch_size, "max_steps": max_steps, "progress": progress}
     tensors: dict[str, torch.Tensor] = {}
     if name == "mfcc-kmeans":
-        mean, std = stats.mean_std()
-        if cmvn == "utterance":  # already normalised per utterance: identity here
-            mean, std = torch.zeros_like(mean), torch.ones_like(std)
+        if stats is not None:
+            mean, std = stats.mean_std()
+        else:  # already normalised per utterance: identity here
+            mean, std = torch.zeros(N_MFCC), torch.ones(N_MFCC)
         frames = stack_mfcc(frames.reshape(-1, MFCC_STACK, N_MFCC), mean, std).squeeze(1)
         result = fit_kmeans(frames, k, **fit)
         tensors = {"centroids": result.centroids, "mfcc_mean": mean, "mfcc_std": std}
@@ -691,7 +696,7 @@ def fit_offline_from_config(
         tasks,
         device=cfg.device,
         progress=progress,
-        **({"cmvn": cfg.options["cmvn"]} if "cmvn" in cfg.options else {}),
+        cmvn=cfg.options.get("cmvn", "corpus"),
     )
     resolved = dataclasses.replace(
         cfg,
