@@ -421,6 +421,36 @@ def test_dasb_eval_on_the_trained_run(plain_run, tmp_path):
         assert "cannot decode" in tasks[task]["not_decoded"]
     lines = (out / "ks.jsonl").read_text().splitlines()
     assert len(lines) == 4 and all(json.loads(x)["answer"] for x in lines)
+    for task in ("asr", "ks", "ic", "er", "sid"):
+        nats = tasks[task]["audio_nats"]
+        assert nats["gain"] == pytest.approx(
+            nats["logp_own_audio"] - nats["logp_other_audio"], abs=1e-3
+        )
+
+
+def test_listening_compares_own_audio_with_the_next_rows(plain_run):
+    """audio_nats: row i scored with its own audio against row i+1's (by hand), and no gain
+    at all when every row carries the same audio."""
+    from mmllm.dasb import EvalData, listening, score_answers
+    from mmllm.prompting import Checkpoint
+
+    checkpoint = Checkpoint.open(plain_run[0] / "final")
+    data, model = EvalData(checkpoint, "test"), checkpoint.load_model().eval()
+    rows = data.rows("ks", 3)
+    inputs, _ = data.caches.lookups("ks", "test")
+    result = listening(model, data, "ks", rows)
+    by_hand = []
+    for i, row in enumerate(rows):
+        own = data.renderer.render(row, inputs)
+        other = data.renderer.render(row, lambda key, i=i: inputs(rows[(i + 1) % 3]["id"]))
+        assert own.prompt != other.prompt  # the tiny corpus's clips differ
+        scores = score_answers(model, [own.prompt, other.prompt], [own.target] * 2)
+        by_hand.append(float(scores[0] - scores[1]))
+    assert result["gain"] == pytest.approx(sum(by_hand) / 3, abs=1e-4)
+    same_audio = inputs(rows[0]["id"])
+    data.caches.lookups = lambda task, split: (lambda key: same_audio, lambda key: same_audio)
+    deaf = listening(model, data, "ks", rows)
+    assert deaf["gain"] == 0 and deaf["logp_own_audio"] == deaf["logp_other_audio"]
 
 
 @pytest.mark.parametrize(
