@@ -150,8 +150,9 @@ def answer(
     )
 
 
-def listening(model: Any, data: EvalData, task: str, rows: list[dict]) -> dict:
+def listening(model: Any, data: EvalData, task: str, rows: list[dict], rendered: list[Any]) -> dict:
     """How much a text answer depends on the audio, in nats per answer (target + end token).
+    `rendered`: the rows as `data.prompts` renders them (each with its own audio).
 
     logp_own_audio:    mean log p(reference | the row's own audio)
     logp_other_audio:  mean log p(reference | the audio of the next row, rows[(i + 1) % N])
@@ -162,15 +163,16 @@ def listening(model: Any, data: EvalData, task: str, rows: list[dict]) -> dict:
                        wrong transcripts 7.2 of its ~33 nats per transcript (README).
     """
     inputs, outputs = data.caches.lookups(task, data.split)
-    matched = data.prompts(task, rows)
     swapped = []
     for i, row in enumerate(rows):
         other = rows[(i + 1) % len(rows)]["id"]
         own_id = row["id"]  # keys are the row id, or "<id>#ref<j>" for extra streams
         lookup = lambda key, own_id=own_id, other=other: inputs(other + key[len(own_id) :])  # noqa: E731
         swapped.append(data.renderer.render(row, lookup, outputs))
-    targets = [r.target for r in matched]
-    own = score_answers(model, [r.prompt for r in matched], targets, [r.features for r in matched])
+    targets = [r.target for r in rendered]
+    own = score_answers(
+        model, [r.prompt for r in rendered], targets, [r.features for r in rendered]
+    )
     other = score_answers(
         model, [r.prompt for r in swapped], targets, [r.features for r in swapped]
     )
@@ -196,7 +198,7 @@ def _text_task(model, data, task, rows, config) -> tuple[dict, list[dict]]:
     else:
         acc = metrics.accuracy(references, answers, allowed[task])
         result = {"accuracy": acc.accuracy, "correct": acc.correct, "unparseable": acc.unparseable}
-    result["audio_nats"] = listening(model, data, task, rows)
+    result["audio_nats"] = listening(model, data, task, rows, rendered)
     lines = [
         {"id": r["id"], "reference": ref, "answer": a}
         for r, ref, a in zip(rows, references, answers, strict=True)

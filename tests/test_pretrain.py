@@ -423,6 +423,7 @@ def test_dasb_eval_on_the_trained_run(plain_run, tmp_path):
     assert len(lines) == 4 and all(json.loads(x)["answer"] for x in lines)
     for task in ("asr", "ks", "ic", "er", "sid"):
         nats = tasks[task]["audio_nats"]
+        assert set(nats) == {"logp_own_audio", "logp_other_audio", "gain", "gain_per_token"}
         assert nats["gain"] == pytest.approx(
             nats["logp_own_audio"] - nats["logp_other_audio"], abs=1e-3
         )
@@ -438,7 +439,7 @@ def test_listening_compares_own_audio_with_the_next_rows(plain_run):
     data, model = EvalData(checkpoint, "test"), checkpoint.load_model().eval()
     rows = data.rows("ks", 3)
     inputs, _ = data.caches.lookups("ks", "test")
-    result = listening(model, data, "ks", rows)
+    result = listening(model, data, "ks", rows, data.prompts("ks", rows))
     by_hand = []
     for i, row in enumerate(rows):
         own = data.renderer.render(row, inputs)
@@ -449,7 +450,7 @@ def test_listening_compares_own_audio_with_the_next_rows(plain_run):
     assert result["gain"] == pytest.approx(sum(by_hand) / 3, abs=1e-4)
     same_audio = inputs(rows[0]["id"])
     data.caches.lookups = lambda task, split: (lambda key: same_audio, lambda key: same_audio)
-    deaf = listening(model, data, "ks", rows)
+    deaf = listening(model, data, "ks", rows, data.prompts("ks", rows))
     assert deaf["gain"] == 0 and deaf["logp_own_audio"] == deaf["logp_other_audio"]
 
 

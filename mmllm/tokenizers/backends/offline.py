@@ -200,6 +200,22 @@ def utterance_cmvn(features: torch.Tensor, frame_lengths: torch.Tensor) -> torch
     return torch.where(valid, (features - mean) / (var + 1e-5).sqrt(), 0.0)
 
 
+def mfcc_cmvn(cfg: TokenizerConfig) -> str:
+    """mfcc-kmeans' `options.cmvn`: corpus (default) or utterance statistics normalise the MFCCs."""
+    return cfg.options.get("cmvn", "corpus")
+
+
+def cmvn_mfcc_frames(
+    wav: torch.Tensor, lengths: torch.Tensor, cmvn: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`mfcc_frames`, then per-utterance CMVN when `cmvn` is "utterance" (in float64, like
+    the MFCCs: batch == alone to the bit); "corpus" leaves them raw for `stack_mfcc`."""
+    mfcc, frame_lengths = mfcc_frames(wav, lengths)
+    if cmvn == "utterance":
+        mfcc = utterance_cmvn(mfcc.double(), MFCC_STACK * frame_lengths).float()
+    return mfcc, frame_lengths
+
+
 def stack_mfcc(mfcc: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
     """[..., 2 F, 13] raw MFCCs -> [..., F, 26] normalised, consecutive pairs concatenated."""
     normalised = (mfcc - mean.to(mfcc)) / std.to(mfcc)
@@ -375,15 +391,10 @@ class MfccKMeansTokenizer(_OfflineTokenizer):
             raise ValueError(
                 f"mfcc-kmeans: config key 'num_codebooks' must be 1 or unset, got {cfg.num_codebooks}"
             )
-        feature_spec(self.name, cfg.options.get("cmvn", "corpus"))  # refuses a bad value
-
-    @property
-    def cmvn(self) -> str:
-        """`options.cmvn`: corpus (default) or utterance statistics normalise the MFCCs."""
-        return self.cfg.options.get("cmvn", "corpus")
+        feature_spec(self.name, mfcc_cmvn(cfg))  # refuses a bad value
 
     def feature_spec(self) -> dict[str, Any]:
-        return feature_spec(self.name, self.cmvn)
+        return feature_spec(self.name, mfcc_cmvn(self.cfg))
 
     def _load(self, tensors: dict[str, torch.Tensor], directory: Path) -> None:
         self.centroids = self._tensor(tensors, "centroids", directory).to(self.device)
@@ -396,9 +407,7 @@ class MfccKMeansTokenizer(_OfflineTokenizer):
         self.codebook_size = self.centroids.shape[0]
 
     def _features(self, wav, lengths):
-        mfcc, frame_lengths = mfcc_frames(wav, lengths)
-        if self.cmvn == "utterance":  # float64, like the MFCCs: batch == alone to the bit
-            mfcc = utterance_cmvn(mfcc.double(), MFCC_STACK * frame_lengths).float()
+        mfcc, frame_lengths = cmvn_mfcc_frames(wav, lengths, mfcc_cmvn(self.cfg))
         return stack_mfcc(mfcc, self.mfcc_mean, self.mfcc_std), frame_lengths
 
     def _quantize(self, frames):
@@ -538,12 +547,11 @@ def _feature_batches(
         wav, lengths = pad_batch(items)
         wav = wav.to(device)
         if name == "mfcc-kmeans":
-            mfcc, frame_lengths = mfcc_frames(wav, lengths)
-            if cmvn == "utterance":
-                mfcc = utterance_cmvn(mfcc.double(), MFCC_STACK * frame_lengths).float()
+            mfcc, frame_lengths = cmvn_mfcc_frames(wav, lengths, cmvn)
             valid = [mfcc[b, : MFCC_STACK * int(n)] for b, n in enumerate(frame_lengths)]
-            for item in valid if stats is not None else ():
-                stats.update(item)
+            if stats is not None:
+                for item in valid:
+                    stats.update(item)
             return torch.cat([v.reshape(-1, MFCC_STACK * N_MFCC) for v in valid])
         log_mel, frame_lengths = log_mel_frames(wav, lengths)
         return torch.cat([log_mel[b, : int(n)] for b, n in enumerate(frame_lengths)])
@@ -696,7 +704,7 @@ def fit_offline_from_config(
         tasks,
         device=cfg.device,
         progress=progress,
-        cmvn=cfg.options.get("cmvn", "corpus"),
+        cmvn=mfcc_cmvn(cfg),
     )
     resolved = dataclasses.replace(
         cfg,
