@@ -14,6 +14,7 @@ from mmllm.config import load_config
 from mmllm.data.synth import SynthConfig, build, load_task
 from mmllm.tokenizers import PAD_CODE, TokenizerConfig, build_tokenizer
 from mmllm.tokenizers.backends.offline import (
+    append_deltas,
     fit_offline_tokenizer,
     log_mel_frames,
     mfcc_frames,
@@ -208,6 +209,66 @@ def test_mfcc_kmeans_utterance_normalisation(corpus, tmp_path, mfcc_dir, held_ou
         build_tokenizer(
             TokenizerConfig(name="mel-rvq", centroids=str(out), options={"cmvn": "utterance"})
         )
+
+
+def test_append_deltas_by_hand():
+    """Regression deltas over +-2 frames with the edge frames repeated: a ramp 0..5 gives
+    deltas 0.5 0.8 1 1 0.8 0.5 (sum_k k (x[t+k] - x[t-k]) / 10); an item of 3 frames uses
+    its own frames only, whatever the padding holds."""
+    features = torch.zeros(2, 6, 1, dtype=torch.float64)
+    features[0, :, 0] = torch.arange(6.0)
+    features[1, :, 0] = torch.tensor([0.0, 1.0, 2.0, 1e3, -1e3, 7.0])  # 3 frames + garbage
+    out = append_deltas(features, torch.tensor([6, 3]))
+    assert out.shape == (2, 6, 3)
+    torch.testing.assert_close(out[0, :, 0], features[0, :, 0])
+    torch.testing.assert_close(out[0, :, 1], torch.tensor([0.5, 0.8, 1, 1, 0.8, 0.5]).double())
+    # delta-delta = the same regression over the deltas
+    expected = torch.tensor([0.13, 0.15, 0.08, -0.08, -0.15, -0.13]).double()
+    torch.testing.assert_close(out[0, :, 2], expected)
+    torch.testing.assert_close(out[1, :3, 1], torch.tensor([0.5, 0.6, 0.5]).double())
+    alone = append_deltas(features[1:, :3], torch.tensor([3]))
+    torch.testing.assert_close(out[1, :3], alone[0])
+
+
+def test_mfcc_kmeans_deltas(corpus, tmp_path, mfcc_dir, held_out):
+    """options.deltas: 39-dim MFCC frames (static, delta, delta-delta), 78 per 50 Hz code
+    frame; fitted, encoded batched == alone; centroids without deltas are refused; the
+    continuous mfcc-features option of the same name keeps the static part unchanged."""
+    out = fit_offline_tokenizer(
+        "mfcc-kmeans", corpus, tmp_path / "deltas", k=K, num_codebooks=1, max_frames=8000,
+        seed=0, max_steps=60, progress=False, cmvn="utterance", deltas=True,
+    )  # fmt: skip
+    card = json.loads((out / "card.json").read_text())
+    assert card["features"]["deltas"].startswith("delta + delta-delta")
+    assert card["tensors"]["centroids"] == [K, 78] and card["tensors"]["mfcc_mean"] == [39]
+    cfg = TokenizerConfig(
+        name="mfcc-kmeans", centroids=str(out), options={"cmvn": "utterance", "deltas": True}
+    )
+    tok = build_tokenizer(cfg)
+    wav, lengths = pad_batch(held_out)
+    codes, frame_lengths = tok.encode(wav, lengths)
+    assert frame_lengths.tolist() == [16, 50, 39]
+    for b, item in enumerate(held_out):
+        alone, _ = tok.encode(item[None], torch.tensor([item.numel()]))
+        assert torch.equal(codes[b, :, : int(frame_lengths[b])], alone[0])
+    assert codes[1, 0].unique().numel() >= 8
+    with pytest.raises(ValueError, match="fitted on features .*this config computes .*deltas"):
+        build_tokenizer(dataclasses.replace(cfg, centroids=str(mfcc_dir), options={"deltas": True}))
+    with pytest.raises(ValueError, match="'options.deltas' must be true or false, got 'yes'"):
+        build_tokenizer(dataclasses.replace(cfg, options={"deltas": "yes"}))
+    with pytest.raises(ValueError, match="'cmvn' and 'deltas' are mfcc-kmeans options"):
+        fit_offline_tokenizer(
+            "mel-rvq", corpus, tmp_path / "rvq", k=K, num_codebooks=1, max_frames=100,
+            seed=0, progress=False, deltas=True,
+        )  # fmt: skip
+    plain = build_tokenizer(TokenizerConfig(name="mfcc-features"))
+    moving = build_tokenizer(TokenizerConfig(name="mfcc-features", options={"deltas": True}))
+    assert (plain.num_codebooks, moving.num_codebooks) == (26, 78)
+    static, _ = plain.encode(wav, lengths)  # [B, 26, F]: frame a's 13, then frame b's 13
+    full, _ = moving.encode(wav, lengths)  # [B, 78, F]: frame a's 39, then frame b's 39
+    torch.testing.assert_close(full[:, :13], static[:, :13])
+    torch.testing.assert_close(full[:, 39:52], static[:, 13:])
+    assert full[:, 13:39].abs().sum() > 0
 
 
 def test_mfcc_features_match_reference_mfcc(held_out):

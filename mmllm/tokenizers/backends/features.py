@@ -7,7 +7,9 @@ float16 (`continuous = True`, `mmllm.data.cache.storage_dtype`). In the LLM they
 them into the embedding space at the audio span (`mmllm.continuous`).
 
     mfcc-features     13 MFCC x 2 stacked frames = 26 dims at 50 Hz: exactly the frames
-                      mfcc-kmeans clusters, before quantisation (the direct comparison)
+                      mfcc-kmeans clusters, before quantisation (the direct comparison);
+                      `options.deltas: true` appends deltas and delta-deltas (78 dims), as
+                      the mfcc-kmeans option of the same name
     log-mel-features  80 log-mel bands at 50 Hz
 
 Both are normalised per utterance by default (`options.cmvn: utterance`: mean 0, variance 1
@@ -27,9 +29,10 @@ import torch
 from mmllm.tokenizers.backends.offline import (
     FRAME_RATE_HZ,
     MFCC_STACK,
-    N_MFCC,
     SAMPLE_RATE,
     log_mel_frames,
+    mfcc_deltas,
+    mfcc_dim,
     mfcc_frames,
     utterance_cmvn,
 )
@@ -47,6 +50,7 @@ class _ContinuousFeatures(AudioTokenizer):
     frame_rate_hz = float(FRAME_RATE_HZ)
     codebook_size = 0  # no codes: continuous features
     feature_dim: int
+    allowed_options = {"cmvn"}
 
     def __init__(self, cfg: TokenizerConfig) -> None:
         super().__init__(cfg)
@@ -67,7 +71,7 @@ class _ContinuousFeatures(AudioTokenizer):
                 f"{self.name}: config keys {sorted(unused)} do not apply; leave them unset"
             )
         self.num_codebooks = self.feature_dim  # the cache stores [D, F] like [K, F]
-        check_options(cfg, {"cmvn"})
+        check_options(cfg, self.allowed_options)
         self.cmvn = cfg.options.get("cmvn", "utterance")
         if self.cmvn not in CMVN_MODES:
             raise ValueError(
@@ -92,10 +96,18 @@ class _ContinuousFeatures(AudioTokenizer):
 
 @register_tokenizer("mfcc-features")
 class MfccFeatures(_ContinuousFeatures):
-    feature_dim = MFCC_STACK * N_MFCC
+    allowed_options = {"cmvn", "deltas"}
+
+    def __init__(self, cfg: TokenizerConfig) -> None:
+        self.deltas = mfcc_deltas(cfg)
+        self.feature_dim = MFCC_STACK * mfcc_dim(self.deltas)
+        super().__init__(cfg)
+
+    def describe(self) -> dict[str, Any]:
+        return super().describe() | {"deltas": self.deltas}
 
     def _frames(self, wav, lengths):
-        mfcc, frame_lengths = mfcc_frames(wav, lengths)  # [B, 2F, 13] at 100 Hz
+        mfcc, frame_lengths = mfcc_frames(wav, lengths, self.deltas)  # [B, 2F, 13 | 39], 100 Hz
         batch, frames, dim = mfcc.shape
         return mfcc.reshape(batch, frames // MFCC_STACK, MFCC_STACK * dim), frame_lengths
 

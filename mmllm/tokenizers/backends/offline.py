@@ -5,8 +5,11 @@
   26-dim frame at 50 Hz (20 ms, HuBERT's frame rate), one codebook of k = 500 k-means units.
   `options.cmvn: utterance` normalises each utterance with its own mean/variance
   instead (CMVN): a constant offset of the log spectrum (vocal tract, channel) cancels, so
-  units depend less on who speaks. Decodes only through a trained vocoder (config key
-  `vocoder`, mmllm.vocoder).
+  units depend less on who speaks. `options.deltas: true` appends each coefficient's delta
+  and delta-delta (regression over +-2 frames, as HTK/Kaldi; HuBERT's first iteration
+  clusters these 39-dim frames): 78 dims per 50 Hz frame. Deltas describe how the spectrum
+  moves rather than where it sits, which differs less between voices. Decodes only through
+  a trained vocoder (config key `vocoder`, mmllm.vocoder).
 - `mel-rvq`: residual k-means over 80-bin log-mel frames (64 ms window, 20 ms hop = 50 Hz):
   codebook j quantizes what codebooks < j left over, so the first codebooks carry the coarse
   spectrum and later ones refine it (K = 4, k = 256 by default = 1.6 kbps). Decodable: the sum
@@ -73,6 +76,7 @@ MFCC_N_MELS = 40
 N_MFCC = 13
 MFCC_STACK = HOP_LENGTH // MFCC_HOP
 MFCC_LOG_FLOOR = 1e-10  # as mmllm.audio.mfcc, so interior frames match it exactly
+MFCC_DELTA_WIDTH = 2  # `options.deltas`: regression over +-2 frames (HTK / Kaldi default)
 
 # mel-rvq features: 80-bin natural-log mel power at 50 Hz.
 MEL_N_FFT = 1024
@@ -119,8 +123,9 @@ MFCC_NORMALISATIONS = {
 }
 
 
-def feature_spec(name: str, cmvn: str = "corpus") -> dict[str, Any]:
-    """What `name` computes (recorded in cards); mfcc-kmeans depends on `cmvn`."""
+def feature_spec(name: str, cmvn: str = "corpus", deltas: bool = False) -> dict[str, Any]:
+    """What `name` computes (recorded in cards); mfcc-kmeans depends on `cmvn` and `deltas`
+    (the key is only written when deltas are on, so cards fitted before still match)."""
     if name != "mfcc-kmeans":
         return FEATURE_SPECS[name]
     if cmvn not in MFCC_NORMALISATIONS:
@@ -128,7 +133,25 @@ def feature_spec(name: str, cmvn: str = "corpus") -> dict[str, Any]:
             f"mfcc-kmeans: config key 'options.cmvn' must be one of "
             f"{list(MFCC_NORMALISATIONS)}, got {cmvn!r}"
         )
-    return {**FEATURE_SPECS[name], "normalisation": MFCC_NORMALISATIONS[cmvn]}
+    spec = {**FEATURE_SPECS[name], "normalisation": MFCC_NORMALISATIONS[cmvn]}
+    if deltas:
+        spec["deltas"] = f"delta + delta-delta, regression over +-{MFCC_DELTA_WIDTH} frames"
+    return spec
+
+
+def mfcc_deltas(cfg: TokenizerConfig) -> bool:
+    """`options.deltas` of mfcc-kmeans / mfcc-features (default false), checked to be a bool."""
+    deltas = cfg.options.get("deltas", False)
+    if not isinstance(deltas, bool):
+        raise ValueError(
+            f"{cfg.name}: config key 'options.deltas' must be true or false, got {deltas!r}"
+        )
+    return deltas
+
+
+def mfcc_dim(deltas: bool) -> int:
+    """Dims per 10 ms MFCC frame: 13, or 39 with delta and delta-delta."""
+    return N_MFCC * (3 if deltas else 1)
 
 
 def _fit_command(name: str) -> str:
@@ -177,14 +200,43 @@ def framed_power(
     return power[..., :max_frames].transpose(1, 2)
 
 
-def mfcc_frames(wav: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def append_deltas(
+    features: torch.Tensor, frame_lengths: torch.Tensor, width: int = MFCC_DELTA_WIDTH
+) -> torch.Tensor:
+    """features [B, N, D], frame_lengths [B] (valid frames of each item) -> [B, N, 3 D]:
+    the features, their deltas and delta-deltas. delta_t = sum_k k (x_{t+k} - x_{t-k}) /
+    (2 sum_k k^2), k = 1..width, with each item's first and last valid frame repeated
+    beyond its edges (its own frames only: batch == alone); delta-delta is the delta of the
+    delta. Frames at or beyond an item's length are padding and hold no meaning."""
+    last = (frame_lengths.to(features.device).long() - 1).clamp(min=0)[:, None]  # [B, 1]
+    steps = torch.arange(features.shape[1], device=features.device)[None, :]  # [1, N]
+    norm = 2 * sum(k * k for k in range(1, width + 1))
+
+    def delta(x: torch.Tensor) -> torch.Tensor:
+        def shifted(offset: int) -> torch.Tensor:
+            index = (steps + offset).clamp(min=0).minimum(last)  # [B, N]
+            return x.gather(1, index[..., None].expand(-1, -1, x.shape[-1]))
+
+        return sum(k * (shifted(k) - shifted(-k)) for k in range(1, width + 1)) / norm
+
+    first = delta(features)
+    return torch.cat([features, first, delta(first)], dim=-1)
+
+
+def mfcc_frames(
+    wav: torch.Tensor, lengths: torch.Tensor, deltas: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Raw (unnormalised) 100 Hz MFCCs. wav [B, T] 16 kHz, lengths [B] ->
-    (mfcc [B, 2 F, 13], frame_lengths [B] = F, code frames), F = ceil(T / 320)."""
+    (mfcc [B, 2 F, D], frame_lengths [B] = F, code frames), F = ceil(T / 320); D = 13, or
+    39 with `deltas` (13 MFCC, 13 deltas, 13 delta-deltas)."""
     frame_lengths = code_frame_lengths(lengths)
     power = framed_power(wav, lengths, MFCC_N_FFT, MFCC_HOP, MFCC_STACK * frame_lengths)
     bank = mel_filters(SAMPLE_RATE, MFCC_N_FFT, MFCC_N_MELS, 0.0, SAMPLE_RATE / 2).to(power)
     logmel = torch.log(torch.clamp(power @ bank, min=MFCC_LOG_FLOOR))
-    return (logmel @ dct_matrix(MFCC_N_MELS, N_MFCC).to(logmel)).float(), frame_lengths
+    mfcc = logmel @ dct_matrix(MFCC_N_MELS, N_MFCC).to(logmel)
+    if deltas:
+        mfcc = append_deltas(mfcc, MFCC_STACK * frame_lengths)
+    return mfcc.float(), frame_lengths
 
 
 def utterance_cmvn(features: torch.Tensor, frame_lengths: torch.Tensor) -> torch.Tensor:
@@ -206,18 +258,18 @@ def mfcc_cmvn(cfg: TokenizerConfig) -> str:
 
 
 def cmvn_mfcc_frames(
-    wav: torch.Tensor, lengths: torch.Tensor, cmvn: str
+    wav: torch.Tensor, lengths: torch.Tensor, cmvn: str, deltas: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """`mfcc_frames`, then per-utterance CMVN when `cmvn` is "utterance" (in float64, like
     the MFCCs: batch == alone to the bit); "corpus" leaves them raw for `stack_mfcc`."""
-    mfcc, frame_lengths = mfcc_frames(wav, lengths)
+    mfcc, frame_lengths = mfcc_frames(wav, lengths, deltas)
     if cmvn == "utterance":
         mfcc = utterance_cmvn(mfcc.double(), MFCC_STACK * frame_lengths).float()
     return mfcc, frame_lengths
 
 
 def stack_mfcc(mfcc: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    """[..., 2 F, 13] raw MFCCs -> [..., F, 26] normalised, consecutive pairs concatenated."""
+    """[..., 2 F, D] raw MFCCs -> [..., F, 2 D] normalised, consecutive pairs concatenated."""
     normalised = (mfcc - mean.to(mfcc)) / std.to(mfcc)
     *lead, frames, dim = normalised.shape
     return normalised.reshape(*lead, frames // MFCC_STACK, MFCC_STACK * dim)
@@ -378,12 +430,12 @@ class _OfflineTokenizer(AudioTokenizer):
 
 @register_tokenizer("mfcc-kmeans")
 class MfccKMeansTokenizer(_OfflineTokenizer):
-    """13 MFCC x 2 stacked frames at 50 Hz -> one codebook of k k-means units (decodes only
-    through a vocoder)."""
+    """13 MFCC (39 with deltas) x 2 stacked frames at 50 Hz -> one codebook of k k-means
+    units (decodes only through a vocoder)."""
 
     num_codebooks = 1
     can_deduplicate = True
-    allowed_options = ("cmvn",)
+    allowed_options = ("cmvn", "deltas")
 
     def _check_unused(self, cfg: TokenizerConfig) -> None:
         super()._check_unused(cfg)
@@ -391,23 +443,27 @@ class MfccKMeansTokenizer(_OfflineTokenizer):
             raise ValueError(
                 f"mfcc-kmeans: config key 'num_codebooks' must be 1 or unset, got {cfg.num_codebooks}"
             )
-        feature_spec(self.name, mfcc_cmvn(cfg))  # refuses a bad value
+        feature_spec(self.name, mfcc_cmvn(cfg), mfcc_deltas(cfg))  # refuses bad values
 
     def feature_spec(self) -> dict[str, Any]:
-        return feature_spec(self.name, mfcc_cmvn(self.cfg))
+        return feature_spec(self.name, mfcc_cmvn(self.cfg), mfcc_deltas(self.cfg))
 
     def _load(self, tensors: dict[str, torch.Tensor], directory: Path) -> None:
         self.centroids = self._tensor(tensors, "centroids", directory).to(self.device)
         self.mfcc_mean = self._tensor(tensors, "mfcc_mean", directory).to(self.device)
         self.mfcc_std = self._tensor(tensors, "mfcc_std", directory).to(self.device)
-        if self.centroids.shape[1] != MFCC_STACK * N_MFCC:
+        dim = mfcc_dim(mfcc_deltas(self.cfg))
+        if self.centroids.shape[1] != MFCC_STACK * dim or self.mfcc_mean.shape != (dim,):
             raise ValueError(
-                f"{directory}: centroids have dim {self.centroids.shape[1]}, expected 26"
+                f"{directory}: centroids have dim {self.centroids.shape[1]} and mfcc_mean "
+                f"{tuple(self.mfcc_mean.shape)}, expected {MFCC_STACK * dim} and ({dim},)"
             )
         self.codebook_size = self.centroids.shape[0]
 
     def _features(self, wav, lengths):
-        mfcc, frame_lengths = cmvn_mfcc_frames(wav, lengths, mfcc_cmvn(self.cfg))
+        mfcc, frame_lengths = cmvn_mfcc_frames(
+            wav, lengths, mfcc_cmvn(self.cfg), mfcc_deltas(self.cfg)
+        )
         return stack_mfcc(mfcc, self.mfcc_mean, self.mfcc_std), frame_lengths
 
     def _quantize(self, frames):
@@ -507,17 +563,13 @@ class MelRvqTokenizer(_OfflineTokenizer):
 # ----------------------------------------------------------------------------- fitting
 
 
-@dataclasses.dataclass
 class _MfccStats:
-    """Running per-coefficient sums (float64) over every MFCC frame streamed past."""
+    """Running per-coefficient sums (float64) over every MFCC frame [n, dim] streamed past."""
 
-    count: int = 0
-    total: torch.Tensor = dataclasses.field(
-        default_factory=lambda: torch.zeros(N_MFCC, dtype=torch.float64)
-    )
-    squares: torch.Tensor = dataclasses.field(
-        default_factory=lambda: torch.zeros(N_MFCC, dtype=torch.float64)
-    )
+    def __init__(self, dim: int = N_MFCC) -> None:
+        self.count = 0
+        self.total = torch.zeros(dim, dtype=torch.float64)
+        self.squares = torch.zeros(dim, dtype=torch.float64)
 
     def update(self, mfcc: torch.Tensor) -> None:
         mfcc = mfcc.double().cpu()
@@ -538,21 +590,23 @@ def _feature_batches(
     stats: _MfccStats | None,
     batch_items: int = 16,
     cmvn: str = "corpus",
+    deltas: bool = False,
 ) -> Iterator[torch.Tensor]:
     """Waveforms -> [n, D] frames of the tokenizer's features (valid frames only).
-    mfcc-kmeans: stacked MFCC [n, 26], per-utterance normalised (`cmvn: utterance`, `stats`
-    None) or raw (normalised after the pass with the corpus statistics `stats` gathers)."""
+    mfcc-kmeans: stacked MFCC [n, 26] ([n, 78] with deltas), per-utterance normalised
+    (`cmvn: utterance`, `stats` None) or raw (normalised after the pass with the corpus
+    statistics `stats` gathers)."""
 
     def flush(items: list[torch.Tensor]) -> torch.Tensor:
         wav, lengths = pad_batch(items)
         wav = wav.to(device)
         if name == "mfcc-kmeans":
-            mfcc, frame_lengths = cmvn_mfcc_frames(wav, lengths, cmvn)
+            mfcc, frame_lengths = cmvn_mfcc_frames(wav, lengths, cmvn, deltas)
             valid = [mfcc[b, : MFCC_STACK * int(n)] for b, n in enumerate(frame_lengths)]
             if stats is not None:
                 for item in valid:
                     stats.update(item)
-            return torch.cat([v.reshape(-1, MFCC_STACK * N_MFCC) for v in valid])
+            return torch.cat([v.reshape(-1, MFCC_STACK * mfcc.shape[-1]) for v in valid])
         log_mel, frame_lengths = log_mel_frames(wav, lengths)
         return torch.cat([log_mel[b, : int(n)] for b, n in enumerate(frame_lengths)])
 
@@ -583,6 +637,7 @@ def fit_offline_tokenizer(
     max_steps: int = 200,
     progress: bool = True,
     cmvn: str = "corpus",
+    deltas: bool = False,
 ) -> Path:
     """Fit `mfcc-kmeans` or `mel-rvq` centroids on a SynthDASB directory -> out_dir.
 
@@ -590,10 +645,11 @@ def fit_offline_tokenizer(
     computes the tokenizer's features, keeps a uniform reservoir sample of at most
     `max_frames` frames, and fits k-means (mel-rvq: `num_codebooks` residual stages, stage j
     on what stages < j left over, seed + j). Writes centroids.safetensors (mfcc-kmeans:
-    centroids [k, 26], mfcc_mean [13], mfcc_std [13]; mel-rvq: codebooks [K, k, 80]) and
-    card.json. `batch_size` / `max_steps` are the k-means minibatch settings; `cmvn`
-    is mfcc-kmeans' `options.cmvn` (utterance: the stored mean/std are 0 and 1, since
-    every utterance is already normalised by its own statistics).
+    centroids [k, 26], mfcc_mean [13], mfcc_std [13], or [k, 78], [39], [39] with deltas;
+    mel-rvq: codebooks [K, k, 80]) and card.json. `batch_size` / `max_steps` are the k-means
+    minibatch settings; `cmvn` and `deltas` are mfcc-kmeans' `options.cmvn` (utterance: the
+    stored mean/std are 0 and 1, since every utterance is already normalised by its own
+    statistics) and `options.deltas`.
     """
     from mmllm.data.schema import TASKS
 
@@ -610,11 +666,14 @@ def fit_offline_tokenizer(
         if not tasks:
             raise FileNotFoundError(f"{data_dir}: none of the SynthDASB tasks {list(TASKS)} found")
     tasks = tuple(tasks)
-    if name != "mfcc-kmeans" and cmvn != "corpus":
-        raise ValueError(f"{name}: 'cmvn' is an mfcc-kmeans option, got {cmvn!r}")
-    features = feature_spec(name, cmvn)
+    if name != "mfcc-kmeans" and (cmvn != "corpus" or deltas):
+        raise ValueError(
+            f"{name}: 'cmvn' and 'deltas' are mfcc-kmeans options, got {cmvn!r}, {deltas!r}"
+        )
+    features = feature_spec(name, cmvn, deltas)
+    dim = mfcc_dim(deltas)
     run_device = torch.device(device)
-    stats = _MfccStats() if name == "mfcc-kmeans" and cmvn == "corpus" else None
+    stats = _MfccStats(dim) if name == "mfcc-kmeans" and cmvn == "corpus" else None
     seen = 0
 
     def counted(batches: Iterator[torch.Tensor]) -> Iterator[torch.Tensor]:
@@ -627,7 +686,7 @@ def fit_offline_tokenizer(
 
     waveforms = corpus_waveforms(data_dir, tasks, splits, SAMPLE_RATE)
     frames = sample_frames(
-        counted(_feature_batches(name, waveforms, run_device, stats, cmvn=cmvn)),
+        counted(_feature_batches(name, waveforms, run_device, stats, cmvn=cmvn, deltas=deltas)),
         max_frames,
         seed,
     )
@@ -638,14 +697,14 @@ def fit_offline_tokenizer(
         if stats is not None:
             mean, std = stats.mean_std()
         else:  # already normalised per utterance: identity here
-            mean, std = torch.zeros(N_MFCC), torch.ones(N_MFCC)
-        frames = stack_mfcc(frames.reshape(-1, MFCC_STACK, N_MFCC), mean, std).squeeze(1)
+            mean, std = torch.zeros(dim), torch.ones(dim)
+        frames = stack_mfcc(frames.reshape(-1, MFCC_STACK, dim), mean, std).squeeze(1)
         result = fit_kmeans(frames, k, **fit)
         tensors = {"centroids": result.centroids, "mfcc_mean": mean, "mfcc_std": std}
         inertia: list[float] = [result.inertia]
         source = (
-            f"13 MFCC (40 mels, 25 ms / 10 ms), mean/var normalised per {cmvn}, "
-            "2 frames stacked (50 Hz)"
+            f"13 MFCC (40 mels, 25 ms / 10 ms){' + deltas + delta-deltas' if deltas else ''}, "
+            f"mean/var normalised per {cmvn}, 2 frames stacked (50 Hz)"
         )
     else:
         residual = frames
@@ -705,6 +764,7 @@ def fit_offline_from_config(
         device=cfg.device,
         progress=progress,
         cmvn=mfcc_cmvn(cfg),
+        deltas=mfcc_deltas(cfg),
     )
     resolved = dataclasses.replace(
         cfg,
