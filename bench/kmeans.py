@@ -48,11 +48,13 @@ def gaussian_blobs(num_frames: int, dim: int, num_blobs: int, seed: int) -> torc
 
 def synthdasb_mfcc(data_dir: Path, num_frames: int, seed: int) -> torch.Tensor:
     """Stacked MFCC frames (mfcc-kmeans features, [n, 26], corpus-normalised) of every split."""
+    from mmllm.data.synth import corpus_waveforms
     from mmllm.tokenizers.backends import offline
     from mmllm.tokenizers.kmeans import sample_frames
 
     stats = offline._MfccStats()
-    waveforms = offline._corpus_waveforms(data_dir, ("train", "valid", "test"), offline_tasks())
+    tasks = tuple(task for task in offline_tasks() if (data_dir / task).is_dir())
+    waveforms = corpus_waveforms(data_dir, tasks, ("train", "valid", "test"), offline.SAMPLE_RATE)
     batches = offline._feature_batches("mfcc-kmeans", waveforms, torch.device("cpu"), stats)
     raw = sample_frames(batches, num_frames, seed)
     mean, std = stats.mean_std()
