@@ -48,23 +48,17 @@ def gaussian_blobs(num_frames: int, dim: int, num_blobs: int, seed: int) -> torc
 
 def synthdasb_mfcc(data_dir: Path, num_frames: int, seed: int) -> torch.Tensor:
     """Stacked MFCC frames (mfcc-kmeans features, [n, 26], corpus-normalised) of every split."""
-    from mmllm.data.synth import corpus_waveforms
+    from mmllm.data.synth import corpus_tasks, corpus_waveforms
     from mmllm.tokenizers.backends import offline
     from mmllm.tokenizers.kmeans import sample_frames
 
     stats = offline._MfccStats()
-    tasks = tuple(task for task in offline_tasks() if (data_dir / task).is_dir())
-    waveforms = corpus_waveforms(data_dir, tasks, ("train", "valid", "test"), offline.SAMPLE_RATE)
+    splits = ("train", "valid", "test")
+    waveforms = corpus_waveforms(data_dir, corpus_tasks(data_dir), splits, offline.SAMPLE_RATE)
     batches = offline._feature_batches("mfcc-kmeans", waveforms, torch.device("cpu"), stats)
     raw = sample_frames(batches, num_frames, seed)
     mean, std = stats.mean_std()
     return offline.stack_mfcc(raw.reshape(-1, 2, offline.N_MFCC), mean, std).squeeze(1)
-
-
-def offline_tasks() -> tuple[str, ...]:
-    from mmllm.data.schema import TASKS
-
-    return TASKS
 
 
 def time_ours(frames: torch.Tensor, args, steps: int) -> tuple[float, float, int]:

@@ -146,17 +146,11 @@ def synth_texts(
     """Every non-empty value of `columns` (`text`; add `label` and `speaker` for a model that
     must also write labels and read speaker names) of a SynthDASB corpus's split, task by
     task. Tasks absent on disk are skipped; none present is an error."""
-    from mmllm.data.synth import load_task
+    from mmllm.data.synth import corpus_tasks, load_task
 
     texts = []
-    found = 0
-    for task in tasks:
-        if not (Path(root) / task).is_dir():
-            continue
-        found += 1
+    for task in corpus_tasks(root, tasks):
         dataset = load_task(root, task)[split]
         for column in columns:
             texts.extend(t for t in dataset[column] if t and t.strip())
-    if not found:
-        raise FileNotFoundError(f"{root}: none of the SynthDASB tasks {list(tasks)} found")
     return texts

@@ -508,6 +508,15 @@ def load_task(root: str | Path, task: str) -> DatasetDict:
     return load_from_disk(str(path))
 
 
+def corpus_tasks(root: str | Path, tasks: Sequence[str] = TASKS) -> tuple[str, ...]:
+    """The `tasks` a SynthDASB directory has on disk, in order (a KS-only or ASR-only corpus
+    is a corpus too); none of them is an error naming the directory."""
+    found = tuple(task for task in tasks if (Path(root) / task).is_dir())
+    if not found:
+        raise FileNotFoundError(f"{root}: none of the SynthDASB tasks {list(tasks)} found")
+    return found
+
+
 def corpus_waveforms(
     root: str | Path,
     tasks: Sequence[str],

@@ -17,6 +17,7 @@ from mmllm.data.schema import COLUMNS, SPLITS, TASKS
 from mmllm.data.synth import (
     SynthConfig,
     build,
+    corpus_tasks,
     load_task,
     plan_task,
     render,
@@ -228,3 +229,12 @@ def test_small_build_time_counts_and_row_determinism(tmp_path):
                 fresh["audio"]["bytes"] == stored["audio"]["bytes"]
                 and fresh["label"] == stored["label"]
             )
+
+
+def test_corpus_tasks_are_those_on_disk_in_task_order(tmp_path):
+    for task in ("ks", "asr", "not-a-task"):
+        (tmp_path / task).mkdir()
+    assert corpus_tasks(tmp_path) == ("asr", "ks")
+    assert corpus_tasks(tmp_path, ["ks", "ic"]) == ("ks",)
+    with pytest.raises(FileNotFoundError, match=r"none of the SynthDASB tasks \['ic', 'er'\]"):
+        corpus_tasks(tmp_path, ["ic", "er"])

@@ -443,7 +443,7 @@ class MfccKMeansTokenizer(_OfflineTokenizer):
             raise ValueError(
                 f"mfcc-kmeans: config key 'num_codebooks' must be 1 or unset, got {cfg.num_codebooks}"
             )
-        feature_spec(self.name, mfcc_cmvn(cfg), mfcc_deltas(cfg))  # refuses bad values
+        self.feature_spec()  # refuses bad option values before anything is loaded
 
     def feature_spec(self) -> dict[str, Any]:
         return feature_spec(self.name, mfcc_cmvn(self.cfg), mfcc_deltas(self.cfg))
@@ -651,7 +651,7 @@ def fit_offline_tokenizer(
     stored mean/std are 0 and 1, since every utterance is already normalised by its own
     statistics) and `options.deltas`.
     """
-    from mmllm.data.schema import TASKS
+    from mmllm.data.synth import corpus_tasks, corpus_waveforms  # datasets only when fitting
 
     if name not in OFFLINE_TOKENIZERS:
         raise ValueError(
@@ -661,11 +661,7 @@ def fit_offline_tokenizer(
         raise ValueError(f"mfcc-kmeans has one codebook, got num_codebooks={num_codebooks}")
     if num_codebooks < 1:
         raise ValueError(f"{name}: num_codebooks must be >= 1, got {num_codebooks}")
-    if tasks is None:  # every task the corpus has (an ASR-only corpus is a corpus too)
-        tasks = tuple(task for task in TASKS if (Path(data_dir) / task).is_dir())
-        if not tasks:
-            raise FileNotFoundError(f"{data_dir}: none of the SynthDASB tasks {list(TASKS)} found")
-    tasks = tuple(tasks)
+    tasks = corpus_tasks(data_dir) if tasks is None else tuple(tasks)
     if name != "mfcc-kmeans" and (cmvn != "corpus" or deltas):
         raise ValueError(
             f"{name}: 'cmvn' and 'deltas' are mfcc-kmeans options, got {cmvn!r}, {deltas!r}"
@@ -681,8 +677,6 @@ def fit_offline_tokenizer(
         for batch in batches:
             seen += batch.shape[0]
             yield batch
-
-    from mmllm.data.synth import corpus_waveforms  # datasets only when fitting
 
     waveforms = corpus_waveforms(data_dir, tasks, splits, SAMPLE_RATE)
     frames = sample_frames(
