@@ -47,18 +47,12 @@ def gaussian_blobs(num_frames: int, dim: int, num_blobs: int, seed: int) -> torc
 
 
 def synthdasb_mfcc(data_dir: Path, num_frames: int, seed: int) -> torch.Tensor:
-    """Stacked MFCC frames (mfcc-kmeans features, [n, 26], corpus-normalised) of every split."""
-    from mmllm.data.synth import corpus_tasks, corpus_waveforms
-    from mmllm.tokenizers.backends import offline
-    from mmllm.tokenizers.kmeans import sample_frames
+    """Stacked MFCC frames (mfcc-kmeans features, [n, 26], corpus-normalised) of every split,
+    sampled as fitting samples them."""
+    from mmllm.tokenizers.backends.offline import fit_frames
 
-    stats = offline._MfccStats()
     splits = ("train", "valid", "test")
-    waveforms = corpus_waveforms(data_dir, corpus_tasks(data_dir), splits, offline.SAMPLE_RATE)
-    batches = offline._feature_batches("mfcc-kmeans", waveforms, torch.device("cpu"), stats)
-    raw = sample_frames(batches, num_frames, seed)
-    mean, std = stats.mean_std()
-    return offline.stack_mfcc(raw.reshape(-1, 2, offline.N_MFCC), mean, std).squeeze(1)
+    return fit_frames("mfcc-kmeans", data_dir, None, splits, num_frames, seed).frames
 
 
 def time_ours(frames: torch.Tensor, args, steps: int) -> tuple[float, float, int]:

@@ -43,7 +43,7 @@ CMVN_MODES = ("utterance", "none")
 
 
 class _ContinuousFeatures(AudioTokenizer):
-    """Shared by the offline feature backends: no options, 16 kHz in, 50 Hz out."""
+    """Shared by the offline feature backends: 16 kHz in, 50 Hz out, `options.cmvn`."""
 
     continuous = True
     sample_rate = SAMPLE_RATE

@@ -620,6 +620,59 @@ def _feature_batches(
         yield flush(items)
 
 
+@dataclasses.dataclass
+class FitFrames:
+    """What k-means is fitted on: `frames` [n, D] (mfcc-kmeans: normalised and stacked,
+    D = 26 or 78; mel-rvq: log-mel, D = 80), `seen` frames streamed past before sampling, and
+    mfcc-kmeans' normalisation `mean`, `std` [D / 2] (0 and 1 under per-utterance CMVN, which
+    has already normalised every utterance by its own statistics; None for mel-rvq)."""
+
+    frames: torch.Tensor
+    seen: int
+    mean: torch.Tensor | None = None
+    std: torch.Tensor | None = None
+
+
+def fit_frames(
+    name: str,
+    data_dir: str | Path,
+    tasks: Sequence[str] | None,
+    splits: Sequence[str],
+    max_frames: int,
+    seed: int,
+    device: str | torch.device = "cpu",
+    cmvn: str = "corpus",
+    deltas: bool = False,
+) -> FitFrames:
+    """A uniform reservoir sample of at most `max_frames` feature frames of `name` over the
+    `audio` of every row of `tasks` (None: those the corpus has) x `splits`, on `device`."""
+    from mmllm.data.synth import corpus_tasks, corpus_waveforms  # datasets only when fitting
+
+    tasks = corpus_tasks(data_dir) if tasks is None else tuple(tasks)
+    dim = mfcc_dim(deltas)
+    run_device = torch.device(device)
+    stats = _MfccStats(dim) if name == "mfcc-kmeans" and cmvn == "corpus" else None
+    seen = 0
+
+    def counted(batches: Iterator[torch.Tensor]) -> Iterator[torch.Tensor]:
+        nonlocal seen
+        for batch in batches:
+            seen += batch.shape[0]
+            yield batch
+
+    waveforms = corpus_waveforms(data_dir, tasks, splits, SAMPLE_RATE)
+    batches = _feature_batches(name, waveforms, run_device, stats, cmvn=cmvn, deltas=deltas)
+    frames = sample_frames(counted(batches), max_frames, seed).to(run_device)
+    if name != "mfcc-kmeans":
+        return FitFrames(frames, seen)
+    if stats is not None:
+        mean, std = stats.mean_std()
+    else:  # already normalised per utterance: identity here
+        mean, std = torch.zeros(dim), torch.ones(dim)
+    frames = stack_mfcc(frames.reshape(-1, MFCC_STACK, dim), mean, std).squeeze(1)
+    return FitFrames(frames, seen, mean, std)
+
+
 @torch.no_grad()
 def fit_offline_tokenizer(
     name: str,
@@ -651,8 +704,6 @@ def fit_offline_tokenizer(
     stored mean/std are 0 and 1, since every utterance is already normalised by its own
     statistics) and `options.deltas`.
     """
-    from mmllm.data.synth import corpus_tasks, corpus_waveforms  # datasets only when fitting
-
     if name not in OFFLINE_TOKENIZERS:
         raise ValueError(
             f"fit_offline_tokenizer: unknown offline tokenizer {name!r}; known: {OFFLINE_TOKENIZERS}"
@@ -661,40 +712,25 @@ def fit_offline_tokenizer(
         raise ValueError(f"mfcc-kmeans has one codebook, got num_codebooks={num_codebooks}")
     if num_codebooks < 1:
         raise ValueError(f"{name}: num_codebooks must be >= 1, got {num_codebooks}")
+    from mmllm.data.synth import corpus_tasks  # datasets only when fitting
+
     tasks = corpus_tasks(data_dir) if tasks is None else tuple(tasks)
     if name != "mfcc-kmeans" and (cmvn != "corpus" or deltas):
         raise ValueError(
             f"{name}: 'cmvn' and 'deltas' are mfcc-kmeans options, got {cmvn!r}, {deltas!r}"
         )
     features = feature_spec(name, cmvn, deltas)
-    dim = mfcc_dim(deltas)
-    run_device = torch.device(device)
-    stats = _MfccStats(dim) if name == "mfcc-kmeans" and cmvn == "corpus" else None
-    seen = 0
-
-    def counted(batches: Iterator[torch.Tensor]) -> Iterator[torch.Tensor]:
-        nonlocal seen
-        for batch in batches:
-            seen += batch.shape[0]
-            yield batch
-
-    waveforms = corpus_waveforms(data_dir, tasks, splits, SAMPLE_RATE)
-    frames = sample_frames(
-        counted(_feature_batches(name, waveforms, run_device, stats, cmvn=cmvn, deltas=deltas)),
-        max_frames,
-        seed,
-    )
-    frames = frames.to(run_device)
+    sampled = fit_frames(name, data_dir, tasks, splits, max_frames, seed, device, cmvn, deltas)
+    frames = sampled.frames
     fit = {"seed": seed, "batch_size": batch_size, "max_steps": max_steps, "progress": progress}
     tensors: dict[str, torch.Tensor] = {}
     if name == "mfcc-kmeans":
-        if stats is not None:
-            mean, std = stats.mean_std()
-        else:  # already normalised per utterance: identity here
-            mean, std = torch.zeros(dim), torch.ones(dim)
-        frames = stack_mfcc(frames.reshape(-1, MFCC_STACK, dim), mean, std).squeeze(1)
         result = fit_kmeans(frames, k, **fit)
-        tensors = {"centroids": result.centroids, "mfcc_mean": mean, "mfcc_std": std}
+        tensors = {
+            "centroids": result.centroids,
+            "mfcc_mean": sampled.mean,
+            "mfcc_std": sampled.std,
+        }
         inertia: list[float] = [result.inertia]
         source = (
             f"13 MFCC (40 mels, 25 ms / 10 ms){' + deltas + delta-deltas' if deltas else ''}, "
@@ -721,7 +757,7 @@ def fit_offline_tokenizer(
         "splits": list(splits),
         "tasks": list(tasks),
         "num_frames": int(frames.shape[0]),
-        "frames_seen": seen,
+        "frames_seen": sampled.seen,
         "inertia": inertia,  # per stage: mean squared distance (residual energy after stage j)
         "seed": seed,
         "kmeans": {"batch_size": batch_size, "max_steps": max_steps},
