@@ -7,6 +7,7 @@ lowercase a-z words separated by single spaces, apostrophes only inside words ("
 transcript (e.g. a model's output) onto the same rule before scoring.
 
 Public API: ASR_VOCABULARY, ASR_SHAPES, asr_sentence(_with_shape) for ASR (and TTS) text;
+GRID_VOCABULARY, grid_sentence for GRID's small-vocabulary grammar;
 KS_* for keyword spotting; Intent, INTENTS, ic_phrasings, ic_utterance for intent
 classification; ER_SENTENCES, ER_EMOTIONS for emotion recognition; normalize_text.
 
@@ -895,6 +896,25 @@ def asr_sentence_with_shape(rng: random.Random) -> tuple[str, str]:
 def asr_sentence(rng: random.Random) -> str:
     """One ASR transcript; see asr_sentence_with_shape."""
     return asr_sentence_with_shape(rng)[1]
+
+
+# GRID's grammar (Cooke et al. 2006): command colour preposition letter digit adverb, 51 words.
+# A small-vocabulary ASR set (`SynthConfig.sentence_grammar: grid`) to check in minutes that a
+# model listens at all, before spending hours on the 1000-word grammar above.
+GRID_SLOTS: tuple[tuple[str, ...], ...] = (
+    _words("bin lay place set"),
+    _words("blue green red white"),
+    _words("at by in with"),
+    tuple("abcdefghijklmnopqrstuvxyz"),  # GRID leaves out w, the only letter of three syllables
+    _words("zero one two three four five six seven eight nine"),
+    _words("again now please soon"),
+)
+GRID_VOCABULARY: tuple[str, ...] = tuple(w for slot in GRID_SLOTS for w in slot)
+
+
+def grid_sentence(rng: random.Random) -> str:
+    """One GRID sentence, e.g. "bin blue at f two now": one word from each slot."""
+    return " ".join(rng.choice(slot) for slot in GRID_SLOTS)
 
 
 # Words used literally by the templates above (the lists cover everything else).

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from mmllm.audio import decode_audio_value
-from mmllm.config import ConfigError
+from mmllm.config import ConfigError, config_hash, config_to_dict, from_dict
 from mmllm.data import text as text_lib
 from mmllm.data.espeak import Voice, get_espeak
 from mmllm.data.noise import mix_at_snr, pink_noise, rms
@@ -238,3 +238,29 @@ def test_corpus_tasks_are_those_on_disk_in_task_order(tmp_path):
     assert corpus_tasks(tmp_path, ["ks", "ic"]) == ("ks",)
     with pytest.raises(FileNotFoundError, match=r"none of the SynthDASB tasks \['ic', 'er'\]"):
         corpus_tasks(tmp_path, ["ic", "er"])
+
+
+def test_grid_grammar_sentences_and_hash_of_existing_configs():
+    default = SynthConfig.from_name("tiny")
+    grid = SynthConfig.from_name("tiny", sentence_grammar="grid")
+    # the field is left out while unset, so corpora built before it keep their hash
+    assert "sentence_grammar" not in config_to_dict(default)
+    assert config_hash(grid) != config_hash(default)
+    assert len(text_lib.GRID_VOCABULARY) == 51
+    speakers = grid.speakers()
+    for task in ("asr", "sv", "tts"):
+        for split in SPLITS:
+            for spec in plan_task(grid, task, split, speakers):
+                for text, _, _ in spec["utts"]:
+                    words = text.split()
+                    assert len(words) == 6, text
+                    assert all(w in slot for w, slot in zip(words, text_lib.GRID_SLOTS)), text
+                    assert sentence_side(text) == split  # held-out sentences as before
+    # the default grammar is untouched: its sentences are not GRID's
+    asr = [s["utts"][0][0] for s in plan_task(default, "asr", "train", default.speakers())]
+    assert not any(len(t.split()) == 6 and t.split()[0] in text_lib.GRID_SLOTS[0] for t in asr)
+
+
+def test_unknown_sentence_grammar_is_refused_by_key():
+    with pytest.raises(ConfigError, match="sentence_grammar.*'timit'"):
+        from_dict(SynthConfig, {"sentence_grammar": "timit"})
