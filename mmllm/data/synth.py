@@ -141,9 +141,10 @@ class SynthConfig:
                 self.counts[task] = SplitCounts(*preset[task])
         self.counts = {task: self.counts[task] for task in TASKS if task in self.counts}
         if self.sentence_grammar not in SENTENCE_GRAMMARS:
+            named = [name for name in SENTENCE_GRAMMARS if name is not None]
             raise ValueError(
-                f"key 'sentence_grammar': {self.sentence_grammar!r} is not one of "
-                f"{list(SENTENCE_GRAMMARS)}"
+                f"key 'sentence_grammar': {self.sentence_grammar!r} is not one of {named} "
+                "(leave it unset for SynthDASB's own grammar)"
             )
         if self.snr_db_min > self.snr_db_max:
             raise ValueError(f"key 'snr_db_min': {self.snr_db_min} > snr_db_max {self.snr_db_max}")
@@ -178,10 +179,10 @@ def sentence_side(sentence: str) -> str:
     return next((side for side, b in SENTENCE_SIDES.items() if b == bucket), "train")
 
 
-def draw_sentence(rng: random.Random, split: str, grammar: str | None = None) -> str:
-    """A sentence of `grammar` (SENTENCE_GRAMMARS) on `split`'s side of the held-out partition."""
+def draw_sentence(cfg: SynthConfig, rng: random.Random, split: str) -> str:
+    """A sentence of `cfg.sentence_grammar` on `split`'s side of the held-out partition."""
     while True:
-        sentence = SENTENCE_GRAMMARS[grammar](rng)
+        sentence = SENTENCE_GRAMMARS[cfg.sentence_grammar](rng)
         if sentence_side(sentence) == split:
             return sentence
 
@@ -211,16 +212,12 @@ def plan_task(cfg: SynthConfig, task: str, split: str, speakers: list[Speaker]) 
     return specs
 
 
-def _sentence(cfg: SynthConfig, rng: random.Random, split: str) -> str:
-    return draw_sentence(rng, split, cfg.sentence_grammar)
-
-
 def _utt(text: str, speaker: Speaker, voice: Voice | None = None) -> tuple[str, Voice, str]:
     return (text, voice or speaker.voice, speaker.speaker_id)
 
 
 def _plan_asr(cfg, rng, index, split, pool, sid_set):
-    return {"utts": [_utt(_sentence(cfg, rng, split), rng.choice(pool))]}
+    return {"utts": [_utt(draw_sentence(cfg, rng, split), rng.choice(pool))]}
 
 
 def _plan_ks(cfg, rng, index, split, pool, sid_set):
@@ -251,7 +248,7 @@ def _plan_ic(cfg, rng, index, split, pool, sid_set):
 
 def _plan_sid(cfg, rng, index, split, pool, sid_set):
     speaker = sid_set[index % len(sid_set)]  # closed set: every split has the same speakers
-    return {"label": speaker.speaker_id, "utts": [_utt(_sentence(cfg, rng, split), speaker)]}
+    return {"label": speaker.speaker_id, "utts": [_utt(draw_sentence(cfg, rng, split), speaker)]}
 
 
 def _plan_sv(cfg, rng, index, split, pool, sid_set):
@@ -262,7 +259,10 @@ def _plan_sv(cfg, rng, index, split, pool, sid_set):
     test = enroll if same else rng.choice([s for s in candidates if s is not enroll])
     return {
         "label": "same" if same else "different",
-        "utts": [_utt(_sentence(cfg, rng, split), enroll), _utt(_sentence(cfg, rng, split), test)],
+        "utts": [
+            _utt(draw_sentence(cfg, rng, split), enroll),
+            _utt(draw_sentence(cfg, rng, split), test),
+        ],
     }
 
 
@@ -280,11 +280,11 @@ def _plan_er(cfg, rng, index, split, pool, sid_set):
 def _plan_se(cfg, rng, index, split, pool, sid_set):
     speaker = rng.choice(pool)
     kind = NOISE_TYPES[index % len(NOISE_TYPES)]
-    utts = [_utt(_sentence(cfg, rng, split), speaker)]
+    utts = [_utt(draw_sentence(cfg, rng, split), speaker)]
     if kind == "babble":
         others = [s for s in pool if s is not speaker]
         utts += [
-            _utt(_sentence(cfg, rng, split), s) for s in rng.sample(others, cfg.babble_speakers)
+            _utt(draw_sentence(cfg, rng, split), s) for s in rng.sample(others, cfg.babble_speakers)
         ]
     return {
         "utts": utts,
@@ -295,14 +295,17 @@ def _plan_se(cfg, rng, index, split, pool, sid_set):
 def _plan_ss(cfg, rng, index, split, pool, sid_set):
     first, second = rng.sample(pool, 2)
     return {
-        "utts": [_utt(_sentence(cfg, rng, split), first), _utt(_sentence(cfg, rng, split), second)],
+        "utts": [
+            _utt(draw_sentence(cfg, rng, split), first),
+            _utt(draw_sentence(cfg, rng, split), second),
+        ],
         "meta": {"relative_gain_db": round(rng.uniform(-2.5, 2.5), 2)},
     }
 
 
 def _plan_tts(cfg, rng, index, split, pool, sid_set):
     # TTS conditions on a speaker id, so it uses the closed (seen) SID speakers; text is held out.
-    return {"utts": [_utt(_sentence(cfg, rng, split), sid_set[index % len(sid_set)])]}
+    return {"utts": [_utt(draw_sentence(cfg, rng, split), sid_set[index % len(sid_set)])]}
 
 
 PLANNERS = {

@@ -243,8 +243,10 @@ def test_corpus_tasks_are_those_on_disk_in_task_order(tmp_path):
 def test_grid_grammar_sentences_and_hash_of_existing_configs():
     default = SynthConfig.from_name("tiny")
     grid = SynthConfig.from_name("tiny", sentence_grammar="grid")
-    # the field is left out while unset, so corpora built before it keep their hash
+    # the field is left out while unset, so corpora built before it keep their hash (the
+    # small preset's is the one recorded in the manifest of data/synthdasb-small built before)
     assert "sentence_grammar" not in config_to_dict(default)
+    assert config_hash(SynthConfig.from_name("small")) == "00c5b077fce4d7e4"
     assert config_hash(grid) != config_hash(default)
     assert len(text_lib.GRID_VOCABULARY) == 51
     speakers = grid.speakers()
@@ -254,7 +256,9 @@ def test_grid_grammar_sentences_and_hash_of_existing_configs():
                 for text, _, _ in spec["utts"]:
                     words = text.split()
                     assert len(words) == 6, text
-                    assert all(w in slot for w, slot in zip(words, text_lib.GRID_SLOTS)), text
+                    assert all(
+                        w in slot for w, slot in zip(words, text_lib.GRID_SLOTS, strict=True)
+                    ), text
                     assert sentence_side(text) == split  # held-out sentences as before
     # the default grammar is untouched: its sentences are not GRID's
     asr = [s["utts"][0][0] for s in plan_task(default, "asr", "train", default.speakers())]
