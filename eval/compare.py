@@ -4,7 +4,7 @@
 
 Each argument is a run directory with eval/dasb.json (from eval/dasb.py) or such a file.
 Writes comparison.md (also printed), comparison.json, tasks.png, score_vs_bitrate.png and,
-when a run has summed input, codebook_weights.png.
+when a run learned input weights (summed codebooks, SSL layer features), codebook_weights.png.
 Logic: mmllm.compare.
 """
 

@@ -8,9 +8,11 @@ baseline, or "(summed)" codebook embeddings), columns the tasks, each with its p
 and direction; the best value per column is marked in bold. Writes `comparison.md`,
 `comparison.json`, `tasks.png` (one bar chart per task) and `score_vs_bitrate.png` (each
 task's score against the input bitrate; continuous inputs are drawn at the bitrate of their
-cached float16 features, with a different marker). Runs with summed input (their checkpoint
-holds the learned codebook weights) also get their softmax weights per codebook in the JSON
-and markdown and in `codebook_weights.png`: which codebooks the model listens to.
+cached float16 features, with a different marker). Runs whose checkpoint holds learned
+input weights -- summed input (one per codebook) and continuous SSL layer features (one per
+layer, DASB's "which layers matter") -- also get those softmax weights in the JSON
+(`codebook_weights`, name -> weight) and markdown and in `codebook_weights.png`: which
+codebooks or layers the model listens to.
 """
 
 from __future__ import annotations
@@ -61,9 +63,10 @@ def run_label(result: dict) -> str:
     return name
 
 
-def summed_weights(result: dict) -> list[float] | None:
-    """softmax(w) per codebook of a summed-input run, read from the checkpoint its dasb.json
-    names, else from <run>/final; None for other runs."""
+def summed_weights(result: dict) -> dict[str, float] | None:
+    """The learned input weights (per codebook of a summed-input run, per layer of SSL layer
+    features; mmllm.continuous.codebook_weights) of the checkpoint its dasb.json names, else
+    of <run>/final; None for other runs."""
     from mmllm.continuous import codebook_weights
 
     for directory in (result.get("checkpoint"), Path(result["run"]) / "final"):
@@ -140,8 +143,8 @@ def compare_runs(paths: list[str | Path], out_dir: str | Path) -> dict:
         label: row["codebook_weights"] for label, row in table.items() if "codebook_weights" in row
     }
     if weighted:
-        markdown += "\nCodebook weights of summed input (softmax, codebook 0 first):\n" + "".join(
-            f"- {label}: {' '.join(f'{w:.3f}' for w in weights)}\n"
+        markdown += "\nLearned input weights (softmax over codebooks or SSL layers):\n" + "".join(
+            f"- {label}: {', '.join(f'{name} {w:.3f}' for name, w in weights.items())}\n"
             for label, weights in weighted.items()
         )
     report = {"columns": {t: list(c) for t, c in columns.items()}, "runs": table, "best": best}
@@ -200,8 +203,9 @@ def plot_comparison(table: dict, columns: dict, out_dir: Path) -> None:
     plt.close("all")
 
 
-def plot_codebook_weights(weighted: dict[str, list[float]], path: Path) -> None:
-    """One group of bars per run (codebook 0, 1, ... left to right), the uniform 1/K dashed."""
+def plot_codebook_weights(weighted: dict[str, dict[str, float]], path: Path) -> None:
+    """One group of bars per run (its codebooks or layers left to right, one colour per name
+    across runs), the uniform 1/K dashed."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -210,17 +214,19 @@ def plot_codebook_weights(weighted: dict[str, list[float]], path: Path) -> None:
     most = max(len(weights) for weights in weighted.values())
     width = 0.8 / most
     figure, axis = plt.subplots(figsize=(max(4.0, 1.2 + 0.3 * len(weighted) * most), 3.2))
-    handles = {}  # legend entry -> artist, one per codebook however many runs have it
+    colours: dict[str, str] = {}  # codebook / layer name -> colour, in order of appearance
+    handles = {}  # legend entry -> artist, one per name however many runs have it
     for i, weights in enumerate(weighted.values()):
         count = len(weights)
         offsets = [i + (k - (count - 1) / 2) * width for k in range(count)]
-        for k, (x, weight) in enumerate(zip(offsets, weights, strict=True)):
-            handles[f"codebook {k}"] = axis.bar(x, weight, width, color=f"C{k}")
+        for x, (name, weight) in zip(offsets, weights.items(), strict=True):
+            colour = colours.setdefault(name, f"C{len(colours) % 10}")
+            handles[name] = axis.bar(x, weight, width, color=colour)
         low, high = offsets[0] - width / 2, offsets[-1] + width / 2
         handles["uniform 1/K"] = axis.hlines(1 / count, low, high, "k", "dashed", lw=0.8)
     axis.set_xticks(range(len(weighted)), list(weighted), fontsize=7)
     axis.set_ylabel("softmax weight", fontsize=8)
-    axis.set_title("summed input: weight per codebook", fontsize=9)
+    axis.set_title("learned input weights: per codebook (summed) or SSL layer", fontsize=9)
     axis.legend(handles.values(), handles.keys(), fontsize=6)
     figure.tight_layout()
     _save(figure, path)

@@ -7,7 +7,10 @@ a batch in the row-major order of the placeholders). `ContinuousInputLM` embeds 
 usual, then overwrites the placeholder positions with its input module's output:
 
     continuous  rows = stacked feature frames [n, stack * D] (float32), AudioProjector:
-                LayerNorm -> Linear(stack * D, hidden) -> GELU -> Linear(hidden, width)
+                LayerNorm -> Linear(stack * D, hidden) -> GELU -> Linear(hidden, width);
+                for SSL layer features (D = L blocks of D_l, one per layer) first the
+                weighted sum over layers: sum_l softmax(v)_l LN(x_l), v [L] learned from 0
+                (DASB's continuous baseline; the weights say which layers matter)
     summed      rows = the vocab ids of each frame's K codes [n, K] (int64), CodebookSum:
                 e(frame) = sum_k softmax(w)_k E(id_k), E = the LLM's own input embeddings
                 (the rows audio answers use), w [K] learned, initialised to 0 (the mean).
@@ -40,22 +43,53 @@ PROJECTOR_CONFIG = "mmllm_projector.json"
 
 
 class AudioProjector(nn.Module):
-    """Stacked feature frames [n, in_dim] -> embeddings [n, out_dim]."""
+    """Stacked feature frames [n, in_dim] -> embeddings [n, out_dim].
 
-    def __init__(self, in_dim: int, out_dim: int, hidden_dim: int) -> None:
+    With `layers` (L hidden_states indices of an SSL model) each frame holds L blocks of
+    `layer_dim` dims: rows [n, stack * L * layer_dim] are viewed as [n, stack, L, layer_dim],
+    each block is normalised over its dims (no parameters: layers differ in scale by orders
+    of magnitude), and the blocks are summed with softmax(layer_weights) [L], initialised
+    to 0 (the mean), giving [n, stack * layer_dim] for the MLP."""
+
+    def __init__(
+        self,
+        in_dim: int,
+        out_dim: int,
+        hidden_dim: int,
+        layers: list[int] | None = None,
+        layer_dim: int | None = None,
+    ) -> None:
         super().__init__()
-        self.config = {
+        self.config: dict[str, Any] = {
             "kind": "projector",
             "in_dim": in_dim,
             "out_dim": out_dim,
             "hidden_dim": hidden_dim,
         }
-        self.norm = nn.LayerNorm(in_dim)
-        self.up = nn.Linear(in_dim, hidden_dim)
+        self.layers = list(layers or [])
+        mixed_dim = in_dim
+        if self.layers:
+            if not layer_dim or in_dim % (len(self.layers) * layer_dim):
+                raise ValueError(
+                    f"in_dim {in_dim} is not a whole number of frames of {len(self.layers)} "
+                    f"layers x {layer_dim} dims"
+                )
+            self.layer_dim = layer_dim
+            self.config |= {"layers": self.layers, "layer_dim": layer_dim}
+            self.layer_weights = nn.Parameter(torch.zeros(len(self.layers)))
+            mixed_dim = in_dim // len(self.layers)
+        self.norm = nn.LayerNorm(mixed_dim)
+        self.up = nn.Linear(mixed_dim, hidden_dim)
         self.down = nn.Linear(hidden_dim, out_dim)
 
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
-        return self.down(nn.functional.gelu(self.up(self.norm(frames.float()))))
+        x = frames.float()
+        if self.layers:
+            n = x.shape[0]
+            blocks = x.reshape(n, -1, len(self.layers), self.layer_dim)  # [n, stack, L, D_l]
+            blocks = nn.functional.layer_norm(blocks, (self.layer_dim,))
+            x = torch.einsum("l,nsld->nsd", self.layer_weights.softmax(0), blocks).reshape(n, -1)
+        return self.down(nn.functional.gelu(self.up(self.norm(x))))
 
 
 class CodebookSum(nn.Module):
@@ -146,11 +180,22 @@ def load_projector(directory: str | Path, embedding: nn.Module | None = None) ->
     return projector
 
 
-def codebook_weights(directory: str | Path) -> list[float] | None:
-    """softmax(w) per codebook of a summed-input checkpoint, None for any other directory."""
+def codebook_weights(directory: str | Path) -> dict[str, float] | None:
+    """The learned input weights of a checkpoint, name -> softmax weight in input order:
+    "codebook k" of a summed-input run, "layer i" (hidden_states index) of a continuous run
+    on SSL layer features; None for any other directory."""
     from safetensors.torch import load_file
 
-    config = Path(directory) / PROJECTOR_CONFIG
-    if not config.is_file() or json.loads(config.read_text()).get("kind") != "codebook-sum":
+    config_file = Path(directory) / PROJECTOR_CONFIG
+    if not config_file.is_file():
         return None
-    return load_file(Path(directory) / PROJECTOR_WEIGHTS)["weights"].softmax(0).tolist()
+    config = json.loads(config_file.read_text())
+    if config.get("kind") == "codebook-sum":
+        names = [f"codebook {k}" for k in range(config["num_codebooks"])]
+        key = "weights"
+    elif config.get("layers"):
+        names, key = [f"layer {layer}" for layer in config["layers"]], "layer_weights"
+    else:
+        return None
+    weights = load_file(Path(directory) / PROJECTOR_WEIGHTS)[key].softmax(0).tolist()
+    return dict(zip(names, weights, strict=True))

@@ -20,7 +20,7 @@ import random
 import shutil
 import signal
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -106,10 +106,13 @@ def wrap_audio_input(
     audio_input: str,
     num_codebooks: int,
     continuous: ContinuousSection,
+    feature_layers: Sequence[int] = (),
 ) -> Any:
     """`model` as is for discrete input; else <|audio_embed|> positions take projected
-    features (continuous: `num_codebooks` = the feature dimension D) or the softmax-weighted
-    sum of the frame's `num_codebooks` code embeddings (summed). See mmllm.continuous."""
+    features (continuous: `num_codebooks` = the feature dimension D; with `feature_layers`,
+    D holds one block per SSL layer and the projector learns their weighted sum) or the
+    softmax-weighted sum of the frame's `num_codebooks` code embeddings (summed). See
+    mmllm.continuous."""
     from mmllm.continuous import AudioProjector, CodebookSum, ContinuousInputLM
 
     if audio_input == "discrete":
@@ -120,7 +123,11 @@ def wrap_audio_input(
     else:
         width = embedding.weight.shape[1]
         stacked = num_codebooks * continuous.stack
-        projector = AudioProjector(stacked, width, continuous.projector_hidden)
+        layers = list(feature_layers) or None
+        layer_dim = num_codebooks // len(layers) if layers else None
+        projector = AudioProjector(
+            stacked, width, continuous.projector_hidden, layers=layers, layer_dim=layer_dim
+        )
     return ContinuousInputLM(model, projector, vocab.audio_embed_id)
 
 

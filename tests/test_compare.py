@@ -74,9 +74,14 @@ def test_summed_run_is_labelled_and_its_codebook_weights_plotted(tmp_path):
     assert list(report["runs"]) == ["mel-rvq", "mel-rvq (summed)"]
     assert "codebook_weights" not in report["runs"]["mel-rvq"]
     weights = json.loads((tmp_path / "out" / "comparison.json").read_text())["runs"]
-    assert weights["mel-rvq (summed)"]["codebook_weights"] == pytest.approx([0.4, 0.3, 0.2, 0.1])
+    assert weights["mel-rvq (summed)"]["codebook_weights"] == pytest.approx(
+        {"codebook 0": 0.4, "codebook 1": 0.3, "codebook 2": 0.2, "codebook 3": 0.1}
+    )
     assert "| mel-rvq (summed) | 1.60 kbps | **60.0** |" in report["markdown"]
-    assert "- mel-rvq (summed): 0.400 0.300 0.200 0.100" in report["markdown"]
+    assert (
+        "- mel-rvq (summed): codebook 0 0.400, codebook 1 0.300, codebook 2 0.200, codebook 3 0.100"
+        in report["markdown"]
+    )
     assert (tmp_path / "out" / "codebook_weights.png").stat().st_size > 5_000
 
 

@@ -77,6 +77,33 @@ def test_projector_save_load_round_trip(tmp_path):
     torch.testing.assert_close(loaded(frames), projector(frames))
 
 
+def test_layer_weighted_projector_by_hand(tmp_path):
+    """SSL layer features: 2 stacked frames x 3 layers x 4 dims; each layer block normalised,
+    summed with softmax(v), then the usual LayerNorm -> MLP on [n, 2 * 4]."""
+    projector = AudioProjector(24, 5, 7, layers=[1, 3, 7], layer_dim=4)
+    with torch.no_grad():
+        projector.layer_weights.copy_(torch.log(torch.tensor([0.5, 0.3, 0.2])))
+    frames = torch.randn(6, 24) * 10 + 3
+    blocks = frames.reshape(6, 2, 3, 4)
+    normalised = (blocks - blocks.mean(-1, keepdim=True)) / torch.sqrt(
+        blocks.var(-1, unbiased=False, keepdim=True) + 1e-5
+    )
+    mixed = 0.5 * normalised[:, :, 0] + 0.3 * normalised[:, :, 1] + 0.2 * normalised[:, :, 2]
+    mixed = mixed.reshape(6, 8)  # frame 0's 4 dims, then frame 1's
+    by_hand = projector.down(torch.nn.functional.gelu(projector.up(projector.norm(mixed))))
+    torch.testing.assert_close(projector(frames), by_hand)
+    projector(frames).sum().backward()
+    assert projector.layer_weights.grad.abs().sum() > 0  # the weights train
+    save_projector(projector, tmp_path)
+    loaded = load_projector(tmp_path)
+    torch.testing.assert_close(loaded(frames), projector(frames))
+    assert codebook_weights(tmp_path) == pytest.approx(
+        {"layer 1": 0.5, "layer 3": 0.3, "layer 7": 0.2}
+    )
+    with pytest.raises(ValueError, match="in_dim 20 is not a whole number of frames of 3 layers"):
+        AudioProjector(20, 5, 7, layers=[1, 3, 7], layer_dim=4)
+
+
 def test_projector_config_without_kind_loads_as_projector(tmp_path):
     """Checkpoints written before summed input existed have no "kind" in their json."""
     save_projector(AudioProjector(6, 16, 8), tmp_path)
@@ -116,7 +143,7 @@ def test_feature_backends_shapes_and_normalisation():
     assert extractor.describe()["continuous"] is True
     log_mel = build_tokenizer(TokenizerConfig(name="log-mel-features"))
     assert log_mel.encode(wav, torch.tensor([16000, 16000]))[0].shape == (2, 80, 50)
-    with pytest.raises(ValueError, match="do not apply"):
+    with pytest.raises(ValueError, match="does not use `codebook_size`"):
         build_tokenizer(TokenizerConfig(name="mfcc-features", codebook_size=5))
 
 
@@ -248,6 +275,8 @@ def test_codebook_sum_save_load_round_trip(tmp_path):
     loaded = load_projector(tmp_path, other)
     assert isinstance(loaded, CodebookSum) and loaded.embedding is other
     torch.testing.assert_close(loaded.weights, model.projector.weights)
-    assert codebook_weights(tmp_path) == pytest.approx(codebook_weights_of(model.projector))
+    assert list(codebook_weights(tmp_path).values()) == pytest.approx(
+        codebook_weights_of(model.projector)
+    )
     with pytest.raises(ValueError, match="needs the LLM's input embeddings"):
         load_projector(tmp_path)

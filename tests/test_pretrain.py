@@ -257,6 +257,15 @@ def train_until_losses_fall(tiny_tokens, run_dir, overrides) -> None:
     assert all(row["fell"] for row in summary.values()), summary
 
 
+def evaluate_run(run_dir: Path, tasks: str, out: Path) -> dict:
+    """eval/dasb.py on <run_dir>/final, 3 rows per task; its dasb.json."""
+    command = [sys.executable, "eval/dasb.py", "--checkpoint", str(run_dir / "final")]
+    command += ["--tasks", tasks, "--limit", "3", "--out", str(out)]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads((out / "dasb.json").read_text())
+
+
 def test_continuous_input_run_trains_and_exports_projector(tiny_tokens, tmp_path):
     """audio_input: continuous with mfcc-features in and mfcc-kmeans codes out."""
     from mmllm.continuous import load_projector
@@ -277,14 +286,40 @@ def test_continuous_input_run_trains_and_exports_projector(tiny_tokens, tmp_path
     vocab = json.loads((run_dir / "final" / "mmllm_vocab.json").read_text())
     assert [block["tokenizer"] for block in vocab["audio"]] == ["mfcc-kmeans"]
     # evaluation and prompting read the features the same way
-    out = tmp_path / "eval"
-    command = [sys.executable, "eval/dasb.py", "--checkpoint", str(run_dir / "final")]
-    command += ["--tasks", "ks,sv,asr,se", "--limit", "3", "--out", str(out)]
-    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
-    report = json.loads((out / "dasb.json").read_text())
+    report = evaluate_run(run_dir, "ks,sv,asr,se", tmp_path / "eval")
     assert report["audio_input"] == "continuous" and report["input_tokenizer"] == "mfcc-features"
     assert set(report["tasks"]) == {"ks", "sv", "asr", "se"}
+
+
+def test_ssl_layer_features_train_their_layer_weights_and_evaluate(tiny_tokens, tmp_path):
+    """audio_input: continuous on hubert-features (a tiny random HuBERT saved locally, 3
+    layers): the cache is built from the model, the projector learns a weight per layer,
+    and evaluation reads the same features back."""
+    from tiny_models import tiny_ssl_model
+
+    from mmllm.continuous import codebook_weights, load_projector
+
+    tiny_ssl_model("hubert").save_pretrained(tmp_path / "hubert")
+    run_dir = tmp_path / "continuous-hubert"
+    overrides = [
+        "audio_input=continuous",
+        f"tokenizers.input={ROOT / 'configs/tokenizers/hubert-features.yaml'}",
+        f"tokenizers.input_overrides=[weights={tmp_path / 'hubert'}, 'layers=[1, 2, 3]']",
+        f"tokenizers.output={ROOT / 'configs/tokenizers/mfcc-kmeans.yaml'}",
+        f"tokenizers.output_overrides={json.dumps([str(x) for x in tiny_tokens['overrides']])}",
+        "continuous.stack=2",
+        "data.mixture={ks: 1, sid: 1, tts: 1}",
+        "train.checkpoint_every=0",
+    ]
+    train_until_losses_fall(tiny_tokens, run_dir, overrides)
+    projector = load_projector(run_dir / "final")
+    assert projector.config["in_dim"] == 2 * 3 * 32 and projector.config["layer_dim"] == 32
+    weights = codebook_weights(run_dir / "final")
+    assert list(weights) == ["layer 1", "layer 2", "layer 3"]
+    assert sum(weights.values()) == pytest.approx(1)
+    assert max(abs(w - 1 / 3) for w in weights.values()) > 1e-4  # trained away from uniform
+    report = evaluate_run(run_dir, "ks", tmp_path / "eval")
+    assert report["input_tokenizer"] == "hubert-features" and report["tasks"]["ks"]["rows"] == 3
 
 
 def test_continuous_input_refuses_audio_lm_documents(tiny_tokens, tmp_path):
@@ -326,12 +361,7 @@ def test_deduplicated_input_trains_evaluates_and_refuses_word_time_sources(tiny_
         for d in (tmp_path / "tokens" / "mfcc-kmeans", tiny_tokens["cache_dir"] / "mfcc-kmeans")
     ]
     assert frames[0] < frames[1]  # runs collapsed
-    out = tmp_path / "eval"
-    command = [sys.executable, "eval/dasb.py", "--checkpoint", str(run_dir / "final")]
-    command += ["--tasks", "asr,ks", "--limit", "3", "--out", str(out)]
-    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert set(json.loads((out / "dasb.json").read_text())["tasks"]) == {"asr", "ks"}
+    assert set(evaluate_run(run_dir, "asr,ks", tmp_path / "eval")["tasks"]) == {"asr", "ks"}
 
 
 def test_summed_input_run_trains_exports_loads_and_generates(tiny_tokens, tmp_path, capsys):
@@ -354,7 +384,7 @@ def test_summed_input_run_trains_exports_loads_and_generates(tiny_tokens, tmp_pa
     ]
     train_until_losses_fall(tiny_tokens, run_dir, overrides)
     final = run_dir / "final"
-    weights = codebook_weights(final)
+    weights = list(codebook_weights(final).values())
     # trained: the two weights moved apart (their gradients are opposite), still a softmax
     assert len(weights) == 2 and abs(weights[0] - 0.5) > 1e-3 and sum(weights) == pytest.approx(1)
     vocab = json.loads((final / "mmllm_vocab.json").read_text())

@@ -128,7 +128,12 @@ def main(argv: list[str] | None = None) -> int:
     if cfg.model.lora is not None:
         model = apply_lora(model, cfg.model.lora, vocab, cfg.model.freeze_audio)
     model = wrap_audio_input(
-        model, vocab, cfg.audio_input, run.caches.input.num_codebooks, cfg.continuous
+        model,
+        vocab,
+        cfg.audio_input,
+        run.caches.input.num_codebooks,
+        cfg.continuous,
+        run.caches.input.feature_layers,
     )
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())

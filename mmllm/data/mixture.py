@@ -53,6 +53,8 @@ class CacheCard:
     continuous: bool = False  # features [D, F] (num_codebooks = D) instead of codes
     bitrate_bps: float = 0.0
     deduplicated: bool = False  # runs of repeated units collapsed: no time axis
+    # SSL layer features: the hidden_states indices whose [D / L] blocks make up D, in order
+    feature_layers: tuple[int, ...] = ()
 
     @classmethod
     def read(cls, path: str | Path) -> CacheCard:
@@ -74,6 +76,7 @@ class CacheCard:
             bool(props.get("continuous", False)),
             float(props.get("bitrate_bps") or 0.0),
             bool(props.get("deduplicated", False)),
+            tuple(props.get("feature_layers", ())),
         )
 
 

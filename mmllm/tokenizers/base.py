@@ -30,12 +30,14 @@ class TokenizerConfig:
     """Which tokenizer, and how it is set up. Fields a backend does not use must stay unset.
 
     name:            registry key (see `TOKENIZERS`): mfcc-kmeans, mel-rvq, encodec, dac,
-                     mimi, hubert-kmeans, wavlm-kmeans, wav2vec2-kmeans, speechtokenizer
+                     mimi, hubert-kmeans, wavlm-kmeans, wav2vec2-kmeans, speechtokenizer;
+                     continuous features: mfcc-features, log-mel-features, hubert-features,
+                     wavlm-features, wav2vec2-features
     weights:         hub id or local directory of pretrained weights (compression / SSL
                      backends), or the directory of fitted k-means centroids
     num_codebooks:   how many codebooks to keep (Mimi, DAC, mel-rvq)
     bandwidth_kbps:  EnCodec target bandwidth (1.5, 3, 6, 12, 24); never left implicit
-    layers:          SSL layers to cluster, one codebook each
+    layers:          SSL layers to cluster, one codebook each (*-features: to cache side by side)
     codebook_size:   k of the k-means backends
     deduplicate:     collapse runs of repeated units (semantic tokens)
     centroids:       directory with centroids.safetensors + card.json (k-means backends)

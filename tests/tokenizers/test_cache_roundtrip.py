@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 from test_compression import BUILDERS, EXTRA, scramble
-from test_ssl import tiny_model
+from tiny_models import tiny_ssl_model
 
 from mmllm.audio import decode_audio_value
 from mmllm.data.cache import CachedSplit, extract_corpus
@@ -48,7 +48,7 @@ def configs(synth_tiny, tmp_path_factory) -> dict[str, TokenizerConfig]:
         scramble(build(), seed=index).save_pretrained(root / name)
         out[name] = TokenizerConfig(name=name, weights=str(root / name), **EXTRA[name])
     torch.manual_seed(7)
-    tiny_model("wavlm", "layer").save_pretrained(root / "wavlm")
+    tiny_ssl_model("wavlm", "layer").save_pretrained(root / "wavlm")
     ssl = TokenizerConfig(
         name="wavlm-kmeans", weights=str(root / "wavlm"), layers=[1, 3], codebook_size=16
     )

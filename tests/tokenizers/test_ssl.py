@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny_models import tiny_ssl_model
 
 from mmllm.config import from_dict, load_config
 from mmllm.tokenizers import PAD_CODE, TokenizerConfig, build_tokenizer
@@ -19,32 +20,6 @@ from mmllm.tokenizers.kmeans import load_centroids, save_centroids
 CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "tokenizers"
 SECONDS = [0.3, 1.1, 0.7]
 K = 16
-
-
-def tiny_model(kind: str, norm: str):
-    """3 transformer layers, hidden 32, but the real conv feature encoder (hop 320, field 400)."""
-    import transformers
-
-    config_cls, model_cls = {
-        "wavlm": ("WavLMConfig", "WavLMModel"),
-        "hubert": ("HubertConfig", "HubertModel"),
-        "wav2vec2": ("Wav2Vec2Config", "Wav2Vec2Model"),
-    }[kind]
-    config = getattr(transformers, config_cls)(
-        hidden_size=32,
-        num_hidden_layers=3,
-        num_attention_heads=2,
-        intermediate_size=64,
-        conv_dim=(16,) * 7,
-        conv_stride=(5, 2, 2, 2, 2, 2, 2),
-        conv_kernel=(10, 3, 3, 3, 3, 2, 2),
-        num_conv_pos_embeddings=16,
-        num_conv_pos_embedding_groups=2,
-        feat_extract_norm=norm,  # "layer": large checkpoints; "group": base checkpoints
-        do_stable_layer_norm=norm == "layer",
-    )
-    torch.manual_seed(0)
-    return getattr(transformers, model_cls)(config)
 
 
 MODELS = {
@@ -61,7 +36,7 @@ def weights(tmp_path_factory):
     out = {}
     for key, (_, kind, norm) in MODELS.items():
         folder = tmp_path_factory.mktemp(key)
-        tiny_model(kind, norm).save_pretrained(folder)
+        tiny_ssl_model(kind, norm).save_pretrained(folder)
         out[key] = str(folder)
     return out
 

@@ -65,11 +65,16 @@ from mmllm.tokenizers.hf import (
 
 SAMPLE_RATE = 16000
 DEFAULT_CODEBOOK_SIZE = 1000
-# registry name -> (transformers class, a hub id for messages)
+# model family -> (transformers class, a hub id for messages)
+SSL_FAMILIES = {
+    "hubert": ("HubertModel", "facebook/hubert-large-ll60k"),
+    "wavlm": ("WavLMModel", "microsoft/wavlm-large"),
+    "wav2vec2": ("Wav2Vec2Model", "facebook/wav2vec2-large-960h-lv60-self"),
+}
+# registry name -> family: k-means units here, continuous layer features in
+# mmllm.tokenizers.backends.features (the continuous baseline)
 SSL_MODELS = {
-    "hubert-kmeans": ("HubertModel", "facebook/hubert-large-ll60k"),
-    "wavlm-kmeans": ("WavLMModel", "microsoft/wavlm-large"),
-    "wav2vec2-kmeans": ("Wav2Vec2Model", "facebook/wav2vec2-large-960h-lv60-self"),
+    f"{family}-{kind}": family for family in SSL_FAMILIES for kind in ("kmeans", "features")
 }
 NORMALIZE_EPS = 1e-7  # as transformers' Wav2Vec2FeatureExtractor.zero_mean_unit_var_norm
 
@@ -100,12 +105,10 @@ class SSLFeatures:
 
     def __init__(self, cfg: TokenizerConfig) -> None:
         if cfg.name not in SSL_MODELS:
-            raise ValueError(
-                f"not an SSL k-means tokenizer: {cfg.name!r} (known: {sorted(SSL_MODELS)})"
-            )
+            raise ValueError(f"not an SSL tokenizer: {cfg.name!r} (known: {sorted(SSL_MODELS)})")
         import transformers
 
-        class_name, example = SSL_MODELS[cfg.name]
+        class_name, example = SSL_FAMILIES[SSL_MODELS[cfg.name]]
         self.layers = _check_layers(cfg)
         self.device = torch.device(cfg.device)
         self.model = load_pretrained(getattr(transformers, class_name), cfg, example)
