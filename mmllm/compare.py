@@ -226,7 +226,7 @@ def plot_codebook_weights(weighted: dict[str, dict[str, float]], path: Path) -> 
         handles["uniform 1/K"] = axis.hlines(1 / count, low, high, "k", "dashed", lw=0.8)
     axis.set_xticks(range(len(weighted)), list(weighted), fontsize=7)
     axis.set_ylabel("softmax weight", fontsize=8)
-    axis.set_title("learned input weights: per codebook (summed) or SSL layer", fontsize=9)
+    axis.set_title("learned input weights (codebooks or SSL layers)", fontsize=8)
     axis.legend(handles.values(), handles.keys(), fontsize=6)
     figure.tight_layout()
     _save(figure, path)
