@@ -8,7 +8,11 @@ baseline, or "(summed)" codebook embeddings), columns the tasks, each with its p
 and direction; the best value per column is marked in bold. Writes `comparison.md`,
 `comparison.json`, `tasks.png` (one bar chart per task) and `score_vs_bitrate.png` (each
 task's score against the input bitrate; continuous inputs are drawn at the bitrate of their
-cached float16 features, with a different marker). Runs whose checkpoint holds learned
+cached float16 features, with a different marker). Runs of one setup that differ only in
+`train.seed` (their checkpoints' mmllm_pretrain.yaml agree on everything else but
+bookkeeping, and they were evaluated alike) become one row "<input> (N seeds)": means, with
+± the sample standard deviation in the table and as error bars in `tasks.png`, and every
+seed's value in the JSON. Runs whose checkpoint holds learned
 input weights -- summed input (one per codebook) and continuous SSL layer features (one per
 layer, DASB's "which layers matter") -- also get those softmax weights in the JSON
 (`codebook_weights`, name -> weight) and markdown and in `codebook_weights.png`: which
@@ -69,11 +73,17 @@ def summed_weights(result: dict) -> dict[str, float] | None:
     of <run>/final; None for other runs."""
     from mmllm.continuous import codebook_weights
 
-    for directory in (result.get("checkpoint"), Path(result["run"]) / "final"):
-        weights = codebook_weights(directory) if directory else None
+    for directory in checkpoint_dirs(result):
+        weights = codebook_weights(directory)
         if weights is not None:
             return weights
     return None
+
+
+def checkpoint_dirs(result: dict) -> list[Path]:
+    """Where a result's checkpoint may be: the one its dasb.json names, then <run>/final."""
+    named = result.get("checkpoint")
+    return ([Path(named)] if named else []) + [Path(result["run"]) / "final"]
 
 
 def metric_for(task: str, results: list[dict]) -> tuple[str, bool, str]:
@@ -90,22 +100,103 @@ def _cell(value: float | None, metric: str) -> str:
     return f"{100 * value:.1f}" if metric in PERCENT else f"{value:.2f}"
 
 
+# Pretrain config keys that do not change what a run learns: runs whose configs agree on
+# everything else (and were evaluated alike) are seeds of one setup.
+BOOKKEEPING = {
+    "run_dir",
+    "train.seed",
+    "train.log_every",
+    "train.eval_every",
+    "train.checkpoint_every",
+    "train.keep_checkpoints",
+    "train.cpu_threads",
+}
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat |= _flatten(value, f"{prefix}{key}.")
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def setup_and_seed(result: dict) -> tuple[str, int] | None:
+    """(what the run learnt from, as a string equal for seeds of one setup; its train.seed),
+    from the mmllm_pretrain.yaml of the checkpoint its dasb.json names (else <run>/final)
+    plus how it was evaluated; None when no config is found."""
+    import yaml
+
+    for directory in checkpoint_dirs(result):
+        config = directory / "mmllm_pretrain.yaml"
+        if config.is_file():
+            flat = _flatten(yaml.safe_load(config.read_text()))
+            setup = {k: v for k, v in flat.items() if k not in BOOKKEEPING}
+            setup |= {"eval": [result.get("split"), result.get("generation")]}
+            return json.dumps(setup, sort_keys=True, default=str), int(flat.get("train.seed", 0))
+    return None
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values)
+
+
+def merge_seeds(rows: list[dict], seeds: list[int]) -> dict:
+    """One row for runs of one setup with different seeds: each score the mean over the
+    runs that have it; `seeds`, `runs`, and per task `per_seed` values and sample `sd`."""
+    merged = {
+        "runs": [row["run"] for row in rows],
+        "seeds": seeds,
+        "bitrate_bps": rows[0]["bitrate_bps"],
+        "scores": {},
+        "per_seed": {},
+        "sd": {},
+    }
+    for task in rows[0]["scores"]:
+        values = [row["scores"][task] for row in rows if row["scores"][task] is not None]
+        merged["per_seed"][task] = [row["scores"][task] for row in rows]
+        merged["scores"][task] = _mean(values) if values else None
+        if len(values) > 1:
+            mean = _mean(values)
+            merged["sd"][task] = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5
+    weighted = [row["codebook_weights"] for row in rows if "codebook_weights" in row]
+    if weighted:
+        merged["codebook_weights"] = {
+            name: _mean([w[name] for w in weighted]) for name in weighted[0]
+        }
+    return merged
+
+
 def compare_runs(paths: list[str | Path], out_dir: str | Path) -> dict:
+    """The report over the runs at `paths`; runs of one setup that differ only in
+    `train.seed` become one row of means (`merge_seeds`), shown as mean ± sd."""
     results = [load_result(p) for p in paths]
     tasks = [t for t in PRIMARY if any(t in r["tasks"] for r in results)]
     columns = {task: metric_for(task, results) for task in tasks}
-    table: dict[str, dict[str, Any]] = {}
-    for result in results:
+    groups: dict[tuple, list[tuple[dict, int | None]]] = {}
+    for i, result in enumerate(results):
         row = {"run": result["run"], "bitrate_bps": result.get("bitrate_bps"), "scores": {}}
         for task, (metric, _, _) in columns.items():
             row["scores"][task] = result["tasks"].get(task, {}).get(metric)
         weights = summed_weights(result)
         if weights is not None:
             row["codebook_weights"] = weights
-        label = run_label(result)
-        if label in table:  # two runs of the same input (other budget, seed...): name the run
-            label = f"{label} [{Path(result['run']).name}]"
-        table[label] = row
+        found = setup_and_seed(result)
+        key = (run_label(result), found[0] if found else i)
+        groups.setdefault(key, []).append((row, found[1] if found else None))
+    table: dict[str, dict[str, Any]] = {}
+    for (label, _), members in groups.items():
+        seeds = [seed for _, seed in members]
+        if len(members) > 1 and len(set(seeds)) == len(seeds):
+            rows = [(f"{label} ({len(seeds)} seeds)", merge_seeds([r for r, _ in members], seeds))]
+        else:  # one run, or repeats of one seed: a row each
+            rows = [(label, row) for row, _ in members]
+        for name, row in rows:
+            if name in table:  # another setup of the same input (budget, mixture...): name the run
+                name = f"{name} [{Path(row.get('run') or row['runs'][0]).name}]"
+            table[name] = row
     best = {}
     for task, (_, higher, _) in columns.items():
         values = [row["scores"][task] for row in table.values() if row["scores"][task] is not None]
@@ -125,7 +216,10 @@ def compare_runs(paths: list[str | Path], out_dir: str | Path) -> dict:
         for task, (metric, _, _) in columns.items():
             value = row["scores"][task]
             text = _cell(value, metric)
-            cells.append(f"**{text}**" if value is not None and value == best.get(task) else text)
+            text = f"**{text}**" if value is not None and value == best.get(task) else text
+            if task in row.get("sd", {}):
+                text += f" ± {_cell(row['sd'][task], metric)}"
+            cells.append(text)
         lines.append("| " + " | ".join(cells) + " |")
     notes = [
         f"- {task.upper()}: {metric}"
@@ -169,10 +263,12 @@ def plot_comparison(table: dict, columns: dict, out_dir: Path) -> None:
     figure, axes = plt.subplots(1, count, figsize=(2.6 * count, 3.6), squeeze=False)
     for axis, (task, (metric, higher, unit)) in zip(axes[0], columns.items(), strict=True):
         values = [table[label]["scores"][task] or 0.0 for label in labels]
+        spread = [table[label].get("sd", {}).get(task, 0.0) for label in labels]
         scale = 100 if metric in PERCENT else 1
         axis.bar(
             range(len(labels)),
             [v * scale for v in values],
+            yerr=[sd * scale for sd in spread],  # seeds of one setup: ± their sd
             color=[f"C{i}" for i in range(len(labels))],
         )
         axis.set_title(f"{task.upper()} {'↑' if higher else '↓'}", fontsize=9)

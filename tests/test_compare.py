@@ -100,3 +100,42 @@ def test_runs_of_the_same_tokenizer_get_distinct_rows(tmp_path):
         "continuous: mfcc-features (cmvn=none)",
         "continuous: mfcc-features [continuous]",
     ]
+
+
+def write_config(run, seed, steps=500, cpu_threads=None):
+    """The run's final/mmllm_pretrain.yaml: what setup_and_seed groups by."""
+    import yaml
+
+    (run / "final").mkdir()
+    config = {
+        "run_dir": str(run),
+        "model": {"hidden_size": 256},
+        "train": {"steps": steps, "seed": seed, "cpu_threads": cpu_threads},
+    }
+    (run / "final" / "mmllm_pretrain.yaml").write_text(yaml.safe_dump(config))
+
+
+def test_seeds_of_one_setup_become_one_row_of_means(tmp_path):
+    def run(name, ks, sid, seed, **config):
+        path = write_run(
+            tmp_path, name, "discrete", "mfcc-kmeans", 448.0, {"ks": {"accuracy": ks}, "sid": sid}
+        )
+        write_config(path, seed, **config)
+        return path
+
+    seed0 = run("s0", 0.5, {"accuracy": 0.4}, 0, cpu_threads=1)  # bookkeeping differs: same setup
+    seed1 = run("s1", 0.7, {"accuracy": 0.4}, 1)
+    longer = run("long", 0.9, {"accuracy": 0.1}, 0, steps=1000)  # another budget
+    again = run("again", 0.6, {"accuracy": 0.3}, 0, steps=1000)  # the same seed again
+    report = compare_runs([seed0, seed1, longer, again], tmp_path / "out")
+    lines = report["markdown"].splitlines()
+    # mean 60.0, sample sd sqrt(2 * 0.1^2 / 1) = 14.1
+    assert lines[2] == "| mfcc-kmeans (2 seeds) | 0.45 kbps | 60.0 ± 14.1 | **40.0** ± 0.0 |"
+    assert lines[3] == "| mfcc-kmeans | 0.45 kbps | **90.0** | 10.0 |"
+    assert lines[4] == "| mfcc-kmeans [again] | 0.45 kbps | 60.0 | 30.0 |"
+    row = json.loads((tmp_path / "out" / "comparison.json").read_text())["runs"][
+        "mfcc-kmeans (2 seeds)"
+    ]
+    assert row["seeds"] == [0, 1] and row["runs"] == [str(seed0), str(seed1)]
+    assert row["per_seed"] == {"ks": [0.5, 0.7], "sid": [0.4, 0.4]}
+    assert row["sd"] == {"ks": pytest.approx(0.1 * 2**0.5), "sid": 0.0}
