@@ -22,6 +22,7 @@ codebooks or layers the model listens to.
 from __future__ import annotations
 
 import json
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -67,7 +68,7 @@ def run_label(result: dict) -> str:
     return name
 
 
-def summed_weights(result: dict) -> dict[str, float] | None:
+def learned_input_weights(result: dict) -> dict[str, float] | None:
     """The learned input weights (per codebook of a summed-input run, per layer of SSL layer
     features; mmllm.continuous.codebook_weights) of the checkpoint its dasb.json names, else
     of <run>/final; None for other runs."""
@@ -139,10 +140,6 @@ def setup_and_seed(result: dict) -> tuple[str, int] | None:
     return None
 
 
-def _mean(values: list[float]) -> float:
-    return sum(values) / len(values)
-
-
 def merge_seeds(rows: list[dict], seeds: list[int]) -> dict:
     """One row for runs of one setup with different seeds: each score the mean over the
     runs that have it; `seeds`, `runs`, and per task `per_seed` values and sample `sd`."""
@@ -157,14 +154,13 @@ def merge_seeds(rows: list[dict], seeds: list[int]) -> dict:
     for task in rows[0]["scores"]:
         values = [row["scores"][task] for row in rows if row["scores"][task] is not None]
         merged["per_seed"][task] = [row["scores"][task] for row in rows]
-        merged["scores"][task] = _mean(values) if values else None
+        merged["scores"][task] = statistics.fmean(values) if values else None
         if len(values) > 1:
-            mean = _mean(values)
-            merged["sd"][task] = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5
+            merged["sd"][task] = statistics.stdev(values)  # sample sd (n - 1)
     weighted = [row["codebook_weights"] for row in rows if "codebook_weights" in row]
     if weighted:
         merged["codebook_weights"] = {
-            name: _mean([w[name] for w in weighted]) for name in weighted[0]
+            name: statistics.fmean(w[name] for w in weighted) for name in weighted[0]
         }
     return merged
 
@@ -180,7 +176,7 @@ def compare_runs(paths: list[str | Path], out_dir: str | Path) -> dict:
         row = {"run": result["run"], "bitrate_bps": result.get("bitrate_bps"), "scores": {}}
         for task, (metric, _, _) in columns.items():
             row["scores"][task] = result["tasks"].get(task, {}).get(metric)
-        weights = summed_weights(result)
+        weights = learned_input_weights(result)
         if weights is not None:
             row["codebook_weights"] = weights
         found = setup_and_seed(result)

@@ -55,7 +55,8 @@ CMVN_MODES = ("utterance", "none")
 class _ContinuousFeatures(AudioTokenizer):
     """Shared by the feature backends: 16 kHz in, `[B, D, F]` out, `options.cmvn`.
 
-    Subclasses set `feature_dim` (D) and `frame_rate_hz` before calling this __init__."""
+    Subclasses set `feature_dim` (D); the cache stores `[D, F]` like `[K, F]` codes, so
+    `num_codebooks` is D."""
 
     continuous = True
     sample_rate = SAMPLE_RATE
@@ -71,13 +72,16 @@ class _ContinuousFeatures(AudioTokenizer):
         check_fields(cfg, set(self.used_fields))
         if cfg.weights is not None and "weights" not in self.used_fields:
             raise ValueError(f"tokenizer {self.name!r} does not use `weights`; leave it unset")
-        self.num_codebooks = self.feature_dim  # the cache stores [D, F] like [K, F]
         check_options(cfg, self.allowed_options)
         self.cmvn = cfg.options.get("cmvn", self.default_cmvn)
         if self.cmvn not in CMVN_MODES:
             raise ValueError(
                 f"{self.name}: options.cmvn must be one of {list(CMVN_MODES)}, got {self.cmvn!r}"
             )
+
+    @property
+    def num_codebooks(self) -> int:
+        return self.feature_dim
 
     @property
     def bitrate_bps(self) -> float:
@@ -132,7 +136,7 @@ class _SSLLayerFeatures(_ContinuousFeatures):
     default_cmvn = "none"
 
     def __init__(self, cfg: TokenizerConfig) -> None:
-        check_fields(cfg, set(self.used_fields))  # before loading the model
+        super().__init__(cfg)  # checks the fields and options before the model is loaded
         if not cfg.weights:
             family = SSL_FAMILIES[self.name.split("-")[0]][1]
             raise ValueError(
@@ -144,7 +148,6 @@ class _SSLLayerFeatures(_ContinuousFeatures):
         self.layer_dim = self.ssl.hidden_size
         self.feature_dim = len(self.feature_layers) * self.layer_dim
         self.frame_rate_hz = SAMPLE_RATE / self.ssl.hop_length
-        super().__init__(cfg)
 
     def describe(self) -> dict[str, Any]:
         return super().describe() | {
