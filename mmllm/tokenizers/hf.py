@@ -35,8 +35,9 @@ OFFLINE_TOKENIZERS = ("mfcc-kmeans", "mel-rvq")
 HUB_PROBE_TIMEOUT_S = 2.0
 # Parameters some SSL checkpoints omit because only pretraining uses them (time masking).
 _MISSING_OK = ("masked_spec_embed",)
-# Fields every backend may set; the others must stay at their defaults unless used.
-_ALWAYS_ALLOWED = {"name", "weights", "device", "trust_remote_code", "options"}
+# Fields every backend may set; the others (`weights` too: the offline feature backends have
+# none) must stay at their defaults unless the backend names them as used.
+_ALWAYS_ALLOWED = {"name", "device", "trust_remote_code", "options"}
 
 
 class WeightsUnavailableError(FileNotFoundError):

@@ -145,7 +145,7 @@ class EncodecTokenizer(_CodecTokenizer):
 
     def __init__(self, cfg: TokenizerConfig) -> None:
         super().__init__(cfg)
-        check_fields(cfg, {"bandwidth_kbps", "num_codebooks"})
+        check_fields(cfg, {"weights", "bandwidth_kbps", "num_codebooks"})
         check_options(cfg, set())
         if cfg.bandwidth_kbps is None:
             raise ValueError(
@@ -202,7 +202,7 @@ class DacTokenizer(_CodecTokenizer):
 
     def __init__(self, cfg: TokenizerConfig) -> None:
         super().__init__(cfg)
-        check_fields(cfg, {"num_codebooks"})
+        check_fields(cfg, {"weights", "num_codebooks"})
         check_options(cfg, set())
         from transformers import DacModel
 
@@ -276,7 +276,7 @@ class MimiTokenizer(_CodecTokenizer):
 
     def __init__(self, cfg: TokenizerConfig) -> None:
         super().__init__(cfg)
-        check_fields(cfg, {"num_codebooks"})
+        check_fields(cfg, {"weights", "num_codebooks"})
         check_options(cfg, set())
         from transformers import MimiModel
 

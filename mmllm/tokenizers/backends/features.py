@@ -70,8 +70,6 @@ class _ContinuousFeatures(AudioTokenizer):
     def __init__(self, cfg: TokenizerConfig) -> None:
         super().__init__(cfg)
         check_fields(cfg, set(self.used_fields))
-        if cfg.weights is not None and "weights" not in self.used_fields:
-            raise ValueError(f"tokenizer {self.name!r} does not use `weights`; leave it unset")
         check_options(cfg, self.allowed_options)
         self.cmvn = cfg.options.get("cmvn", self.default_cmvn)
         if self.cmvn not in CMVN_MODES:

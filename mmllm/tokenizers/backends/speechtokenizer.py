@@ -101,7 +101,7 @@ class SpeechTokenizerTokenizer(AudioTokenizer):
 
     def __init__(self, cfg: TokenizerConfig) -> None:
         super().__init__(cfg)
-        check_fields(cfg, {"num_codebooks"})
+        check_fields(cfg, {"weights", "num_codebooks"})
         check_options(cfg, {"subfolder"})
         model_cls = _import_speechtokenizer()
         config_path, checkpoint = _checkpoint_files(cfg)

@@ -76,6 +76,16 @@ SSL_FAMILIES = {
 SSL_MODELS = {
     f"{family}-{kind}": family for family in SSL_FAMILIES for kind in ("kmeans", "features")
 }
+# TokenizerConfig fields the SSL k-means units use (fitting and encoding alike)
+KMEANS_FIELDS = {
+    "weights",
+    "layers",
+    "codebook_size",
+    "deduplicate",
+    "centroids",
+    "vocoder",
+    "num_codebooks",
+}
 NORMALIZE_EPS = 1e-7  # as transformers' Wav2Vec2FeatureExtractor.zero_mean_unit_var_norm
 
 
@@ -205,9 +215,7 @@ class SSLKMeansTokenizer(AudioTokenizer):
         super().__init__(cfg)
         from mmllm.tokenizers.kmeans import load_centroids
 
-        check_fields(
-            cfg, {"layers", "codebook_size", "deduplicate", "centroids", "vocoder", "num_codebooks"}
-        )
+        check_fields(cfg, KMEANS_FIELDS)
         check_options(cfg, {"normalize"})
         layers = _check_layers(cfg)
         self.num_codebooks = len(layers)
@@ -338,9 +346,7 @@ def fit_ssl_kmeans(
     """
     from mmllm.tokenizers.kmeans import fit_kmeans, sample_frames, save_centroids
 
-    check_fields(
-        cfg, {"layers", "codebook_size", "deduplicate", "centroids", "vocoder", "num_codebooks"}
-    )
+    check_fields(cfg, KMEANS_FIELDS)
     check_options(cfg, {"normalize"})
     features = SSLFeatures(cfg)
     k = cfg.codebook_size if cfg.codebook_size is not None else DEFAULT_CODEBOOK_SIZE
