@@ -7,10 +7,15 @@ a batch in the row-major order of the placeholders). `ContinuousInputLM` embeds 
 usual, then overwrites the placeholder positions with its input module's output:
 
     continuous  rows = stacked feature frames [n, stack * D] (float32), AudioProjector:
-                LayerNorm -> Linear(stack * D, hidden) -> GELU -> Linear(hidden, width);
+                norm -> Linear(stack * D, hidden) -> GELU -> Linear(hidden, width);
                 for SSL layer features (D = L blocks of D_l, one per layer) first the
-                weighted sum over layers: sum_l softmax(v)_l LN(x_l), v [L] learned from 0
-                (DASB's continuous baseline; the weights say which layers matter)
+                weighted sum over layers: sum_l softmax(v)_l norm(x_l), v [L] learned from 0
+                (DASB's continuous baseline; the weights say which layers matter).
+                norm (`continuous.input_norm`): `corpus` standardises every input dim
+                with the mean / sd of the training rows (fixed buffers, like the corpus
+                statistics mfcc-kmeans normalises with before quantising); `layer` is a
+                LayerNorm over each frame (the older default: it rescales every frame by
+                its own spread, which for raw MFCCs is mostly c0, the frame's loudness)
     summed      rows = the vocab ids of each frame's K codes [n, K] (int64), CodebookSum:
                 e(frame) = sum_k softmax(w)_k E(id_k), E = the LLM's own input embeddings
                 (the rows audio answers use), w [K] learned, initialised to 0 (the mean).
@@ -33,6 +38,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -40,6 +46,7 @@ from mmllm.fileio import atomic_write_bytes, atomic_write_text, state_dict_bytes
 
 PROJECTOR_WEIGHTS = "mmllm_projector.safetensors"
 PROJECTOR_CONFIG = "mmllm_projector.json"
+INPUT_NORMS = ("corpus", "layer")
 
 
 class AudioProjector(nn.Module):
@@ -47,9 +54,13 @@ class AudioProjector(nn.Module):
 
     With `layers` (L hidden_states indices of an SSL model) each frame holds L blocks of
     `layer_dim` dims: rows [n, stack * L * layer_dim] are viewed as [n, stack, L, layer_dim],
-    each block is normalised over its dims (no parameters: layers differ in scale by orders
-    of magnitude), and the blocks are summed with softmax(layer_weights) [L], initialised
-    to 0 (the mean), giving [n, stack * layer_dim] for the MLP."""
+    each block is normalised, and the blocks are summed with softmax(layer_weights) [L],
+    initialised to 0 (the mean), giving [n, stack * layer_dim] for the MLP.
+
+    `input_norm`: "layer" normalises each frame (each layer's block) over its own dims, no
+    statistics needed; "corpus" standardises each of the in_dim inputs with the buffers
+    `feature_mean` / `feature_std` [in_dim], set from the training rows by
+    `set_feature_statistics` before training and saved with the weights."""
 
     def __init__(
         self,
@@ -58,14 +69,19 @@ class AudioProjector(nn.Module):
         hidden_dim: int,
         layers: list[int] | None = None,
         layer_dim: int | None = None,
+        input_norm: str = "layer",  # checkpoints from before `corpus` have none: "layer"
     ) -> None:
         super().__init__()
+        if input_norm not in INPUT_NORMS:
+            raise ValueError(f"input_norm must be one of {list(INPUT_NORMS)}, got {input_norm!r}")
         self.config: dict[str, Any] = {
             "kind": "projector",
             "in_dim": in_dim,
             "out_dim": out_dim,
             "hidden_dim": hidden_dim,
+            "input_norm": input_norm,
         }
+        self.input_norm = input_norm
         self.layers = list(layers or [])
         mixed_dim = in_dim
         if self.layers:
@@ -78,18 +94,56 @@ class AudioProjector(nn.Module):
             self.config |= {"layers": self.layers, "layer_dim": layer_dim}
             self.layer_weights = nn.Parameter(torch.zeros(len(self.layers)))
             mixed_dim = in_dim // len(self.layers)
-        self.norm = nn.LayerNorm(mixed_dim)
+        if input_norm == "corpus":
+            self.register_buffer("feature_mean", torch.zeros(in_dim))
+            self.register_buffer("feature_std", torch.ones(in_dim))
+            self.norm: nn.Module = nn.Identity()
+        else:
+            self.norm = nn.LayerNorm(mixed_dim)
         self.up = nn.Linear(mixed_dim, hidden_dim)
         self.down = nn.Linear(hidden_dim, out_dim)
 
+    def set_feature_statistics(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+        """Per-input mean and sd [in_dim] of the training rows (`feature_statistics`)."""
+        if self.input_norm != "corpus":
+            raise ValueError(f"input_norm {self.input_norm!r} takes no feature statistics")
+        if mean.shape != self.feature_mean.shape or std.shape != self.feature_std.shape:
+            raise ValueError(
+                f"feature statistics of shape {tuple(mean.shape)} / {tuple(std.shape)} for a "
+                f"projector of {self.feature_mean.shape[0]} inputs"
+            )
+        self.feature_mean.copy_(mean)
+        self.feature_std.copy_(std)
+
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
         x = frames.float()
+        if self.input_norm == "corpus":
+            x = (x - self.feature_mean) / self.feature_std
         if self.layers:
             n = x.shape[0]
             blocks = x.reshape(n, -1, len(self.layers), self.layer_dim)  # [n, stack, L, D_l]
-            blocks = nn.functional.layer_norm(blocks, (self.layer_dim,))
+            if self.input_norm == "layer":
+                blocks = nn.functional.layer_norm(blocks, (self.layer_dim,))
             x = torch.einsum("l,nsld->nsd", self.layer_weights.softmax(0), blocks).reshape(n, -1)
         return self.down(nn.functional.gelu(self.up(self.norm(x))))
+
+
+def feature_statistics(
+    rows: list[np.ndarray], min_std: float = 1e-5
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and sd [D] of every row of `rows` (each [n_i, D], e.g. the `features` of the
+    training documents), in float64; sds below `min_std` (constant inputs) become `min_std`."""
+    rows = [r for r in rows if len(r)]
+    if not rows:
+        raise ValueError("no feature rows to take statistics of")
+    total = sum(torch.from_numpy(np.asarray(r, dtype=np.float64)).sum(0) for r in rows)
+    count = sum(len(r) for r in rows)
+    mean = total / count
+    squares = sum(
+        ((torch.from_numpy(np.asarray(r, dtype=np.float64)) - mean) ** 2).sum(0) for r in rows
+    )
+    std = (squares / count).sqrt().clamp_min(min_std)
+    return mean.float(), std.float()
 
 
 class CodebookSum(nn.Module):

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from mmllm.config import load_config, save_config
+from mmllm.continuous import feature_statistics
 from mmllm.data.augment import AudioAugment
 from mmllm.data.mixture import (
     SOURCES,
@@ -53,6 +54,8 @@ class PreparedRun:
     eval_blocks: dict[str, list[PackedBlock]]
     centroids: dict | None = None
     skipped: Counter = field(default_factory=Counter)
+    # continuous input with input_norm corpus: mean, sd [stack * D] of the training rows
+    feature_stats: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def train_documents(self, epoch: int) -> list[Document]:
         documents, _ = mixture_documents(
@@ -296,8 +299,16 @@ def prepare_run(cfg: PretrainConfig, accelerator: Any) -> PreparedRun:
     check_lengths(train_docs + [d for docs in held_out.values() for d in docs], cfg.data.block_size)
     if skipped:
         accelerator.print(f"rows without cached audio, skipped: {dict(skipped)}")
+    feature_stats = None
+    if cfg.audio_input == "continuous" and cfg.continuous.input_norm == "corpus":
+        # every training row once (at the slowest speed warp, if any: the same frames, resampled)
+        feature_stats = feature_statistics(
+            [d.features for d in train_docs if d.features is not None]
+        )
     eval_blocks = {
         source: list(pack_documents(docs, cfg.data.block_size, vocab.pad_audio_id))
         for source, docs in held_out.items()
     }
-    return PreparedRun(cfg, vocab, hf_tokenizer, renderer, caches, eval_blocks, centroids, skipped)
+    return PreparedRun(
+        cfg, vocab, hf_tokenizer, renderer, caches, eval_blocks, centroids, skipped, feature_stats
+    )

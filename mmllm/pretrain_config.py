@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 
 from mmllm.config import OMIT_WHEN_NONE, config_dataclass
+from mmllm.continuous import INPUT_NORMS
 from mmllm.data.augment import AudioAugment
 from mmllm.data.mixture import SOURCES, weighted_sources
 from mmllm.data.schema import AUDIO_ANSWER_TASKS
@@ -155,10 +156,13 @@ class ContinuousSection:
     """Continuous-input baseline (`audio_input: continuous`): the input tokenizer config names
     a feature backend (mfcc-features, log-mel-features); `stack` consecutive frames are
     concatenated (frame rate / stack), then an MLP of width `projector_hidden` maps them to
-    the model width (mmllm.continuous). Summed input uses neither."""
+    the model width (mmllm.continuous). `input_norm`: `corpus` standardises each input with
+    the mean / sd of the training rows (the corpus statistics mfcc-kmeans quantises with;
+    they keep speaker offsets), `layer` a LayerNorm over each frame. Summed input uses none."""
 
     stack: int = 1
     projector_hidden: int = 512
+    input_norm: str = "corpus"
 
 
 @config_dataclass
@@ -221,6 +225,11 @@ def check_pretrain_config(cfg: PretrainConfig) -> None:
             )
         if cfg.continuous.stack < 1:
             problems.append(f"continuous.stack: must be >= 1, got {cfg.continuous.stack}")
+        if cfg.continuous.input_norm not in INPUT_NORMS:
+            problems.append(
+                f"continuous.input_norm: must be one of {list(INPUT_NORMS)}, "
+                f"got {cfg.continuous.input_norm!r}"
+            )
     if cfg.train.attention not in ("packed", "mask"):
         problems.append(f"train.attention: {cfg.train.attention!r}; expected 'packed' or 'mask'")
     for key in ("steps", "micro_batch_size", "grad_accum", "log_every"):

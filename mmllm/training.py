@@ -107,12 +107,14 @@ def wrap_audio_input(
     num_codebooks: int,
     continuous: ContinuousSection,
     feature_layers: Sequence[int] = (),
+    feature_stats: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> Any:
     """`model` as is for discrete input; else <|audio_embed|> positions take projected
     features (continuous: `num_codebooks` = the feature dimension D; with `feature_layers`,
     D holds one block per SSL layer and the projector learns their weighted sum) or the
-    softmax-weighted sum of the frame's `num_codebooks` code embeddings (summed). See
-    mmllm.continuous."""
+    softmax-weighted sum of the frame's `num_codebooks` code embeddings (summed).
+    `feature_stats` (mean, sd [stack * D] of the training rows) are what the projector
+    standardises with under `continuous.input_norm: corpus`. See mmllm.continuous."""
     from mmllm.continuous import AudioProjector, CodebookSum, ContinuousInputLM
 
     if audio_input == "discrete":
@@ -126,8 +128,17 @@ def wrap_audio_input(
         layers = list(feature_layers) or None
         layer_dim = num_codebooks // len(layers) if layers else None
         projector = AudioProjector(
-            stacked, width, continuous.projector_hidden, layers=layers, layer_dim=layer_dim
+            stacked,
+            width,
+            continuous.projector_hidden,
+            layers=layers,
+            layer_dim=layer_dim,
+            input_norm=continuous.input_norm,
         )
+        if continuous.input_norm == "corpus":
+            if feature_stats is None:
+                raise ValueError("continuous.input_norm corpus needs the training rows' statistics")
+            projector.set_feature_statistics(*feature_stats)
     return ContinuousInputLM(model, projector, vocab.audio_embed_id)
 
 

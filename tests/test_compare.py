@@ -92,7 +92,9 @@ def test_runs_of_the_same_tokenizer_get_distinct_rows(tmp_path):
     report_file = raw / "eval" / "dasb.json"
     report = json.loads(report_file.read_text())
     report_file.write_text(json.dumps(report | {"input_options": {"cmvn": "none"}}))
-    again = write_run(tmp_path / "other", "continuous", "continuous", "mfcc-features", 20800.0, tasks)
+    again = write_run(
+        tmp_path / "other", "continuous", "continuous", "mfcc-features", 20800.0, tasks
+    )
     table = compare_runs([utterance, raw, again], tmp_path / "out")["markdown"].splitlines()
     labels = [line.split(" | ")[0].lstrip("| ") for line in table[2:5]]
     assert labels == [

@@ -15,6 +15,7 @@ from mmllm.continuous import (
     CodebookSum,
     ContinuousInputLM,
     codebook_weights,
+    feature_statistics,
     load_projector,
     save_projector,
 )
@@ -102,6 +103,56 @@ def test_layer_weighted_projector_by_hand(tmp_path):
     )
     with pytest.raises(ValueError, match="in_dim 20 is not a whole number of frames of 3 layers"):
         AudioProjector(20, 5, 7, layers=[1, 3, 7], layer_dim=4)
+
+
+def test_feature_statistics_by_hand():
+    rows = [np.array([[1.0, 5.0], [3.0, 5.0]]), np.zeros((0, 2)), np.array([[5.0, 5.0]])]
+    mean, std = feature_statistics(rows)
+    torch.testing.assert_close(mean, torch.tensor([3.0, 5.0]))
+    # population sd of 1, 3, 5 = sqrt(8 / 3); the constant column gets the floor
+    torch.testing.assert_close(std, torch.tensor([(8 / 3) ** 0.5, 1e-5]))
+    with pytest.raises(ValueError, match="no feature rows"):
+        feature_statistics([np.zeros((0, 2))])
+
+
+def test_corpus_norm_projector_standardises_with_its_statistics(tmp_path):
+    """input_norm corpus: (x - mean) / sd per input, no LayerNorm; the statistics travel
+    with the weights. Unlike a per-frame LayerNorm it keeps a frame's level: two frames
+    that differ by a constant offset on every dim project differently."""
+    projector = AudioProjector(4, 5, 7, input_norm="corpus")
+    mean, std = torch.tensor([1.0, -2.0, 0.5, 3.0]), torch.tensor([2.0, 0.5, 1.0, 4.0])
+    projector.set_feature_statistics(mean, std)
+    frames = torch.randn(6, 4) * 3
+    by_hand = projector.down(torch.nn.functional.gelu(projector.up((frames - mean) / std)))
+    torch.testing.assert_close(projector(frames), by_hand)
+    save_projector(projector, tmp_path)
+    loaded = load_projector(tmp_path)
+    torch.testing.assert_close(loaded(frames), projector(frames))
+    torch.testing.assert_close(loaded.feature_std, std)
+    offset = frames + 1.0
+    assert not torch.allclose(projector(offset), projector(frames))
+    layer = AudioProjector(4, 5, 7, input_norm="layer")
+    torch.testing.assert_close(layer(frames * 2 + 1), layer(frames), atol=1e-4, rtol=1e-4)
+    with pytest.raises(ValueError, match="feature statistics of shape \\(3,\\)"):
+        projector.set_feature_statistics(torch.zeros(3), torch.ones(3))
+    with pytest.raises(ValueError, match="takes no feature statistics"):
+        layer.set_feature_statistics(mean, std)
+    with pytest.raises(ValueError, match="input_norm must be one of"):
+        AudioProjector(4, 5, 7, input_norm="batch")
+
+
+def test_corpus_norm_with_ssl_layers_by_hand():
+    """SSL layer blocks standardised per input, then the softmax-weighted sum, no LayerNorm."""
+    projector = AudioProjector(12, 5, 7, layers=[2, 5], layer_dim=3, input_norm="corpus")
+    mean, std = torch.randn(12), torch.rand(12) + 0.5
+    projector.set_feature_statistics(mean, std)
+    with torch.no_grad():
+        projector.layer_weights.copy_(torch.log(torch.tensor([0.25, 0.75])))
+    frames = torch.randn(4, 12) * 5
+    blocks = ((frames - mean) / std).reshape(4, 2, 2, 3)  # [n, stack, L, D_l]
+    mixed = (0.25 * blocks[:, :, 0] + 0.75 * blocks[:, :, 1]).reshape(4, 6)
+    by_hand = projector.down(torch.nn.functional.gelu(projector.up(mixed)))
+    torch.testing.assert_close(projector(frames), by_hand)
 
 
 def test_projector_config_without_kind_loads_as_projector(tmp_path):

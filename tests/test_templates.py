@@ -193,8 +193,9 @@ def test_asr_span_is_the_asr_template_over_a_cut_of_whole_words(synth_tiny):
         assert rendered.target[-1] == VOCAB.eos_task_id
         assert rendered.loss_mask == [False] * len(rendered.prompt) + [True] * len(rendered.target)
         text = "".join(chr(t) for t in rendered.target[:-1])
-        first = next(i for i in range(len(words)) if " ".join(
-            w["word"] for w in words[i:]).startswith(text))
+        first = next(
+            i for i in range(len(words)) if " ".join(w["word"] for w in words[i:]).startswith(text)
+        )
         count = len(text.split())
         assert " ".join(w["word"] for w in words[first : first + count]) == text
         lengths.add(count)
@@ -202,7 +203,11 @@ def test_asr_span_is_the_asr_template_over_a_cut_of_whole_words(synth_tiny):
         (span,) = audio_spans(rendered.prompt)
         frame_codes = unflatten(span, "in", 2)[0]
         start = int(round(words[first]["start"] * 50))
-        stop = frames if first + count == len(words) else int(round(words[first + count]["start"] * 50))
+        stop = (
+            frames
+            if first + count == len(words)
+            else int(round(words[first + count]["start"] * 50))
+        )
         assert list(frame_codes) == [f % 16 for f in range(start, stop)]
     assert lengths <= {1, 2, 3, 4} and len(lengths) > 1  # seeded, varied lengths
     again = renderer().asr_span(corpus_row, lambda key: codes, seed=3)

@@ -134,6 +134,7 @@ def main(argv: list[str] | None = None) -> int:
         run.caches.input.num_codebooks,
         cfg.continuous,
         run.caches.input.feature_layers,
+        run.feature_stats,
     )
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
