@@ -56,9 +56,13 @@ def load_result(path: str | Path) -> dict:
 
 
 def run_label(result: dict) -> str:
-    """Row name: input mode, tokenizer and its non-default options (e.g. cmvn=none)."""
+    """Row name: input mode, tokenizer and its non-default options (e.g. cmvn=none), and for
+    continuous input the projector's input_norm where the report has it (reports from
+    before input_norm existed were all `layer`)."""
     name = result["input_tokenizer"]
-    options = result.get("input_options") or {}
+    options = dict(result.get("input_options") or {})
+    if result.get("input_norm"):
+        options["input_norm"] = result["input_norm"]
     if options:
         name += " (" + ", ".join(f"{k}={v}" for k, v in sorted(options.items())) + ")"
     if result.get("audio_input") == "continuous":

@@ -390,6 +390,10 @@ def evaluate_checkpoint(
         "output_tokenizer": checkpoint.output_config.name,
         "vocoder": str(vocoder) if vocoder else None,
         "bitrate_bps": data.caches.input.bitrate_bps,
+        # how the projector normalised continuous input (mmllm.continuous.AudioProjector)
+        "input_norm": model.projector.input_norm
+        if data.pretrain.audio_input == "continuous"
+        else None,
         "generation": config_to_dict(config),
         "tasks": {},
     }

@@ -92,14 +92,20 @@ def test_runs_of_the_same_tokenizer_get_distinct_rows(tmp_path):
     report_file = raw / "eval" / "dasb.json"
     report = json.loads(report_file.read_text())
     report_file.write_text(json.dumps(report | {"input_options": {"cmvn": "none"}}))
+    corpus = write_run(tmp_path, "raw-corpus", "continuous", "mfcc-features", 20800.0, tasks)
+    report_file = corpus / "eval" / "dasb.json"
+    report_file.write_text(
+        json.dumps(report | {"input_options": {"cmvn": "none"}, "input_norm": "corpus"})
+    )
     again = write_run(
         tmp_path / "other", "continuous", "continuous", "mfcc-features", 20800.0, tasks
     )
-    table = compare_runs([utterance, raw, again], tmp_path / "out")["markdown"].splitlines()
-    labels = [line.split(" | ")[0].lstrip("| ") for line in table[2:5]]
+    table = compare_runs([utterance, raw, corpus, again], tmp_path / "out")["markdown"]
+    labels = [line.split(" | ")[0].lstrip("| ") for line in table.splitlines()[2:6]]
     assert labels == [
         "continuous: mfcc-features",
         "continuous: mfcc-features (cmvn=none)",
+        "continuous: mfcc-features (cmvn=none, input_norm=corpus)",
         "continuous: mfcc-features [continuous]",
     ]
 
