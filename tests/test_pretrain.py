@@ -283,11 +283,18 @@ def test_continuous_input_run_trains_and_exports_projector(tiny_tokens, tmp_path
     train_until_losses_fall(tiny_tokens, run_dir, overrides)
     projector = load_projector(run_dir / "final")
     assert projector.config["in_dim"] == 26
+    # input_norm corpus (the default): statistics of the training rows, saved with the
+    # projector. mfcc-features are normalised per utterance (mean 0, sd 1 in every
+    # utterance), so over all training rows every dim has mean 0 and sd 1 too.
+    assert projector.input_norm == "corpus"
+    torch.testing.assert_close(projector.feature_mean, torch.zeros(26), atol=1e-2, rtol=0)
+    torch.testing.assert_close(projector.feature_std, torch.ones(26), atol=1e-2, rtol=0)
     vocab = json.loads((run_dir / "final" / "mmllm_vocab.json").read_text())
     assert [block["tokenizer"] for block in vocab["audio"]] == ["mfcc-kmeans"]
     # evaluation and prompting read the features the same way
     report = evaluate_run(run_dir, "ks,sv,asr,se", tmp_path / "eval")
     assert report["audio_input"] == "continuous" and report["input_tokenizer"] == "mfcc-features"
+    assert report["input_norm"] == "corpus"
     assert set(report["tasks"]) == {"ks", "sv", "asr", "se"}
 
 
