@@ -158,11 +158,14 @@ class ContinuousSection:
     concatenated (frame rate / stack), then an MLP of width `projector_hidden` maps them to
     the model width (mmllm.continuous). `input_norm`: `corpus` standardises each input with
     the mean / sd of the training rows (the corpus statistics mfcc-kmeans quantises with;
-    they keep speaker offsets), `layer` a LayerNorm over each frame. Summed input uses none."""
+    they keep speaker offsets), `layer` a LayerNorm over each frame. `output_rms`: the
+    projector's last layer is scaled at init so normalised frames come out at this
+    root-mean-square (null: PyTorch's default init). Summed input uses none of these."""
 
     stack: int = 1
     projector_hidden: int = 512
     input_norm: str = "corpus"
+    output_rms: float | None = 1.0
 
 
 @config_dataclass
@@ -225,6 +228,10 @@ def check_pretrain_config(cfg: PretrainConfig) -> None:
             )
         if cfg.continuous.stack < 1:
             problems.append(f"continuous.stack: must be >= 1, got {cfg.continuous.stack}")
+        if cfg.continuous.output_rms is not None and cfg.continuous.output_rms <= 0:
+            problems.append(
+                f"continuous.output_rms: must be > 0 or null, got {cfg.continuous.output_rms}"
+            )
         if cfg.continuous.input_norm not in INPUT_NORMS:
             problems.append(
                 f"continuous.input_norm: must be one of {list(INPUT_NORMS)}, "

@@ -114,7 +114,8 @@ def wrap_audio_input(
     D holds one block per SSL layer and the projector learns their weighted sum) or the
     softmax-weighted sum of the frame's `num_codebooks` code embeddings (summed).
     `feature_stats` (mean, sd [stack * D] of the training rows) are what the projector
-    standardises with under `continuous.input_norm: corpus`. See mmllm.continuous."""
+    standardises with under `continuous.input_norm: corpus`; `continuous.output_rms` scales
+    its last layer at initialisation. See mmllm.continuous."""
     from mmllm.continuous import AudioProjector, CodebookSum, ContinuousInputLM
 
     if audio_input == "discrete":
@@ -139,6 +140,8 @@ def wrap_audio_input(
             if feature_stats is None:
                 raise ValueError("continuous.input_norm corpus needs the training rows' statistics")
             projector.set_feature_statistics(*feature_stats)
+        if continuous.output_rms is not None:
+            projector.match_output_scale(continuous.output_rms)
     return ContinuousInputLM(model, projector, vocab.audio_embed_id)
 
 

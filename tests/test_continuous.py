@@ -141,6 +141,30 @@ def test_corpus_norm_projector_standardises_with_its_statistics(tmp_path):
         AudioProjector(4, 5, 7, input_norm="batch")
 
 
+def test_match_output_scale_sets_the_output_rms_and_keeps_the_function_shape():
+    """The last layer (weight and bias) is multiplied by one factor, so the output is the
+    same function scaled; standard-normal frames in the normalised space (here: mean +
+    sd * N(0, 1) before corpus standardisation) then come out at the asked rms."""
+    torch.manual_seed(0)
+    projector = AudioProjector(4, 16, 32, input_norm="corpus")
+    mean, std = torch.tensor([10.0, -3.0, 0.0, 2.0]), torch.tensor([5.0, 0.1, 1.0, 2.0])
+    projector.set_feature_statistics(mean, std)
+    frames = torch.randn(8, 4) * std + mean
+    before = projector(frames).detach()
+    projector.match_output_scale(1.0)
+    after = projector(frames).detach()
+    factor = float(after.norm() / before.norm())
+    torch.testing.assert_close(after, before * factor, rtol=1e-4, atol=1e-6)
+    assert factor > 2  # PyTorch's default init comes out at ~0.2, well below 1.0
+    fresh = torch.randn(20_000, 4) * std + mean
+    assert float(projector(fresh).pow(2).mean().sqrt()) == pytest.approx(1.0, rel=0.03)
+    layer = AudioProjector(6, 16, 8)  # input_norm layer: any frame is normalised first
+    layer.match_output_scale(0.5)
+    assert float(layer(torch.randn(20_000, 6)).pow(2).mean().sqrt()) == pytest.approx(0.5, rel=0.03)
+    with pytest.raises(ValueError, match="target_rms must be > 0"):
+        layer.match_output_scale(0.0)
+
+
 def test_corpus_norm_with_ssl_layers_by_hand():
     """SSL layer blocks standardised per input, then the softmax-weighted sum, no LayerNorm."""
     projector = AudioProjector(12, 5, 7, layers=[2, 5], layer_dim=3, input_norm="corpus")

@@ -289,6 +289,7 @@ def test_continuous_input_run_trains_and_exports_projector(tiny_tokens, tmp_path
     assert projector.input_norm == "corpus"
     torch.testing.assert_close(projector.feature_mean, torch.zeros(26), atol=1e-2, rtol=0)
     torch.testing.assert_close(projector.feature_std, torch.ones(26), atol=1e-2, rtol=0)
+    assert projector.config["input_norm"] == "corpus"
     vocab = json.loads((run_dir / "final" / "mmllm_vocab.json").read_text())
     assert [block["tokenizer"] for block in vocab["audio"]] == ["mfcc-kmeans"]
     # evaluation and prompting read the features the same way
