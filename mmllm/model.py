@@ -34,6 +34,7 @@ def resize_model(
     centroids: Mapping[Any, torch.Tensor] | None = None,
     freeze_new: bool = False,
     seed: int = 0,
+    audio_input_rms: float | None = None,
 ) -> Any:
     """Resize a causal LM's input embeddings and output layer to `vocab.size` and initialise
     every row at or beyond `vocab.text_size` (special and audio tokens). In place; returns it.
@@ -50,6 +51,12 @@ def resize_model(
     Statistics come from rows [0, text_size) of each matrix (input embeddings and, when
     untied, the output layer, each with its own). Tied embeddings stay tied.
 
+    audio_input_rms: the audio rows of the input embeddings (not the special rows, not the
+      output layer) are drawn from N(0, audio_input_rms^2) instead (seeded by `seed`), after
+      `init` (not with centroids, which it would overwrite). Why: a from-scratch Llama's rows
+      are at 0.02; at unit scale an audio position keeps its identity through the residual
+      stream (docs/experiments.md, session 13). Needs untied embeddings.
+
     freeze_new: the audio rows (not the special ones) keep their initial values during
       training: a gradient hook zeros their gradient rows (`freeze_audio_rows`). Hooks are
       not saved with the model; re-apply after loading. Decoupled weight decay (AdamW) still
@@ -59,6 +66,11 @@ def resize_model(
         raise ValueError(f"init must be one of {INIT_MODES}, got {init!r}")
     if init == "centroids" and centroids is None:
         raise ValueError("init='centroids' needs centroids")
+    if audio_input_rms is not None and (init == "centroids" or audio_input_rms <= 0):
+        raise ValueError(
+            f"audio_input_rms must be > 0 and not combined with init='centroids', got "
+            f"{audio_input_rms} with init={init!r}"
+        )
     old_rows = model.get_input_embeddings().weight.shape[0]
     if old_rows < vocab.text_size:
         raise ValueError(
@@ -85,6 +97,16 @@ def resize_model(
         bias = getattr(out, "bias", None) if out is not None else None
         if bias is not None and bias.shape[0] == vocab.size:
             bias[vocab.text_size :] = bias[: vocab.text_size].float().mean().to(bias.dtype)
+        if audio_input_rms is not None:
+            if _is_tied(model):
+                raise ValueError("audio_input_rms needs untied input and output embeddings")
+            weight = model.get_input_embeddings().weight
+            rows = torch.randn(
+                vocab.size - vocab.audio_start,
+                weight.shape[1],
+                generator=torch.Generator().manual_seed(seed),
+            )
+            weight[vocab.audio_start :] = (rows * audio_input_rms).to(weight.device, weight.dtype)
     if freeze_new:
         freeze_audio_rows(model, vocab)
     return model

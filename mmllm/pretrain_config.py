@@ -68,6 +68,9 @@ class ModelSection:
                  extend; null = a Llama built from scratch with the sizes below and a
                  SentencePiece text vocabulary of `text_vocab_size` pieces trained on the corpus
     init:        new (special + audio) rows: mean | random | centroids (k-means tokenizers)
+    audio_input_rms: null, or the audio rows of the input embeddings drawn from
+                 N(0, rms^2) after `init` (1.0 for a from-scratch model: audio rows at the
+                 text rows' 0.02 wash out in the residual stream; mmllm.model.resize_model)
     freeze_audio: keep the audio rows at their initial values
     """
 
@@ -79,6 +82,8 @@ class ModelSection:
     num_heads: int = 4
     intermediate_size: int = 704
     init: str = "mean"
+    # left out of the saved config while null, so configs and hashes from before it stay the same
+    audio_input_rms: float | None = dataclasses.field(default=None, metadata=OMIT_WHEN_NONE)
     freeze_audio: bool = False
     gradient_checkpointing: bool = False
     lora: LoraSection | None = None
@@ -208,6 +213,12 @@ def check_pretrain_config(cfg: PretrainConfig) -> None:
         )
     if cfg.model.init not in INIT_MODES:
         problems.append(f"model.init: {cfg.model.init!r}; expected one of {INIT_MODES}")
+    rms = cfg.model.audio_input_rms
+    if rms is not None and (rms <= 0 or cfg.model.init == "centroids"):
+        problems.append(
+            f"model.audio_input_rms: {rms}; must be > 0, and not with model.init centroids "
+            "(it would overwrite the centroid rows)"
+        )
     if cfg.train.precision not in PRECISIONS:
         problems.append(f"train.precision: {cfg.train.precision!r}; expected one of {PRECISIONS}")
     if cfg.audio_input not in AUDIO_INPUTS:

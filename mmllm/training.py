@@ -86,7 +86,13 @@ def build_model(
         )
     if model.get_input_embeddings().weight.shape[0] != vocab.size:
         resize_model(
-            model, vocab, init=section.init, centroids=centroids, freeze_new=False, seed=seed
+            model,
+            vocab,
+            init=section.init,
+            centroids=centroids,
+            freeze_new=False,
+            seed=seed,
+            audio_input_rms=section.audio_input_rms,
         )
     if section.freeze_audio and section.lora is None:
         from mmllm.model import freeze_audio_rows

@@ -90,6 +90,30 @@ def test_freeze_new_keeps_audio_rows(text_tok_dir, tied):
     assert not torch.equal(after_in[vocab.audio_start_id], before_in[vocab.audio_start_id])
 
 
+def test_audio_input_rms_draws_the_audio_input_rows_only():
+    """audio_input_rms: audio rows of the input embeddings ~ N(0, rms^2), seeded; text and
+    special rows and the whole output layer as `init` left them."""
+    vocab = MultimodalVocab(50, AUDIO)
+    plain, scaled = tiny_llama(50, tied=False), tiny_llama(50, tied=False)
+    resize_model(plain, vocab, init="mean", seed=3)
+    resize_model(scaled, vocab, init="mean", seed=3, audio_input_rms=1.0)
+    (plain_in, plain_out), (scaled_in, scaled_out) = rows(plain), rows(scaled)
+    start = vocab.audio_start
+    torch.testing.assert_close(scaled_in[:start], plain_in[:start])  # text + special rows
+    torch.testing.assert_close(scaled_out, plain_out)
+    audio = scaled_in[start:]
+    assert audio.shape[0] == 50 + 3 * 16 and float(audio.pow(2).mean().sqrt()) == pytest.approx(
+        1.0, rel=0.05
+    )
+    assert float(plain_in[start:].pow(2).mean().sqrt()) < 0.1  # the text rows' scale
+    expected = torch.randn(audio.shape, generator=torch.Generator().manual_seed(3))
+    torch.testing.assert_close(audio, expected)
+    with pytest.raises(ValueError, match="audio_input_rms must be > 0 and not combined"):
+        resize_model(tiny_llama(50, tied=False), vocab, init="random", audio_input_rms=0.0)
+    with pytest.raises(ValueError, match="needs untied input and output embeddings"):
+        resize_model(tiny_llama(50, tied=True), vocab, audio_input_rms=1.0)
+
+
 def test_save_pretrained_multimodal_round_trip(text_tok_dir, tmp_path):
     tok = AutoTokenizer.from_pretrained(text_tok_dir)
     vocab = MultimodalVocab(len(tok), AUDIO)
