@@ -54,8 +54,9 @@ def resize_model(
     audio_input_rms: the audio rows of the input embeddings (not the special rows, not the
       output layer) are drawn from N(0, audio_input_rms^2) instead (seeded by `seed`), after
       `init` (not with centroids, which it would overwrite). Why: a from-scratch Llama's rows
-      are at 0.02; at unit scale an audio position keeps its identity through the residual
-      stream (docs/experiments.md, session 13). Needs untied embeddings.
+      are at rms 0.02 (their mean, the `mean` init, at 0.0006); at unit scale an audio
+      position keeps its identity through the residual stream (docs/experiments.md,
+      session 13). Needs untied embeddings.
 
     freeze_new: the audio rows (not the special ones) keep their initial values during
       training: a gradient hook zeros their gradient rows (`freeze_audio_rows`). Hooks are
