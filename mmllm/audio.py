@@ -197,3 +197,26 @@ def mfcc(
     logmel = log_mel(wav, sample_rate, n_mels=n_mels, **mel_kwargs)
     basis = dct_matrix(n_mels, n_mfcc).to(logmel)
     return torch.einsum("...mf,mc->...cf", logmel, basis)
+
+
+class FeatureStats:
+    """Running per-dimension sums (float64) over every feature frame [n, dim] streamed past:
+    the corpus statistics mfcc-kmeans normalises MFCCs with, and those the continuous
+    projector standardises its inputs with (mmllm.continuous.feature_statistics)."""
+
+    def __init__(self, dim: int) -> None:
+        self.count = 0
+        self.total = torch.zeros(dim, dtype=torch.float64)
+        self.squares = torch.zeros(dim, dtype=torch.float64)
+
+    def update(self, frames: torch.Tensor) -> None:
+        frames = frames.double().cpu()
+        self.count += frames.shape[0]
+        self.total += frames.sum(dim=0)
+        self.squares += frames.square().sum(dim=0)
+
+    def mean_std(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean [dim], population sd [dim]) as float32; the variance floored at 1e-12."""
+        mean = self.total / self.count
+        variance = (self.squares / self.count - mean.square()).clamp(min=1e-12)
+        return mean.float(), variance.sqrt().float()

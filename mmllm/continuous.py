@@ -45,6 +45,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from mmllm.audio import FeatureStats
 from mmllm.fileio import atomic_write_bytes, atomic_write_text, state_dict_bytes
 
 PROJECTOR_WEIGHTS = "mmllm_projector.safetensors"
@@ -156,18 +157,16 @@ def feature_statistics(
     rows: list[np.ndarray], min_std: float = 1e-5
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean and sd [D] of every row of `rows` (each [n_i, D], e.g. the `features` of the
-    training documents), in float64; sds below `min_std` (constant inputs) become `min_std`."""
+    training documents), summed in float64 (`FeatureStats`); sds below `min_std`
+    (constant inputs) become `min_std`."""
     rows = [r for r in rows if len(r)]
     if not rows:
         raise ValueError("no feature rows to take statistics of")
-    total = sum(torch.from_numpy(np.asarray(r, dtype=np.float64)).sum(0) for r in rows)
-    count = sum(len(r) for r in rows)
-    mean = total / count
-    squares = sum(
-        ((torch.from_numpy(np.asarray(r, dtype=np.float64)) - mean) ** 2).sum(0) for r in rows
-    )
-    std = (squares / count).sqrt().clamp_min(min_std)
-    return mean.float(), std.float()
+    stats = FeatureStats(rows[0].shape[1])
+    for r in rows:
+        stats.update(torch.from_numpy(np.asarray(r)))
+    mean, std = stats.mean_std()
+    return mean, std.clamp_min(min_std)
 
 
 class CodebookSum(nn.Module):

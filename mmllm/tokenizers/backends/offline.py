@@ -47,7 +47,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from mmllm.audio import dct_matrix, mel_filters
+from mmllm.audio import FeatureStats, dct_matrix, mel_filters
 from mmllm.tokenizers.base import (
     PAD_CODE,
     AudioTokenizer,
@@ -563,31 +563,11 @@ class MelRvqTokenizer(_OfflineTokenizer):
 # ----------------------------------------------------------------------------- fitting
 
 
-class _MfccStats:
-    """Running per-coefficient sums (float64) over every MFCC frame [n, dim] streamed past."""
-
-    def __init__(self, dim: int = N_MFCC) -> None:
-        self.count = 0
-        self.total = torch.zeros(dim, dtype=torch.float64)
-        self.squares = torch.zeros(dim, dtype=torch.float64)
-
-    def update(self, mfcc: torch.Tensor) -> None:
-        mfcc = mfcc.double().cpu()
-        self.count += mfcc.shape[0]
-        self.total += mfcc.sum(dim=0)
-        self.squares += mfcc.square().sum(dim=0)
-
-    def mean_std(self) -> tuple[torch.Tensor, torch.Tensor]:
-        mean = self.total / self.count
-        variance = (self.squares / self.count - mean.square()).clamp(min=1e-12)
-        return mean.float(), variance.sqrt().float()
-
-
 def _feature_batches(
     name: str,
     waveforms: Iterator[torch.Tensor],
     device: torch.device,
-    stats: _MfccStats | None,
+    stats: FeatureStats | None,
     batch_items: int = 16,
     cmvn: str = "corpus",
     deltas: bool = False,
@@ -651,7 +631,7 @@ def fit_frames(
     tasks = corpus_tasks(data_dir) if tasks is None else tuple(tasks)
     dim = mfcc_dim(deltas)
     run_device = torch.device(device)
-    stats = _MfccStats(dim) if name == "mfcc-kmeans" and cmvn == "corpus" else None
+    stats = FeatureStats(dim) if name == "mfcc-kmeans" and cmvn == "corpus" else None
     seen = 0
 
     def counted(batches: Iterator[torch.Tensor]) -> Iterator[torch.Tensor]:
