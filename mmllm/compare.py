@@ -56,13 +56,11 @@ def load_result(path: str | Path) -> dict:
 
 
 def run_label(result: dict) -> str:
-    """Row name: input mode, tokenizer and its non-default options (e.g. cmvn=none), and for
-    continuous input the projector's input_norm where the report has it (reports from
-    before input_norm existed were all `layer`)."""
+    """Row name: input mode, tokenizer and its non-default options (e.g. cmvn=none), plus
+    the report's `input_settings` (input_norm, output_rms, audio_input_rms; reports from
+    before session 13 have none: a per-frame LayerNorm and the default init)."""
     name = result["input_tokenizer"]
-    options = dict(result.get("input_options") or {})
-    if result.get("input_norm"):
-        options["input_norm"] = result["input_norm"]
+    options = dict(result.get("input_options") or {}) | (result.get("input_settings") or {})
     if options:
         name += " (" + ", ".join(f"{k}={v}" for k, v in sorted(options.items())) + ")"
     if result.get("audio_input") == "continuous":

@@ -139,6 +139,7 @@ class AudioProjector(nn.Module):
         measured = float(self(frames).pow(2).mean().sqrt())
         self.down.weight.mul_(target_rms / measured)
         self.down.bias.mul_(target_rms / measured)
+        self.config["output_rms"] = target_rms  # how it was initialised, saved with it
 
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
         x = frames.float()
@@ -252,7 +253,10 @@ def load_projector(directory: str | Path, embedding: nn.Module | None = None) ->
             raise ValueError(f"{directory}: a codebook-sum input needs the LLM's input embeddings")
         projector = CodebookSum(config["num_codebooks"], embedding)
     else:
+        output_rms = config.pop("output_rms", None)  # a record of the init, not a shape
         projector = AudioProjector(**config)
+        if output_rms is not None:
+            projector.config["output_rms"] = output_rms
     projector.load_state_dict(load_file(directory / PROJECTOR_WEIGHTS))
     return projector
 

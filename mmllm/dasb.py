@@ -351,6 +351,21 @@ def score_dwer(asr: Any, pairs: list[tuple], sample_rate: int) -> dict:
     return result
 
 
+def input_settings(model: Any, pretrain: Any) -> dict[str, Any]:
+    """How input audio entered the LLM, beyond the tokenizer's options: the projector's
+    `input_norm` and `output_rms` (absent: PyTorch's default init) for continuous input,
+    `model.audio_input_rms` for token rows drawn at that scale. Empty when all are default."""
+    if pretrain.audio_input == "continuous":
+        config = model.projector.config
+        settings = {
+            "input_norm": model.projector.input_norm,
+            "output_rms": config.get("output_rms"),
+        }
+    else:
+        settings = {"audio_input_rms": pretrain.model.audio_input_rms}
+    return {key: value for key, value in settings.items() if value is not None}
+
+
 def evaluate_checkpoint(
     directory: str | Path,
     tasks: Sequence[str],
@@ -390,10 +405,7 @@ def evaluate_checkpoint(
         "output_tokenizer": checkpoint.output_config.name,
         "vocoder": str(vocoder) if vocoder else None,
         "bitrate_bps": data.caches.input.bitrate_bps,
-        # how the projector normalised continuous input (mmllm.continuous.AudioProjector)
-        "input_norm": model.projector.input_norm
-        if data.pretrain.audio_input == "continuous"
-        else None,
+        "input_settings": input_settings(model, data.pretrain),
         "generation": config_to_dict(config),
         "tasks": {},
     }

@@ -95,7 +95,9 @@ def test_runs_of_the_same_tokenizer_get_distinct_rows(tmp_path):
     corpus = write_run(tmp_path, "raw-corpus", "continuous", "mfcc-features", 20800.0, tasks)
     report_file = corpus / "eval" / "dasb.json"
     report_file.write_text(
-        json.dumps(report | {"input_options": {"cmvn": "none"}, "input_norm": "corpus"})
+        json.dumps(
+            report | {"input_options": {"cmvn": "none"}, "input_settings": {"input_norm": "corpus"}}
+        )
     )
     again = write_run(
         tmp_path / "other", "continuous", "continuous", "mfcc-features", 20800.0, tasks

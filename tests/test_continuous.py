@@ -141,7 +141,7 @@ def test_corpus_norm_projector_standardises_with_its_statistics(tmp_path):
         AudioProjector(4, 5, 7, input_norm="batch")
 
 
-def test_match_output_scale_sets_the_output_rms_and_keeps_the_function_shape():
+def test_match_output_scale_sets_the_output_rms_and_keeps_the_function_shape(tmp_path):
     """The last layer (weight and bias) is multiplied by one factor, so the output is the
     same function scaled; standard-normal frames in the normalised space (here: mean +
     sd * N(0, 1) before corpus standardisation) then come out at the asked rms."""
@@ -156,6 +156,10 @@ def test_match_output_scale_sets_the_output_rms_and_keeps_the_function_shape():
     factor = float(after.norm() / before.norm())
     torch.testing.assert_close(after, before * factor, rtol=1e-4, atol=1e-6)
     assert factor > 2  # PyTorch's default init comes out at ~0.2, well below 1.0
+    save_projector(projector, tmp_path)  # the init is recorded and survives a round trip
+    loaded = load_projector(tmp_path)
+    assert loaded.config["output_rms"] == 1.0 and "output_rms" not in AudioProjector(4, 5, 7).config
+    torch.testing.assert_close(loaded(frames), after)
     fresh = torch.randn(20_000, 4) * std + mean
     layer = AudioProjector(6, 16, 8)  # input_norm layer: any frame is normalised first
     layer.match_output_scale(0.5)

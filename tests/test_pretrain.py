@@ -295,7 +295,7 @@ def test_continuous_input_run_trains_and_exports_projector(tiny_tokens, tmp_path
     # evaluation and prompting read the features the same way
     report = evaluate_run(run_dir, "ks,sv,asr,se", tmp_path / "eval")
     assert report["audio_input"] == "continuous" and report["input_tokenizer"] == "mfcc-features"
-    assert report["input_norm"] == "corpus"
+    assert report["input_settings"] == {"input_norm": "corpus", "output_rms": 1.0}
     assert set(report["tasks"]) == {"ks", "sv", "asr", "se"}
 
 
