@@ -58,6 +58,7 @@ from mmllm.generate import (
     decode_text,
     generate,
 )
+from mmllm.pretrain_config import PRETRAIN_CONFIG_FILENAME, load_run_config
 from mmllm.prompting import Checkpoint
 from mmllm.templates import SV_ANSWERS
 
@@ -69,11 +70,8 @@ class EvalData:
     """Rows, prompts and reference codes of one checkpoint's corpus."""
 
     def __init__(self, checkpoint: Checkpoint, split: str) -> None:
-        from mmllm.config import load_config
-        from mmllm.pretrain_config import PretrainConfig
-
         self.checkpoint = checkpoint
-        self.pretrain = load_config(PretrainConfig, checkpoint.directory / "mmllm_pretrain.yaml")
+        self.pretrain = load_run_config(checkpoint.directory / PRETRAIN_CONFIG_FILENAME)
         self.corpus = Path(self.pretrain.corpus.path)
         cache_dir = Path(self.pretrain.tokenizers.cache_dir)
         self.caches = TokenCaches.open(
@@ -362,7 +360,7 @@ def input_settings(model: Any, pretrain: Any) -> dict[str, Any]:
             "output_rms": config.get("output_rms"),
         }
     else:
-        settings = {"audio_input_rms": pretrain.model.audio_input_rms}
+        settings = {"audio_input_rms": pretrain.model.resolved_audio_input_rms()}
     return {key: value for key, value in settings.items() if value is not None}
 
 

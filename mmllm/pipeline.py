@@ -36,7 +36,7 @@ from mmllm.data.mixture import (
 from mmllm.data.packing import Document, PackedBlock, pack_documents
 from mmllm.data.schema import AUDIO_ANSWER_TASKS
 from mmllm.model import save_pretrained_multimodal
-from mmllm.pretrain_config import PretrainConfig
+from mmllm.pretrain_config import PRETRAIN_CONFIG_FILENAME, PretrainConfig
 from mmllm.templates import TemplateRenderer
 from mmllm.tokenizers.base import TokenizerConfig
 from mmllm.vocab import VOCAB_FILENAME, MultimodalVocab, extend_hf_tokenizer
@@ -91,7 +91,7 @@ class PreparedRun:
             unwrapped.set_attn_implementation("sdpa")  # loadable without mmllm imported
 
             def extra(tmp: Path) -> None:
-                save_config(self.cfg, tmp, "mmllm_pretrain.yaml")
+                save_config(self.cfg, tmp, PRETRAIN_CONFIG_FILENAME)
                 if projector is not None:
                     save_projector(projector, tmp, projector_state)
 

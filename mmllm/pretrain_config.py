@@ -10,8 +10,10 @@ does with no arguments. `configs/pretrain/*.yaml` override what they name.
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
+from typing import Literal
 
-from mmllm.config import OMIT_WHEN_NONE, config_dataclass
+from mmllm.config import OMIT_WHEN_NONE, config_dataclass, from_dict, read_yaml
 from mmllm.continuous import INPUT_NORMS
 from mmllm.data.augment import AudioAugment
 from mmllm.data.mixture import SOURCES, weighted_sources
@@ -20,6 +22,7 @@ from mmllm.model import INIT_MODES
 from mmllm.patterns import PATTERNS
 
 PRECISIONS = ("auto", "fp32", "bf16")
+PRETRAIN_CONFIG_FILENAME = "mmllm_pretrain.yaml"  # a run's resolved config, in every checkpoint
 AUDIO_INPUTS = ("discrete", "continuous", "summed")
 
 
@@ -68,9 +71,10 @@ class ModelSection:
                  extend; null = a Llama built from scratch with the sizes below and a
                  SentencePiece text vocabulary of `text_vocab_size` pieces trained on the corpus
     init:        new (special + audio) rows: mean | random | centroids (k-means tokenizers)
-    audio_input_rms: null, or the audio rows of the input embeddings drawn from
-                 N(0, rms^2) after `init` (1.0 for a from-scratch model: audio rows at the
-                 text rows' 0.02 wash out in the residual stream; mmllm.model.resize_model)
+    audio_input_rms: the audio rows of the input embeddings drawn from N(0, rms^2) after
+                 `init` (mmllm.model.resize_model); null = they keep `init`; auto = 1.0 for
+                 a from-scratch model (base null, init not centroids: audio rows at the
+                 text rows' 0.02 wash out in the residual stream), null for a pretrained base
     freeze_audio: keep the audio rows at their initial values
     """
 
@@ -82,11 +86,16 @@ class ModelSection:
     num_heads: int = 4
     intermediate_size: int = 704
     init: str = "mean"
-    # left out of the saved config while null, so configs and hashes from before it stay the same
-    audio_input_rms: float | None = dataclasses.field(default=None, metadata=OMIT_WHEN_NONE)
+    audio_input_rms: float | Literal["auto"] | None = "auto"
     freeze_audio: bool = False
     gradient_checkpointing: bool = False
     lora: LoraSection | None = None
+
+    def resolved_audio_input_rms(self) -> float | None:
+        """The scale the audio input rows are drawn at, `auto` resolved; None: they keep `init`."""
+        if self.audio_input_rms != "auto":
+            return self.audio_input_rms
+        return 1.0 if self.base is None and self.init != "centroids" else None
 
 
 def _default_mixture() -> dict[str, float]:
@@ -196,6 +205,22 @@ class PretrainConfig:
     train: TrainSection = dataclasses.field(default_factory=TrainSection)
 
 
+# Keys whose default changed after runs were saved, with the value such a run had: a saved
+# run config that lacks the key predates it (it was left out while null) and is read with
+# that value, not with today's default.
+_SAVED_BEFORE_KEY = {("model", "audio_input_rms"): None}
+
+
+def load_run_config(path: str | Path) -> PretrainConfig:
+    """The PretrainConfig a run saved beside its checkpoints (mmllm_pretrain.yaml), read as
+    that run was trained: keys added later with a non-null default keep their old value."""
+    data = read_yaml(path)
+    for (section, key), value in _SAVED_BEFORE_KEY.items():
+        if isinstance(data.get(section, {}), dict):
+            data.setdefault(section, {}).setdefault(key, value)
+    return from_dict(PretrainConfig, data, source=str(path))
+
+
 def check_pretrain_config(cfg: PretrainConfig) -> None:
     """Checks that need no files; raises ValueError naming the key."""
     problems = []
@@ -214,7 +239,7 @@ def check_pretrain_config(cfg: PretrainConfig) -> None:
     if cfg.model.init not in INIT_MODES:
         problems.append(f"model.init: {cfg.model.init!r}; expected one of {INIT_MODES}")
     rms = cfg.model.audio_input_rms
-    if rms is not None and (rms <= 0 or cfg.model.init == "centroids"):
+    if rms not in (None, "auto") and (rms <= 0 or cfg.model.init == "centroids"):
         problems.append(
             f"model.audio_input_rms: {rms}; must be > 0, and not with model.init centroids "
             "(it would overwrite the centroid rows)"

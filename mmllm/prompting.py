@@ -32,11 +32,10 @@ from mmllm.generate import (
     decode_text,
     generate,
 )
+from mmllm.pretrain_config import PRETRAIN_CONFIG_FILENAME, load_run_config
 from mmllm.templates import SV_ANSWERS, TemplateRenderer
 from mmllm.tokenizers.base import TokenizerConfig
 from mmllm.vocab import VOCAB_FILENAME, MultimodalVocab
-
-PRETRAIN_CONFIG_FILENAME = "mmllm_pretrain.yaml"
 
 
 class GenerateError(ValueError):
@@ -60,8 +59,6 @@ class Checkpoint:
     def open(cls, directory: str | Path) -> Checkpoint:
         from transformers import AutoTokenizer
 
-        from mmllm.pretrain_config import PretrainConfig
-
         directory = Path(directory)
         if not directory.is_dir():
             raise GenerateError(f"checkpoint {directory}: directory not found")
@@ -70,7 +67,7 @@ class Checkpoint:
                 raise GenerateError(f"checkpoint {directory}: no {name} (not an mmllm checkpoint?)")
         try:
             vocab = MultimodalVocab.load(directory)
-            pretrain = load_config(PretrainConfig, directory / PRETRAIN_CONFIG_FILENAME)
+            pretrain = load_run_config(directory / PRETRAIN_CONFIG_FILENAME)
             section = pretrain.tokenizers
             input_config = load_config(TokenizerConfig, section.input, section.input_overrides)
             output_config = input_config

@@ -92,7 +92,7 @@ def build_model(
             centroids=centroids,
             freeze_new=False,
             seed=seed,
-            audio_input_rms=section.audio_input_rms,
+            audio_input_rms=section.resolved_audio_input_rms(),
         )
     if section.freeze_audio and section.lora is None:
         from mmllm.model import freeze_audio_rows

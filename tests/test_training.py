@@ -7,6 +7,7 @@ import pytest
 import torch
 from tiny_models import tiny_llama as tiny_model
 
+from mmllm.config import ConfigError
 from mmllm.data.packing import IGNORE_INDEX, Document, collate_blocks, pack_documents
 from mmllm.model import resize_model
 from mmllm.pretrain_config import (
@@ -201,6 +202,40 @@ def test_default_yaml_is_the_embedded_default():
     from mmllm.config import load_config
 
     assert load_config(PretrainConfig, "configs/pretrain/default.yaml") == PretrainConfig()
+
+
+def test_audio_input_rms_auto_is_one_for_a_model_from_scratch_only(tmp_path):
+    from mmllm.config import load_config, save_config
+    from mmllm.pretrain_config import ModelSection, load_run_config
+
+    assert ModelSection().resolved_audio_input_rms() == 1.0
+    assert ModelSection(base="some/hub-model").resolved_audio_input_rms() is None
+    assert ModelSection(init="centroids").resolved_audio_input_rms() is None
+    assert ModelSection(audio_input_rms=None).resolved_audio_input_rms() is None
+    assert ModelSection(base="x", audio_input_rms=0.5).resolved_audio_input_rms() == 0.5
+    with pytest.raises(ConfigError, match="model.audio_input_rms"):
+        load_config(PretrainConfig, None, ["model.audio_input_rms=big"])
+    # a run saved while the key was left out at null reads back as null, not as today's auto
+    saved = save_config(PretrainConfig(), tmp_path)
+    text = saved.read_text()
+    assert "audio_input_rms: auto" in text
+    saved.write_text(text.replace("  audio_input_rms: auto\n", ""))
+    assert load_run_config(saved).model.resolved_audio_input_rms() is None
+    saved.write_text(text)
+    assert load_run_config(saved).model.resolved_audio_input_rms() == 1.0
+
+
+def test_from_scratch_model_draws_audio_input_rows_at_unit_rms():
+    from mmllm.pretrain_config import ModelSection
+
+    section = dict(hidden_size=64, num_layers=1, num_heads=2, intermediate_size=32)
+    drawn = build_model(ModelSection(**section), VOCAB, 64, seed=0).get_input_embeddings().weight
+    kept = build_model(ModelSection(**section, audio_input_rms=None), VOCAB, 64, seed=0)
+    kept = kept.get_input_embeddings().weight
+    audio = slice(VOCAB.audio_start, None)
+    assert drawn[audio].pow(2).mean().sqrt().item() == pytest.approx(1.0, rel=0.1)
+    assert kept[audio].pow(2).mean().sqrt().item() < 0.01  # `mean` init: copies of the mean row
+    assert torch.equal(drawn[: VOCAB.audio_start], kept[: VOCAB.audio_start])
 
 
 def test_gradient_checkpointing_gives_the_same_gradients():
