@@ -337,8 +337,10 @@ def test_config_mismatches_are_refused(mfcc_dir, rvq_dir):
         build_tokenizer(TokenizerConfig(name="mel-rvq", centroids=str(rvq_dir), num_codebooks=5))
     with pytest.raises(ValueError, match="mel-rvq: config key 'deduplicate' is for one codebook"):
         build_tokenizer(TokenizerConfig(name="mel-rvq", centroids=str(rvq_dir), deduplicate=True))
-    with pytest.raises(ValueError, match="'weights' is not used"):
+    with pytest.raises(ValueError, match="'mel-rvq' does not use `weights`"):
         build_tokenizer(TokenizerConfig(name="mel-rvq", centroids=str(rvq_dir), weights="x"))
+    with pytest.raises(ValueError, match="'mel-rvq' does not use `layers`"):
+        build_tokenizer(TokenizerConfig(name="mel-rvq", centroids=str(rvq_dir), layers=[3]))
     with pytest.raises(ValueError, match=r"options\.hop"):
         build_tokenizer(TokenizerConfig(name="mel-rvq", centroids=str(rvq_dir), options={"hop": 1}))
 

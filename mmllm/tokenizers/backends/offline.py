@@ -57,6 +57,7 @@ from mmllm.tokenizers.base import (
     pad_batch,
     register_tokenizer,
 )
+from mmllm.tokenizers.hf import check_fields
 from mmllm.tokenizers.kmeans import (
     assign,
     fit_kmeans,
@@ -358,19 +359,12 @@ class _OfflineTokenizer(AudioTokenizer):
             )
 
     def _check_unused(self, cfg: TokenizerConfig) -> None:
-        unused = {
-            "weights": cfg.weights,
-            "bandwidth_kbps": cfg.bandwidth_kbps,
-            "layers": cfg.layers or None,
-        }
-        for key, value in unused.items():
-            if value is not None:
-                raise ValueError(f"{self.name}: config key {key!r} is not used; leave it unset")
         if cfg.deduplicate and not self.can_deduplicate:
             raise ValueError(
                 f"{self.name}: config key 'deduplicate' is for one codebook of units "
                 f"(mfcc-kmeans); {self.name} decodes frame by frame"
             )
+        check_fields(cfg, {"num_codebooks", "codebook_size", "deduplicate", "centroids", "vocoder"})
         if cfg.trust_remote_code:
             raise ValueError(f"{self.name}: config key 'trust_remote_code' is not used")
         unknown = sorted(set(cfg.options) - set(self.allowed_options))
