@@ -205,10 +205,75 @@ def test_mfcc_kmeans_utterance_normalisation(corpus, tmp_path, mfcc_dir, held_ou
         ValueError, match=r"'options.cmvn' must be one of \['corpus', 'utterance'\]"
     ):
         build_tokenizer(dataclasses.replace(cfg, options={"cmvn": "speaker"}))
-    with pytest.raises(ValueError, match=r"mel-rvq: unknown config key.*options\.cmvn"):
+    with pytest.raises(
+        ValueError, match=r"mel-rvq: config key 'options.cmvn' must be one of \['none', 'utterance'\]"
+    ):
         build_tokenizer(
-            TokenizerConfig(name="mel-rvq", centroids=str(out), options={"cmvn": "utterance"})
+            TokenizerConfig(name="mel-rvq", centroids=str(out), options={"cmvn": "corpus"})
         )
+
+
+def test_mel_rvq_utterance_normalisation(corpus, tmp_path, rvq_dir, held_out):
+    """mel-rvq options.cmvn=utterance: fitted on per-utterance CMVN log-mel, with the average
+    band levels of the fitted utterances stored for decoding; codes ignore a gain change,
+    batched == alone, decoding rebuilds the spectrum's shape, and cards of the other
+    normalisation are refused both ways."""
+    out = fit_offline_tokenizer(
+        "mel-rvq", corpus, tmp_path / "cmvn", k=K, num_codebooks=4, max_frames=8000,
+        seed=0, tasks=("asr",), max_steps=60, progress=False, cmvn="utterance",
+    )  # fmt: skip
+    card = json.loads((out / "card.json").read_text())
+    assert card["features"]["normalisation"].startswith("per-utterance per-band")
+    assert card["tensors"] == {"codebooks": [4, K, 80], "mel_mean": [80], "mel_std": [80]}
+    # The stored levels are the unweighted average over the fitted utterances of each band's
+    # own mean and sd.
+    means, sds = [], []
+    for row in load_task(corpus, "asr")["train"]:
+        wav = torch.from_numpy(decode_audio_value(row["audio"]))
+        frames, _ = log_mel_frames(wav[None], torch.tensor([wav.numel()]))
+        means.append(frames[0].double().mean(0))
+        sds.append(frames[0].double().std(0, unbiased=False))
+    tok = build_tokenizer(
+        TokenizerConfig(name="mel-rvq", centroids=str(out), options={"cmvn": "utterance"})
+    )
+    torch.testing.assert_close(tok.mel_mean, torch.stack(means).mean(0).float(), atol=1e-4, rtol=0)
+    torch.testing.assert_close(tok.mel_std, torch.stack(sds).mean(0).float(), atol=1e-4, rtol=0)
+    wav, lengths = pad_batch(held_out)
+    codes, frame_lengths = tok.encode(wav, lengths)
+    # First codebook under a gain of 3: bands at the log floor (about a third of these
+    # eSpeak frames) do not move with the gain, so some codes still change, but far fewer
+    # than for raw log-mel, where a gain shifts every band above the floor at once.
+    louder, _ = tok.encode(wav * 3.0, lengths)
+    same = (codes[:, 0] == louder[:, 0])[codes[:, 0] != PAD_CODE].float().mean()
+    assert same > 0.85, same  # 0.90 when written
+    raw = build_tokenizer(TokenizerConfig(name="mel-rvq", centroids=str(rvq_dir)))
+    raw_codes, _ = raw.encode(wav, lengths)
+    raw_louder, _ = raw.encode(wav * 3.0, lengths)
+    raw_same = (raw_codes[:, 0] == raw_louder[:, 0])[raw_codes[:, 0] != PAD_CODE].float().mean()
+    assert raw_same < 0.5, raw_same  # 0.25 for a 2-codebook raw fit on asr alone
+    for b, item in enumerate(held_out):
+        alone, _ = tok.encode(item[None], torch.tensor([item.numel()]))
+        assert torch.equal(codes[b, :, : int(frame_lengths[b])], alone[0])
+    # Decoding: the sum of the chosen centroids approximates the normalised log-mel, and is
+    # scaled back with the stored corpus levels (the utterance's own level and spread are not
+    # in the codes); the audio decoded from it still follows the original spectrum.
+    original, _ = log_mel_frames(wav, lengths)
+    normalised, _ = log_mel_frames(wav, lengths, "utterance")
+    target = normalised * tok.mel_std + tok.mel_mean
+    rebuilt = tok.reconstruct_log_mel(codes, frame_lengths)
+    audio, audio_lengths = tok.decode(codes, frame_lengths)
+    decoded, _ = log_mel_frames(audio, audio_lengths)
+    for b, frames in enumerate(frame_lengths.tolist()):
+        for reference, other, least in ((target, rebuilt, 0.85), (original, decoded, 0.6)):
+            pair = torch.stack([reference[b, :frames].flatten(), other[b, :frames].flatten()])
+            correlation = float(torch.corrcoef(pair)[0, 1])
+            assert correlation > least, (b, correlation)
+    with pytest.raises(ValueError, match="fitted on features .*this config computes .*per-utterance"):
+        build_tokenizer(
+            TokenizerConfig(name="mel-rvq", centroids=str(rvq_dir), options={"cmvn": "utterance"})
+        )
+    with pytest.raises(ValueError, match="fitted on features .*per-utterance.*this config computes"):
+        build_tokenizer(TokenizerConfig(name="mel-rvq", centroids=str(out)))
 
 
 def test_append_deltas_by_hand():

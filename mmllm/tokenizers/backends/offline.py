@@ -15,7 +15,13 @@
   spectrum and later ones refine it (K = 4, k = 256 by default = 1.6 kbps). Decodable: the sum
   of the chosen centroids is a log-mel spectrogram, inverted to linear magnitude through the
   pseudo-inverse of the mel filter bank and to a waveform with Griffin-Lim (or with a trained
-  vocoder when the config names one).
+  vocoder when the config names one). `options.cmvn: utterance` normalises each utterance's
+  log-mel bands with its own mean and variance before quantising (default `none`: raw
+  log-mel). Without it the first codebook spends its 256 centroids mostly on level and
+  voice (a gain change shifts all 80 bands at once); with it the codes describe the spectrum
+  relative to the utterance's own average, as mfcc-kmeans' CMVN option. Decoding then puts
+  back the corpus-average band levels stored with the centroids (`mel_mean`, `mel_std`):
+  the speaker's own average envelope is not in the codes.
 
 Both take 16 kHz audio. Fit the centroids once, then point the config key `centroids` at them:
 
@@ -89,6 +95,7 @@ GRIFFIN_LIM_SEED = 0
 
 DEFAULT_CODEBOOK_SIZE = {"mfcc-kmeans": 500, "mel-rvq": 256}
 DEFAULT_NUM_CODEBOOKS = {"mfcc-kmeans": 1, "mel-rvq": 4}
+DEFAULT_CMVN = {"mfcc-kmeans": "corpus", "mel-rvq": "none"}
 OFFLINE_TOKENIZERS = tuple(DEFAULT_CODEBOOK_SIZE)
 
 # What the features are; recorded in every card and checked when centroids are loaded, so
@@ -122,19 +129,31 @@ MFCC_NORMALISATIONS = {
     "corpus": "per-coefficient mean/std (mfcc_mean, mfcc_std)",
     "utterance": "per-utterance per-coefficient mean/std (CMVN over the utterance's frames)",
 }
+# `options.cmvn` of mel-rvq -> its feature spec's "normalisation" entry (none: no entry, so
+# the cards of centroids fitted before the option still match).
+MEL_NORMALISATIONS = {
+    "none": None,
+    "utterance": "per-utterance per-band mean/std (CMVN over the utterance's frames); "
+    "decoded with the corpus-average levels (mel_mean, mel_std)",
+}
+CMVN_CHOICES = {"mfcc-kmeans": MFCC_NORMALISATIONS, "mel-rvq": MEL_NORMALISATIONS}
 
 
-def feature_spec(name: str, cmvn: str = "corpus", deltas: bool = False) -> dict[str, Any]:
-    """What `name` computes (recorded in cards); mfcc-kmeans depends on `cmvn` and `deltas`
-    (the key is only written when deltas are on, so cards fitted before still match)."""
-    if name != "mfcc-kmeans":
-        return FEATURE_SPECS[name]
-    if cmvn not in MFCC_NORMALISATIONS:
+def feature_spec(name: str, cmvn: str | None = None, deltas: bool = False) -> dict[str, Any]:
+    """What `name` computes (recorded in cards): it depends on `cmvn` (None: the default of
+    `name`) and, for mfcc-kmeans, `deltas` (the key is only written when deltas are on, so
+    cards fitted before still match)."""
+    choices = CMVN_CHOICES[name]
+    cmvn = DEFAULT_CMVN[name] if cmvn is None else cmvn
+    if cmvn not in choices:
         raise ValueError(
-            f"mfcc-kmeans: config key 'options.cmvn' must be one of "
-            f"{list(MFCC_NORMALISATIONS)}, got {cmvn!r}"
+            f"{name}: config key 'options.cmvn' must be one of {list(choices)}, got {cmvn!r}"
         )
-    spec = {**FEATURE_SPECS[name], "normalisation": MFCC_NORMALISATIONS[cmvn]}
+    if deltas and name != "mfcc-kmeans":
+        raise ValueError(f"{name}: 'deltas' is an mfcc-kmeans option")
+    spec = dict(FEATURE_SPECS[name])
+    if choices[cmvn] is not None:
+        spec["normalisation"] = choices[cmvn]
     if deltas:
         spec["deltas"] = f"delta + delta-delta, regression over +-{MFCC_DELTA_WIDTH} frames"
     return spec
@@ -253,9 +272,11 @@ def utterance_cmvn(features: torch.Tensor, frame_lengths: torch.Tensor) -> torch
     return torch.where(valid, (features - mean) / (var + 1e-5).sqrt(), 0.0)
 
 
-def mfcc_cmvn(cfg: TokenizerConfig) -> str:
-    """mfcc-kmeans' `options.cmvn`: corpus (default) or utterance statistics normalise the MFCCs."""
-    return cfg.options.get("cmvn", "corpus")
+def offline_cmvn(cfg: TokenizerConfig) -> str:
+    """`options.cmvn` of an offline tokenizer, or its default: mfcc-kmeans normalises the
+    MFCCs with corpus (default) or utterance statistics, mel-rvq its log-mel with none
+    (default) or utterance statistics."""
+    return cfg.options.get("cmvn", DEFAULT_CMVN[cfg.name])
 
 
 def cmvn_mfcc_frames(
@@ -276,12 +297,19 @@ def stack_mfcc(mfcc: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> tor
     return normalised.reshape(*lead, frames // MFCC_STACK, MFCC_STACK * dim)
 
 
-def log_mel_frames(wav: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """50 Hz log-mel. wav [B, T] 16 kHz, lengths [B] -> (log-mel [B, F, 80], frame_lengths [B])."""
+def log_mel_frames(
+    wav: torch.Tensor, lengths: torch.Tensor, cmvn: str = "none"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """50 Hz log-mel. wav [B, T] 16 kHz, lengths [B] -> (log-mel [B, F, 80], frame_lengths [B]).
+    `cmvn` "utterance" normalises each item's bands with its own mean/variance (in float64,
+    like the spectrum: batch == alone to the bit); frames beyond an item's length are then 0."""
     frame_lengths = code_frame_lengths(lengths)
     power = framed_power(wav, lengths, MEL_N_FFT, HOP_LENGTH, frame_lengths)
     bank = mel_filters(SAMPLE_RATE, MEL_N_FFT, MEL_N_MELS, 0.0, SAMPLE_RATE / 2).to(power)
-    return torch.log(torch.clamp(power @ bank, min=MEL_LOG_FLOOR)).float(), frame_lengths
+    log_mel = torch.log(torch.clamp(power @ bank, min=MEL_LOG_FLOOR))
+    if cmvn == "utterance":
+        log_mel = utterance_cmvn(log_mel, frame_lengths)
+    return log_mel.float(), frame_lengths
 
 
 def griffin_lim(
@@ -376,7 +404,7 @@ class _OfflineTokenizer(AudioTokenizer):
 
     def feature_spec(self) -> dict[str, Any]:
         """What this config computes; the centroids' card must record the same."""
-        return feature_spec(self.name)
+        return feature_spec(self.name, offline_cmvn(self.cfg))
 
     def _load(self, tensors: dict[str, torch.Tensor], directory: Path) -> None:
         raise NotImplementedError
@@ -440,7 +468,7 @@ class MfccKMeansTokenizer(_OfflineTokenizer):
         self.feature_spec()  # refuses bad option values before anything is loaded
 
     def feature_spec(self) -> dict[str, Any]:
-        return feature_spec(self.name, mfcc_cmvn(self.cfg), mfcc_deltas(self.cfg))
+        return feature_spec(self.name, offline_cmvn(self.cfg), mfcc_deltas(self.cfg))
 
     def _load(self, tensors: dict[str, torch.Tensor], directory: Path) -> None:
         self.centroids = self._tensor(tensors, "centroids", directory).to(self.device)
@@ -456,7 +484,7 @@ class MfccKMeansTokenizer(_OfflineTokenizer):
 
     def _features(self, wav, lengths):
         mfcc, frame_lengths = cmvn_mfcc_frames(
-            wav, lengths, mfcc_cmvn(self.cfg), mfcc_deltas(self.cfg)
+            wav, lengths, offline_cmvn(self.cfg), mfcc_deltas(self.cfg)
         )
         return stack_mfcc(mfcc, self.mfcc_mean, self.mfcc_std), frame_lengths
 
@@ -469,11 +497,16 @@ class MelRvqTokenizer(_OfflineTokenizer):
     """Residual k-means over 80-bin log-mel frames at 50 Hz; decodes with Griffin-Lim.
 
     `num_codebooks` may be fewer than were fitted: residual codebooks truncate cleanly.
-    options.griffin_lim_iters (default 32) sets the decoder's phase-reconstruction iterations.
+    options.griffin_lim_iters (default 32) sets the decoder's phase-reconstruction iterations;
+    options.cmvn (none | utterance) how the log-mel is normalised before quantising.
     """
 
     can_decode = True
-    allowed_options = ("griffin_lim_iters",)
+    allowed_options = ("griffin_lim_iters", "cmvn")
+
+    def _check_unused(self, cfg: TokenizerConfig) -> None:
+        super()._check_unused(cfg)
+        self.feature_spec()  # refuses a bad options.cmvn before anything is loaded
 
     def _load(self, tensors: dict[str, torch.Tensor], directory: Path) -> None:
         codebooks = self._tensor(tensors, "codebooks", directory)  # [K, k, 80]
@@ -489,13 +522,20 @@ class MelRvqTokenizer(_OfflineTokenizer):
             )
         self.codebooks = codebooks[:wanted].to(self.device)
         self.num_codebooks = wanted
+        # The band levels decoding adds back: identity for raw log-mel; under per-utterance
+        # CMVN the corpus averages of the utterances' own means and sds.
+        self.mel_mean = torch.zeros(MEL_N_MELS, device=self.device)
+        self.mel_std = torch.ones(MEL_N_MELS, device=self.device)
+        if offline_cmvn(self.cfg) == "utterance":
+            self.mel_mean = self._tensor(tensors, "mel_mean", directory).to(self.device)
+            self.mel_std = self._tensor(tensors, "mel_std", directory).to(self.device)
         self.codebook_size = codebooks.shape[1]
         self.griffin_lim_iters = int(self.cfg.options.get("griffin_lim_iters", GRIFFIN_LIM_ITERS))
         bank = mel_filters(SAMPLE_RATE, MEL_N_FFT, MEL_N_MELS, 0.0, SAMPLE_RATE / 2).double()
         self.inverse_bank = torch.linalg.pinv(bank).float().to(self.device)  # [80, 513]
 
     def _features(self, wav, lengths):
-        return log_mel_frames(wav, lengths)
+        return log_mel_frames(wav, lengths, offline_cmvn(self.cfg))
 
     def _quantize(self, frames):
         residual = frames.double()
@@ -508,7 +548,8 @@ class MelRvqTokenizer(_OfflineTokenizer):
 
     def reconstruct_log_mel(self, codes: torch.Tensor, frame_lengths: torch.Tensor) -> torch.Tensor:
         """codes [B, K', F] (K' <= K, first K' codebooks) -> log-mel [B, F, 80]: the sum of the
-        chosen centroids; frames beyond frame_lengths are silence (the log floor)."""
+        chosen centroids (under `options.cmvn: utterance` scaled back with the corpus-average
+        band levels); frames beyond frame_lengths are silence (the log floor)."""
         if codes.dim() != 3 or codes.shape[1] > self.num_codebooks:
             raise ValueError(
                 f"mel-rvq: codes must be [B, K<={self.num_codebooks}, F], got {tuple(codes.shape)}"
@@ -526,6 +567,7 @@ class MelRvqTokenizer(_OfflineTokenizer):
         log_mel = torch.zeros(*valid.shape, MEL_N_MELS, device=self.device)
         for j in range(codes.shape[1]):
             log_mel += self.codebooks[j][inside[:, j]]
+        log_mel = log_mel * self.mel_std + self.mel_mean
         return log_mel.masked_fill(~valid[..., None], math.log(MEL_LOG_FLOOR))
 
     @torch.no_grad()
@@ -569,7 +611,8 @@ def _feature_batches(
     """Waveforms -> [n, D] frames of the tokenizer's features (valid frames only).
     mfcc-kmeans: stacked MFCC [n, 26] ([n, 78] with deltas), per-utterance normalised
     (`cmvn: utterance`, `stats` None) or raw (normalised after the pass with the corpus
-    statistics `stats` gathers)."""
+    statistics `stats` gathers). mel-rvq: log-mel [n, 80], raw or per-utterance normalised
+    (`cmvn: utterance`; `stats` then gathers each utterance's raw band means and sds)."""
 
     def flush(items: list[torch.Tensor]) -> torch.Tensor:
         wav, lengths = pad_batch(items)
@@ -582,7 +625,15 @@ def _feature_batches(
                     stats.update(item)
             return torch.cat([v.reshape(-1, MFCC_STACK * mfcc.shape[-1]) for v in valid])
         log_mel, frame_lengths = log_mel_frames(wav, lengths)
-        return torch.cat([log_mel[b, : int(n)] for b, n in enumerate(frame_lengths)])
+        valid = [log_mel[b, : int(n)] for b, n in enumerate(frame_lengths)]
+        if cmvn == "utterance":
+            for item in valid:
+                if item.shape[0]:  # one row per utterance: its band means, then its sds
+                    levels = torch.cat([item.mean(0), item.std(0, unbiased=False)])
+                    stats.update(levels[None])
+            normalised = utterance_cmvn(log_mel.double(), frame_lengths).float()
+            valid = [normalised[b, : int(n)] for b, n in enumerate(frame_lengths)]
+        return torch.cat(valid)
 
     items: list[torch.Tensor] = []
     for wav in waveforms:
@@ -599,7 +650,9 @@ class FitFrames:
     """What k-means is fitted on: `frames` [n, D] (mfcc-kmeans: normalised and stacked,
     D = 26 or 78; mel-rvq: log-mel, D = 80), `seen` frames streamed past before sampling, and
     mfcc-kmeans' normalisation `mean`, `std` [D / 2] (0 and 1 under per-utterance CMVN, which
-    has already normalised every utterance by its own statistics; None for mel-rvq)."""
+    has already normalised every utterance by its own statistics). mel-rvq: None for raw
+    log-mel; under per-utterance CMVN the levels decoding puts back, `mean`, `std` [80]: the
+    average over utterances of each band's own mean and sd."""
 
     frames: torch.Tensor
     seen: int
@@ -615,7 +668,7 @@ def fit_frames(
     max_frames: int,
     seed: int,
     device: str | torch.device = "cpu",
-    cmvn: str = "corpus",
+    cmvn: str | None = None,
     deltas: bool = False,
 ) -> FitFrames:
     """A uniform reservoir sample of at most `max_frames` feature frames of `name` over the
@@ -623,9 +676,14 @@ def fit_frames(
     from mmllm.data.synth import corpus_tasks, corpus_waveforms  # datasets only when fitting
 
     tasks = corpus_tasks(data_dir) if tasks is None else tuple(tasks)
+    cmvn = DEFAULT_CMVN[name] if cmvn is None else cmvn
     dim = mfcc_dim(deltas)
     run_device = torch.device(device)
-    stats = FeatureStats(dim) if name == "mfcc-kmeans" and cmvn == "corpus" else None
+    stats = None
+    if name == "mfcc-kmeans" and cmvn == "corpus":
+        stats = FeatureStats(dim)
+    elif name == "mel-rvq" and cmvn == "utterance":
+        stats = FeatureStats(2 * MEL_N_MELS)  # per utterance: 80 band means, 80 band sds
     seen = 0
 
     def counted(batches: Iterator[torch.Tensor]) -> Iterator[torch.Tensor]:
@@ -637,8 +695,11 @@ def fit_frames(
     waveforms = corpus_waveforms(data_dir, tasks, splits, SAMPLE_RATE)
     batches = _feature_batches(name, waveforms, run_device, stats, cmvn=cmvn, deltas=deltas)
     frames = sample_frames(counted(batches), max_frames, seed).to(run_device)
-    if name != "mfcc-kmeans":
-        return FitFrames(frames, seen)
+    if name == "mel-rvq":
+        if stats is None:
+            return FitFrames(frames, seen)
+        levels, _ = stats.mean_std()
+        return FitFrames(frames, seen, levels[:MEL_N_MELS], levels[MEL_N_MELS:])
     if stats is not None:
         mean, std = stats.mean_std()
     else:  # already normalised per utterance: identity here
@@ -663,7 +724,7 @@ def fit_offline_tokenizer(
     batch_size: int = 4096,
     max_steps: int = 200,
     progress: bool = True,
-    cmvn: str = "corpus",
+    cmvn: str | None = None,
     deltas: bool = False,
 ) -> Path:
     """Fit `mfcc-kmeans` or `mel-rvq` centroids on a SynthDASB directory -> out_dir.
@@ -673,10 +734,11 @@ def fit_offline_tokenizer(
     `max_frames` frames, and fits k-means (mel-rvq: `num_codebooks` residual stages, stage j
     on what stages < j left over, seed + j). Writes centroids.safetensors (mfcc-kmeans:
     centroids [k, 26], mfcc_mean [13], mfcc_std [13], or [k, 78], [39], [39] with deltas;
-    mel-rvq: codebooks [K, k, 80]) and card.json. `batch_size` / `max_steps` are the k-means
-    minibatch settings; `cmvn` and `deltas` are mfcc-kmeans' `options.cmvn` (utterance: the
-    stored mean/std are 0 and 1, since every utterance is already normalised by its own
-    statistics) and `options.deltas`.
+    mel-rvq: codebooks [K, k, 80], plus mel_mean [80] and mel_std [80] under per-utterance
+    CMVN) and card.json. `batch_size` / `max_steps` are the k-means minibatch settings;
+    `cmvn` is the tokenizer's `options.cmvn` (None: its default; mfcc-kmeans under
+    utterance: the stored mean/std are 0 and 1, since every utterance is already normalised
+    by its own statistics) and `deltas` mfcc-kmeans' `options.deltas`.
     """
     if name not in OFFLINE_TOKENIZERS:
         raise ValueError(
@@ -684,16 +746,13 @@ def fit_offline_tokenizer(
         )
     if name == "mfcc-kmeans" and num_codebooks != 1:
         raise ValueError(f"mfcc-kmeans has one codebook, got num_codebooks={num_codebooks}")
+    cmvn = DEFAULT_CMVN[name] if cmvn is None else cmvn
     if num_codebooks < 1:
         raise ValueError(f"{name}: num_codebooks must be >= 1, got {num_codebooks}")
     from mmllm.data.synth import corpus_tasks  # datasets only when fitting
 
     tasks = corpus_tasks(data_dir) if tasks is None else tuple(tasks)
-    if name != "mfcc-kmeans" and (cmvn != "corpus" or deltas):
-        raise ValueError(
-            f"{name}: 'cmvn' and 'deltas' are mfcc-kmeans options, got {cmvn!r}, {deltas!r}"
-        )
-    features = feature_spec(name, cmvn, deltas)
+    features = feature_spec(name, cmvn, deltas)  # refuses a cmvn / deltas `name` lacks
     sampled = fit_frames(name, data_dir, tasks, splits, max_frames, seed, device, cmvn, deltas)
     frames = sampled.frames
     fit = {"seed": seed, "batch_size": batch_size, "max_steps": max_steps, "progress": progress}
@@ -719,7 +778,11 @@ def fit_offline_tokenizer(
             codebooks.append(result.centroids)
             inertia.append(result.inertia)
         tensors = {"codebooks": torch.stack(codebooks)}
+        if sampled.mean is not None:
+            tensors |= {"mel_mean": sampled.mean, "mel_std": sampled.std}
         source = "80-bin log-mel (64 ms / 20 ms, 50 Hz), residual k-means"
+        if cmvn == "utterance":
+            source = "80-bin log-mel (64 ms / 20 ms, 50 Hz), CMVN per utterance, residual k-means"
     card = {
         "tokenizer": name,
         "feature_source": source,
@@ -767,7 +830,7 @@ def fit_offline_from_config(
         tasks,
         device=cfg.device,
         progress=progress,
-        cmvn=mfcc_cmvn(cfg),
+        cmvn=offline_cmvn(cfg),
         deltas=mfcc_deltas(cfg),
     )
     resolved = dataclasses.replace(
