@@ -126,7 +126,11 @@ class DataSection:
 @config_dataclass
 class OptimSection:
     """AdamW, linear warmup then cosine decay to `min_lr_ratio * lr`. Embeddings, norms and
-    biases get no weight decay (frozen audio rows stay put only without decay)."""
+    biases get no weight decay (frozen audio rows stay put only without decay).
+    `mixing_lr_scale` multiplies `lr` for the softmax mixing weights of the input (summed
+    input's per-codebook weights, SSL layer features' per-layer weights): Adam moves a
+    parameter by about `lr` per step whatever its gradient's size, so at lr 3e-3 a mixing
+    logit moves ~1.5 in 500 steps and the weights stay near uniform."""
 
     lr: float = 3e-3
     min_lr_ratio: float = 0.1
@@ -135,6 +139,7 @@ class OptimSection:
     beta1: float = 0.9
     beta2: float = 0.95
     grad_clip: float = 1.0
+    mixing_lr_scale: float = 1.0
 
 
 @config_dataclass

@@ -178,22 +178,50 @@ def apply_lora(model: Any, lora: LoraSection, vocab: MultimodalVocab, freeze_aud
     return get_peft_model(model, config)
 
 
+def mixing_weights(model: Any) -> list[torch.nn.Parameter]:
+    """The input's softmax mixing logits: CodebookSum.weights [K] and
+    AudioProjector.layer_weights [L] (empty for a plain LM or a projector without layers)."""
+    from mmllm.continuous import AudioProjector, CodebookSum
+
+    found = []
+    for module in model.modules():
+        if isinstance(module, CodebookSum):
+            found.append(module.weights)
+        elif (
+            isinstance(module, AudioProjector)
+            and getattr(module, "layer_weights", None) is not None
+        ):
+            found.append(module.layer_weights)
+    return found
+
+
 def make_optimizer(model: Any, optim: OptimSection) -> torch.optim.Optimizer:
     """AdamW; weight decay only on 2D weights that are not embeddings or the output layer
-    (decay would shrink frozen rows, and it hurts rare tokens' rows)."""
+    (decay would shrink frozen rows, and it hurts rare tokens' rows). The input's mixing
+    weights get their own group at `mixing_lr_scale * lr`, without decay."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     no_decay = {id(base.get_input_embeddings().weight)}
     if base.get_output_embeddings() is not None:
         no_decay.add(id(base.get_output_embeddings().weight))
-    decay, other = [], []
+    mixing = {id(param) for param in mixing_weights(model)}
+    decay, other, mixed = [], [], []
     for param in model.parameters():
         if not param.requires_grad:
             continue
-        (decay if param.ndim >= 2 and id(param) not in no_decay else other).append(param)
+        if id(param) in mixing:
+            mixed.append(param)
+        elif param.ndim >= 2 and id(param) not in no_decay:
+            decay.append(param)
+        else:
+            other.append(param)
     groups = [
         {"params": decay, "weight_decay": optim.weight_decay},
         {"params": other, "weight_decay": 0.0},
     ]
+    if mixed:
+        groups.append(
+            {"params": mixed, "weight_decay": 0.0, "lr": optim.lr * optim.mixing_lr_scale}
+        )
     return torch.optim.AdamW(groups, lr=optim.lr, betas=(optim.beta1, optim.beta2))
 
 

@@ -169,6 +169,35 @@ def test_optimizer_decays_only_inner_matrices():
     assert total == len(list(model.parameters()))
 
 
+def test_mixing_weights_get_their_own_learning_rate():
+    """optim.mixing_lr_scale: summed input's codebook logits step at scale x lr (Adam's first
+    step moves every parameter by ~lr, whatever its gradient's size); the rest at lr."""
+    from mmllm.continuous import CodebookSum, ContinuousInputLM
+
+    vocab = MultimodalVocab(VOCAB.text_size, [("mel-rvq", 4, 8)])
+    lm = resize_model(tiny_llama(), vocab, audio_input_rms=1.0)  # distinct rows: w has a gradient
+    model = ContinuousInputLM(lm, CodebookSum(4, lm.get_input_embeddings()), vocab.audio_embed_id)
+    optimizer = make_optimizer(model, OptimSection(lr=3e-3, mixing_lr_scale=10.0))
+    assert [len(g["params"]) for g in optimizer.param_groups][2] == 1
+    assert optimizer.param_groups[2]["params"][0] is model.projector.weights
+    assert optimizer.param_groups[2]["lr"] == pytest.approx(0.03)
+    assert optimizer.param_groups[2]["weight_decay"] == 0.0
+    total = sum(len(g["params"]) for g in optimizer.param_groups)
+    assert total == len(list(model.parameters()))
+    ids = torch.tensor([[vocab.text_size - 1, vocab.audio_embed_id, vocab.audio_embed_id]])
+    rows = vocab.audio_ids("mel-rvq", torch.tensor([[1, 2], [3, 4], [5, 6], [7, 0]])).T
+    before = model.projector.weights.detach().clone()
+    norm_before = lm.model.norm.weight.detach().clone()
+    out = model(input_ids=ids, audio_features=rows)
+    out.logits[0, -1, 0].backward()
+    optimizer.step()
+    moved = (model.projector.weights.detach() - before).abs()
+    assert torch.allclose(moved, torch.full((4,), 0.03), rtol=0.01), moved
+    assert (lm.model.norm.weight.detach() - norm_before).abs().max() <= 3e-3 * 1.01
+    plain = make_optimizer(resize_model(tiny_llama(), VOCAB), OptimSection(mixing_lr_scale=10.0))
+    assert len(plain.param_groups) == 2  # no mixing weights, no extra group
+
+
 def test_config_checks_name_the_key():
     cfg = PretrainConfig()
     check_pretrain_config(cfg)  # the embedded default is valid

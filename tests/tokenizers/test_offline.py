@@ -206,7 +206,8 @@ def test_mfcc_kmeans_utterance_normalisation(corpus, tmp_path, mfcc_dir, held_ou
     ):
         build_tokenizer(dataclasses.replace(cfg, options={"cmvn": "speaker"}))
     with pytest.raises(
-        ValueError, match=r"mel-rvq: config key 'options.cmvn' must be one of \['none', 'utterance'\]"
+        ValueError,
+        match=r"mel-rvq: config key 'options.cmvn' must be one of \['none', 'utterance'\]",
     ):
         build_tokenizer(
             TokenizerConfig(name="mel-rvq", centroids=str(out), options={"cmvn": "corpus"})
@@ -268,11 +269,15 @@ def test_mel_rvq_utterance_normalisation(corpus, tmp_path, rvq_dir, held_out):
             pair = torch.stack([reference[b, :frames].flatten(), other[b, :frames].flatten()])
             correlation = float(torch.corrcoef(pair)[0, 1])
             assert correlation > least, (b, correlation)
-    with pytest.raises(ValueError, match="fitted on features .*this config computes .*per-utterance"):
+    with pytest.raises(
+        ValueError, match="fitted on features .*this config computes .*per-utterance"
+    ):
         build_tokenizer(
             TokenizerConfig(name="mel-rvq", centroids=str(rvq_dir), options={"cmvn": "utterance"})
         )
-    with pytest.raises(ValueError, match="fitted on features .*per-utterance.*this config computes"):
+    with pytest.raises(
+        ValueError, match="fitted on features .*per-utterance.*this config computes"
+    ):
         build_tokenizer(TokenizerConfig(name="mel-rvq", centroids=str(out)))
 
 
