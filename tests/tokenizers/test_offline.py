@@ -326,7 +326,7 @@ def test_mfcc_kmeans_deltas(corpus, tmp_path, mfcc_dir, held_out):
         build_tokenizer(dataclasses.replace(cfg, centroids=str(mfcc_dir), options={"deltas": True}))
     with pytest.raises(ValueError, match="'options.deltas' must be true or false, got 'yes'"):
         build_tokenizer(dataclasses.replace(cfg, options={"deltas": "yes"}))
-    with pytest.raises(ValueError, match="'cmvn' and 'deltas' are mfcc-kmeans options"):
+    with pytest.raises(ValueError, match="mel-rvq: 'deltas' is an mfcc-kmeans option"):
         fit_offline_tokenizer(
             "mel-rvq", corpus, tmp_path / "rvq", k=K, num_codebooks=1, max_frames=100,
             seed=0, progress=False, deltas=True,
