@@ -139,12 +139,10 @@ MEL_NORMALISATIONS = {
 CMVN_CHOICES = {"mfcc-kmeans": MFCC_NORMALISATIONS, "mel-rvq": MEL_NORMALISATIONS}
 
 
-def feature_spec(name: str, cmvn: str | None = None, deltas: bool = False) -> dict[str, Any]:
-    """What `name` computes (recorded in cards): it depends on `cmvn` (None: the default of
-    `name`) and, for mfcc-kmeans, `deltas` (the key is only written when deltas are on, so
-    cards fitted before still match)."""
+def feature_spec(name: str, cmvn: str, deltas: bool = False) -> dict[str, Any]:
+    """What `name` computes (recorded in cards): it depends on `cmvn` and, for mfcc-kmeans,
+    `deltas` (the key is only written when deltas are on, so cards fitted before still match)."""
     choices = CMVN_CHOICES[name]
-    cmvn = DEFAULT_CMVN[name] if cmvn is None else cmvn
     if cmvn not in choices:
         raise ValueError(
             f"{name}: config key 'options.cmvn' must be one of {list(choices)}, got {cmvn!r}"
@@ -297,16 +295,22 @@ def stack_mfcc(mfcc: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> tor
     return normalised.reshape(*lead, frames // MFCC_STACK, MFCC_STACK * dim)
 
 
+def log_mel_float64(wav: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """`log_mel_frames` before normalisation and rounding: (log-mel [B, F, 80] float64,
+    frame_lengths [B])."""
+    frame_lengths = code_frame_lengths(lengths)
+    power = framed_power(wav, lengths, MEL_N_FFT, HOP_LENGTH, frame_lengths)
+    bank = mel_filters(SAMPLE_RATE, MEL_N_FFT, MEL_N_MELS, 0.0, SAMPLE_RATE / 2).to(power)
+    return torch.log(torch.clamp(power @ bank, min=MEL_LOG_FLOOR)), frame_lengths
+
+
 def log_mel_frames(
     wav: torch.Tensor, lengths: torch.Tensor, cmvn: str = "none"
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """50 Hz log-mel. wav [B, T] 16 kHz, lengths [B] -> (log-mel [B, F, 80], frame_lengths [B]).
     `cmvn` "utterance" normalises each item's bands with its own mean/variance (in float64,
     like the spectrum: batch == alone to the bit); frames beyond an item's length are then 0."""
-    frame_lengths = code_frame_lengths(lengths)
-    power = framed_power(wav, lengths, MEL_N_FFT, HOP_LENGTH, frame_lengths)
-    bank = mel_filters(SAMPLE_RATE, MEL_N_FFT, MEL_N_MELS, 0.0, SAMPLE_RATE / 2).to(power)
-    log_mel = torch.log(torch.clamp(power @ bank, min=MEL_LOG_FLOOR))
+    log_mel, frame_lengths = log_mel_float64(wav, lengths)
     if cmvn == "utterance":
         log_mel = utterance_cmvn(log_mel, frame_lengths)
     return log_mel.float(), frame_lengths
@@ -401,6 +405,7 @@ class _OfflineTokenizer(AudioTokenizer):
                 f"{self.name}: unknown config key(s) {['options.' + k for k in unknown]}; "
                 f"allowed: {['options.' + k for k in self.allowed_options]}"
             )
+        self.feature_spec()  # refuses bad option values before anything is loaded
 
     def feature_spec(self) -> dict[str, Any]:
         """What this config computes; the centroids' card must record the same."""
@@ -465,7 +470,6 @@ class MfccKMeansTokenizer(_OfflineTokenizer):
             raise ValueError(
                 f"mfcc-kmeans: config key 'num_codebooks' must be 1 or unset, got {cfg.num_codebooks}"
             )
-        self.feature_spec()  # refuses bad option values before anything is loaded
 
     def feature_spec(self) -> dict[str, Any]:
         return feature_spec(self.name, offline_cmvn(self.cfg), mfcc_deltas(self.cfg))
@@ -503,10 +507,6 @@ class MelRvqTokenizer(_OfflineTokenizer):
 
     can_decode = True
     allowed_options = ("griffin_lim_iters", "cmvn")
-
-    def _check_unused(self, cfg: TokenizerConfig) -> None:
-        super()._check_unused(cfg)
-        self.feature_spec()  # refuses a bad options.cmvn before anything is loaded
 
     def _load(self, tensors: dict[str, torch.Tensor], directory: Path) -> None:
         codebooks = self._tensor(tensors, "codebooks", directory)  # [K, k, 80]
@@ -624,16 +624,14 @@ def _feature_batches(
                 for item in valid:
                     stats.update(item)
             return torch.cat([v.reshape(-1, MFCC_STACK * mfcc.shape[-1]) for v in valid])
-        log_mel, frame_lengths = log_mel_frames(wav, lengths)
-        valid = [log_mel[b, : int(n)] for b, n in enumerate(frame_lengths)]
+        log_mel, frame_lengths = log_mel_float64(wav, lengths)
         if cmvn == "utterance":
-            for item in valid:
-                if item.shape[0]:  # one row per utterance: its band means, then its sds
-                    levels = torch.cat([item.mean(0), item.std(0, unbiased=False)])
-                    stats.update(levels[None])
-            normalised = utterance_cmvn(log_mel.double(), frame_lengths).float()
-            valid = [normalised[b, : int(n)] for b, n in enumerate(frame_lengths)]
-        return torch.cat(valid)
+            for b, n in enumerate(frame_lengths.tolist()):
+                if n:  # one row per utterance: its band means, then its sds
+                    item = log_mel[b, :n]
+                    stats.update(torch.cat([item.mean(0), item.std(0, unbiased=False)])[None])
+            log_mel = utterance_cmvn(log_mel, frame_lengths)  # as encode: float64, then rounded
+        return torch.cat([log_mel[b, : int(n)].float() for b, n in enumerate(frame_lengths)])
 
     items: list[torch.Tensor] = []
     for wav in waveforms:
