@@ -21,6 +21,7 @@ from mmllm.tokenizers.base import TokenizerConfig, build_tokenizer
 
 BACKENDS = ["mfcc-kmeans", "mel-rvq", "encodec", "dac", "mimi", "wavlm-kmeans"]
 DECODABLE = {"mel-rvq", "encodec", "dac", "mimi"}
+RESIDUAL_FLOAT_CODECS = {"encodec", "dac", "mimi"}  # neural encoders + residual VQ
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +82,15 @@ def test_cache_holds_the_codes_of_direct_encoding(name, configs, synth_tiny, tmp
             from_cache.shape == (tokenizer.num_codebooks, int(frames[0]))
             and from_cache.dtype == np.uint16
         )
-        np.testing.assert_array_equal(from_cache, direct)
+        if name in RESIDUAL_FLOAT_CODECS:
+            # The extractor encodes 8 s batches, this loop one clip: the float32 latents
+            # differ in the last bits, and a near-tie in a residual codebook of these random
+            # codecs can flip (seen with one torch thread: 5 of 600 EnCodec codes, in
+            # codebooks 3-7 of one frame). Codebook 0 must agree exactly, the rest nearly.
+            np.testing.assert_array_equal(from_cache[0], direct[0])
+            assert (from_cache != direct).mean() <= 0.02, f"{name}: cache != direct encoding"
+        else:
+            np.testing.assert_array_equal(from_cache, direct)
         assert from_cache.min() >= 0 and from_cache.max() < tokenizer.codebook_size
     if name in DECODABLE:
         codes = torch.from_numpy(cached.get(rows[0]["id"]).astype(np.int64))[None]
