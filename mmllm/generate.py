@@ -11,7 +11,7 @@
 holds the generated ids up to and including `<|eos_task|>` (no padding; a row that ran out
 of `max_new_tokens` simply has no eos).
 
-Why a hand-written loop over `past_key_values` rather than `model.generate`: the answer
+Why a hand-written loop over the KV cache rather than `model.generate`: the answer
 grammar needs each row's chosen token to update a per-row state machine, and a row that
 finished must stop while the others go on; both are a few lines here. The per-step overhead
 of `generate` (its processor/stopping-criteria machinery, cache preparation) is also a large
@@ -40,6 +40,7 @@ The prompting CLI (`python -m mmllm.generate --checkpoint DIR TASK INPUT...`) li
 
 from __future__ import annotations
 
+import inspect
 import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -353,6 +354,16 @@ def _pick(scores: torch.Tensor, cfg: GenerationConfig, generator: torch.Generato
 
 
 @torch.no_grad()
+def cache_argument(model: Any) -> str:
+    """The name under which the LLM's forward takes (and its output returns) the KV cache:
+    `cache` in newer transformers 5 releases, where `past_key_values` still works but warns
+    and is to be removed; `past_key_values` before. `model` may be the AudioInputModel
+    wrapper (mmllm.continuous), whose LLM is `.lm`."""
+    language_model = getattr(model, "lm", model)
+    parameters = inspect.signature(language_model.forward).parameters
+    return "cache" if "cache" in parameters else "past_key_values"
+
+
 def _generate_batch(
     model: Any,
     prompts: list[list[int]],
@@ -375,14 +386,15 @@ def _generate_batch(
     # left padding shifts each row: positions count real tokens only, as in training
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     extra = {} if frames is None else {"audio_features": torch.from_numpy(frames).to(device)}
+    cache_key = cache_argument(model)
     out = model(
         **extra,
         input_ids=sequence[:, :width],
         attention_mask=mask,
         position_ids=positions,
-        past_key_values=DynamicCache(config=model.config),  # grows by concatenation
         use_cache=True,
         logits_to_keep=1,
+        **{cache_key: DynamicCache(config=model.config)},  # grows by concatenation
     )
     done = torch.zeros(batch, dtype=torch.bool, device=device)
     next_position = positions[:, -1:] + 1
@@ -403,8 +415,8 @@ def _generate_batch(
             input_ids=token[:, None],
             attention_mask=mask,
             position_ids=next_position,
-            past_key_values=out.past_key_values,
             use_cache=True,
+            **{cache_key: getattr(out, cache_key)},
         )
         next_position = next_position + 1
     results = []

@@ -6,8 +6,10 @@ forbidden id (an output-layer bias makes it so); every answer is checked against
 grammar by `check_answer`, written here independently of the processor's state machine.
 """
 
+import inspect
 import random
 import shutil
+import warnings
 
 import numpy as np
 import pytest
@@ -23,6 +25,7 @@ from mmllm.generate import (
     AnswerGrammar,
     GenerationConfig,
     audio_spans,
+    cache_argument,
     decode_audio,
     decode_text,
     generate,
@@ -245,6 +248,22 @@ def test_rows_stop_at_eos_independently(text_tokenizer):
     after = processor(torch.cat([torch.zeros(2, 5, dtype=torch.long), step], 1), scores)
     assert torch.isfinite(after[0]).nonzero().flatten().tolist() == [3]
     assert torch.isfinite(after[1]).sum() == 8  # codebook 0 of "out"
+
+
+def test_the_kv_cache_goes_under_the_name_the_model_takes(text_tokenizer):
+    """transformers renamed forward's `past_key_values` to `cache` (the old name warns, then
+    goes); generation must use whichever the installed version takes, without a warning."""
+    vocab = make_vocab(text_tokenizer)
+    model = tiny_model(vocab, seed=2)
+    taken = inspect.signature(model.forward).parameters
+    assert cache_argument(model) in taken
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        outputs = generate(
+            model, random_prompts(vocab, [6, 9]), vocab, GenerationConfig(max_new_tokens=4),
+            tasks=["asr", "asr"], grammar=AnswerGrammar(vocab, text_tokenizer, "out"),
+        )  # fmt: skip
+    assert [len(ids) for ids in outputs] != [0, 0]
 
 
 def test_allowed_texts_restrict_to_the_label_set(text_tokenizer):
