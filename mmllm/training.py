@@ -101,7 +101,9 @@ def build_model(
     if packed_attention:
         model.set_attn_implementation(PACKED_ATTENTION)
     if section.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
+        # transformers renamed it (the old name warns and goes in v6); older 5.x lack the new
+        enable = getattr(model, "activation_checkpointing_enable", None)
+        (enable or model.gradient_checkpointing_enable)()
         model.config.use_cache = False
     return model
 
