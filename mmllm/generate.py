@@ -353,7 +353,6 @@ def _pick(scores: torch.Tensor, cfg: GenerationConfig, generator: torch.Generato
     return torch.multinomial(scores.softmax(dim=-1), 1, generator=generator).squeeze(-1)
 
 
-@torch.no_grad()
 def cache_argument(model: Any) -> str:
     """The name under which the LLM's forward takes (and its output returns) the KV cache:
     `cache` in newer transformers 5 releases, where `past_key_values` still works but warns
@@ -364,6 +363,7 @@ def cache_argument(model: Any) -> str:
     return "cache" if "cache" in parameters else "past_key_values"
 
 
+@torch.no_grad()
 def _generate_batch(
     model: Any,
     prompts: list[list[int]],
