@@ -197,11 +197,51 @@ def _text_task(model, data, task, rows, config) -> tuple[dict, list[dict]]:
         acc = metrics.accuracy(references, answers, allowed[task])
         result = {"accuracy": acc.accuracy, "correct": acc.correct, "unparseable": acc.unparseable}
     result["audio_nats"] = listening(model, data, task, rows, rendered)
+    result["breakdown"] = text_breakdown(task, rows, references, answers, allowed)
     lines = [
-        {"id": r["id"], "reference": ref, "answer": a}
+        {"id": r["id"], "speaker": row_speaker(r), "reference": ref, "answer": a}
         for r, ref, a in zip(rows, references, answers, strict=True)
     ]
     return result, lines
+
+
+def row_speaker(row: dict) -> str:
+    """The speaker of a row's audio; "none" for rows without speech (KS `_silence_`)."""
+    return row.get("speaker") or "none"
+
+
+def text_breakdown(
+    task: str,
+    rows: list[dict],
+    references: list[str],
+    answers: list[str],
+    allowed: dict[str, list[str]] | None,
+) -> dict[str, Any]:
+    """Where a text task's errors are: its metric per test speaker (and per label for label
+    tasks, with the most frequent confusions), so a score can be traced to voices and words.
+    rows, references, answers [N]; ASR scores WER per speaker, label tasks accuracy. SID's
+    labels are its speakers, so it gets no separate per-speaker table."""
+    if task == "asr":
+        metric = "wer"
+        score = lambda idx: (
+            metrics.wer(  # noqa: E731
+                [references[i] for i in idx], [answers[i] for i in idx]
+            ).rate
+        )
+    else:
+        metric = "accuracy"
+        score = lambda idx: (
+            metrics.accuracy(  # noqa: E731
+                [references[i] for i in idx], [answers[i] for i in idx], allowed[task]
+            ).accuracy
+        )
+    breakdown: dict[str, Any] = {"metric": metric}
+    if task != "sid":
+        breakdown["per_speaker"] = metrics.per_group([row_speaker(r) for r in rows], score)
+    if task != "asr":
+        breakdown["per_label"] = metrics.per_group(references, score)
+        breakdown["confusions"] = metrics.confusions(references, answers)
+    return breakdown
 
 
 def _sv_task(model, data, rows) -> tuple[dict, list[dict]]:
@@ -426,5 +466,6 @@ def evaluate_checkpoint(
         atomic_write_text(out_dir / f"{task}.jsonl", "".join(json.dumps(x) + "\n" for x in lines))
         # after every task, so a run stopped half-way keeps what it finished
         atomic_write_text(out_dir / "dasb.json", json.dumps(report, indent=1))
-        tqdm.write(f"{task}: {json.dumps(result)}")
+        headline = {key: value for key, value in result.items() if key != "breakdown"}
+        tqdm.write(f"{task}: {json.dumps(headline)}")
     return report

@@ -4,6 +4,7 @@
 |----------------------------------------|-------------------------------------------------|
 | ASR                                    | `wer`, `cer` (corpus level, with edit counts)   |
 | keyword, intent, emotion, speaker ID   | `accuracy` (unparseable outputs counted apart)  |
+| breakdowns of any of them              | `per_group` (per speaker, per label), `confusions` |
 | speaker verification                   | `equal_error_rate`                              |
 | enhancement                            | `si_snr(_improvement)`, `stoi`, `pesq`, `dwer`  |
 | resynthesis (vocoders)                 | `stoi`, `mel_cepstral_distortion`               |
@@ -28,7 +29,8 @@ without it still imports this module and gets an ImportError naming the package)
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -185,6 +187,39 @@ def accuracy(
         elif prediction == label:
             correct += 1
     return Accuracy(correct / len(labels), correct, len(labels), unparseable)
+
+
+def confusions(
+    labels: Sequence[str], predictions: Sequence[str], top: int = 10
+) -> list[tuple[str, str, int]]:
+    """The `top` most frequent errors as (reference, prediction, count), most frequent first
+    (ties in order of first appearance); labels, predictions [N], folded as in `accuracy`.
+    Example: confusions(["no", "go", "no"], ["go", "go", "go"]) -> [("no", "go", 2)]."""
+    if len(labels) != len(predictions):
+        raise ValueError(f"got {len(labels)} labels but {len(predictions)} predictions")
+    pairs = Counter(
+        (_normalize_label(label), _normalize_label(prediction))
+        for label, prediction in zip(labels, predictions, strict=True)
+        if _normalize_label(label) != _normalize_label(prediction)
+    )
+    return [(label, prediction, count) for (label, prediction), count in pairs.most_common(top)]
+
+
+def per_group(
+    groups: Sequence[str], score: Callable[[list[int]], float]
+) -> dict[str, dict[str, float]]:
+    """A metric over each group's rows: groups [N] holds one key per row, `score(indices)`
+    computes the metric over the rows at those indices (e.g. the accuracy of one speaker's
+    answers). Returns {group: {"rows": count, "score": value}}, worst first for a metric where
+    higher is better (ascending score; reverse it for error rates), ties by group name.
+    Example: per_group(["a", "b", "a"], lambda idx: len(idx)) ->
+    {"b": {"rows": 1, "score": 1}, "a": {"rows": 2, "score": 2}}."""
+    members: dict[str, list[int]] = {}
+    for index, group in enumerate(groups):
+        members.setdefault(group, []).append(index)
+    scored = {group: score(indices) for group, indices in members.items()}
+    order = sorted(scored, key=lambda group: (scored[group], group))
+    return {group: {"rows": len(members[group]), "score": scored[group]} for group in order}
 
 
 # ---------------------------------------------------------------- speaker verification

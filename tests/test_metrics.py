@@ -12,10 +12,12 @@ from mmllm.data.text import KS_LABELS
 from mmllm.metrics import (
     accuracy,
     cer,
+    confusions,
     dwer,
     equal_error_rate,
     mcd_from_cepstra,
     mel_cepstral_distortion,
+    per_group,
     permutation_invariant_si_snr,
     pesq,
     si_snr,
@@ -133,6 +135,39 @@ def test_accuracy_rejects_bad_input():
         accuracy([], [], KS_LABELS)
     with pytest.raises(ValueError, match="2 labels but 1"):
         accuracy(["yes", "no"], ["yes"], KS_LABELS)
+
+
+def test_confusions_counts_errors_most_frequent_first():
+    labels = ["no", "go", "no", "down", "down", "on", "yes"]
+    predictions = ["go", "go", "GO ", "on", "on", "down", "yes"]
+    assert confusions(labels, predictions) == [
+        ("no", "go", 2),
+        ("down", "on", 2),
+        ("on", "down", 1),
+    ]
+    assert confusions(labels, predictions, top=1) == [("no", "go", 2)]
+    assert confusions(["yes"], ["yes"]) == []
+    with pytest.raises(ValueError, match="2 labels but 1"):
+        confusions(["yes", "no"], ["yes"])
+
+
+def test_per_group_scores_each_groups_rows_worst_first():
+    speakers = ["a", "b", "a", "c", "b", "a"]
+    labels = ["yes", "no", "up", "up", "no", "go"]
+    predictions = ["yes", "go", "up", "up", "no", "no"]
+    by_speaker = per_group(
+        speakers,
+        lambda idx: (
+            accuracy([labels[i] for i in idx], [predictions[i] for i in idx], KS_LABELS).accuracy
+        ),
+    )
+    # a: 2 of 3 right; b: 1 of 2; c: 1 of 1; ascending score
+    assert list(by_speaker) == ["b", "a", "c"]
+    assert by_speaker["a"] == {"rows": 3, "score": pytest.approx(2 / 3)}
+    assert by_speaker["b"] == {"rows": 2, "score": 0.5}
+    assert by_speaker["c"] == {"rows": 1, "score": 1.0}
+    # ties go by name
+    assert list(per_group(["z", "y"], lambda idx: 0.0)) == ["y", "z"]
 
 
 # ----------------------------------------------------------------------------------- EER

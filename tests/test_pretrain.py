@@ -457,8 +457,14 @@ def test_dasb_eval_on_the_trained_run(plain_run, tmp_path):
     for task in ("se", "ss", "tts"):
         assert 0 <= tasks[task]["code_agreement"] <= 1
         assert "cannot decode" in tasks[task]["not_decoded"]
-    lines = (out / "ks.jsonl").read_text().splitlines()
-    assert len(lines) == 4 and all(json.loads(x)["answer"] for x in lines)
+    lines = [json.loads(x) for x in (out / "ks.jsonl").read_text().splitlines()]
+    assert len(lines) == 4 and all(x["answer"] and x["speaker"] for x in lines)
+    # the per-speaker breakdown covers every row, and its counts add up to the accuracy
+    per_speaker = tasks["ks"]["breakdown"]["per_speaker"]
+    assert sum(g["rows"] for g in per_speaker.values()) == 4
+    correct = sum(g["rows"] * g["score"] for g in per_speaker.values())
+    assert correct == pytest.approx(tasks["ks"]["correct"])
+    assert set(per_speaker) == {x["speaker"] for x in lines}
     for task in ("asr", "ks", "ic", "er", "sid"):
         nats = tasks[task]["audio_nats"]
         assert set(nats) == {"logp_own_audio", "logp_other_audio", "gain", "gain_per_token"}
