@@ -221,23 +221,18 @@ def text_breakdown(
     tasks, with the most frequent confusions), so a score can be traced to voices and words.
     rows, references, answers [N]; ASR scores WER per speaker, label tasks accuracy. SID's
     labels are its speakers, so it gets no separate per-speaker table."""
-    if task == "asr":
-        metric = "wer"
-        score = lambda idx: (
-            metrics.wer(  # noqa: E731
-                [references[i] for i in idx], [answers[i] for i in idx]
-            ).rate
-        )
-    else:
-        metric = "accuracy"
-        score = lambda idx: (
-            metrics.accuracy(  # noqa: E731
-                [references[i] for i in idx], [answers[i] for i in idx], allowed[task]
-            ).accuracy
-        )
+
+    def score(indices: list[int]) -> float:
+        refs, hyps = [references[i] for i in indices], [answers[i] for i in indices]
+        if task == "asr":
+            return metrics.wer(refs, hyps).rate
+        return metrics.accuracy(refs, hyps, allowed[task]).accuracy
+
+    metric = "wer" if task == "asr" else "accuracy"
     breakdown: dict[str, Any] = {"metric": metric}
     if task != "sid":
-        breakdown["per_speaker"] = metrics.per_group([row_speaker(r) for r in rows], score)
+        speakers = [row_speaker(r) for r in rows]
+        breakdown["per_speaker"] = metrics.per_group(speakers, score, metric != "wer")
     if task != "asr":
         breakdown["per_label"] = metrics.per_group(references, score)
         breakdown["confusions"] = metrics.confusions(references, answers)

@@ -197,28 +197,26 @@ def confusions(
     Example: confusions(["no", "go", "no"], ["go", "go", "go"]) -> [("no", "go", 2)]."""
     if len(labels) != len(predictions):
         raise ValueError(f"got {len(labels)} labels but {len(predictions)} predictions")
-    pairs = Counter(
-        (_normalize_label(label), _normalize_label(prediction))
-        for label, prediction in zip(labels, predictions, strict=True)
-        if _normalize_label(label) != _normalize_label(prediction)
-    )
+    folded = zip(map(_normalize_label, labels), map(_normalize_label, predictions), strict=True)
+    pairs = Counter((label, prediction) for label, prediction in folded if label != prediction)
     return [(label, prediction, count) for (label, prediction), count in pairs.most_common(top)]
 
 
 def per_group(
-    groups: Sequence[str], score: Callable[[list[int]], float]
+    groups: Sequence[str], score: Callable[[list[int]], float], higher_is_better: bool = True
 ) -> dict[str, dict[str, float]]:
     """A metric over each group's rows: groups [N] holds one key per row, `score(indices)`
     computes the metric over the rows at those indices (e.g. the accuracy of one speaker's
-    answers). Returns {group: {"rows": count, "score": value}}, worst first for a metric where
-    higher is better (ascending score; reverse it for error rates), ties by group name.
+    answers). Returns {group: {"rows": count, "score": value}}, worst group first (lowest
+    score, or highest for an error rate with higher_is_better=False), ties by group name.
     Example: per_group(["a", "b", "a"], lambda idx: len(idx)) ->
     {"b": {"rows": 1, "score": 1}, "a": {"rows": 2, "score": 2}}."""
     members: dict[str, list[int]] = {}
     for index, group in enumerate(groups):
         members.setdefault(group, []).append(index)
     scored = {group: score(indices) for group, indices in members.items()}
-    order = sorted(scored, key=lambda group: (scored[group], group))
+    sign = 1 if higher_is_better else -1
+    order = sorted(scored, key=lambda group: (sign * scored[group], group))
     return {group: {"rows": len(members[group]), "score": scored[group]} for group in order}
 
 

@@ -45,6 +45,7 @@ def test_text_breakdown_by_hand():
     assert asr["metric"] == "wer" and "per_label" not in asr
     assert asr["per_speaker"]["spk1"]["score"] == pytest.approx(0.25)
     assert asr["per_speaker"]["spk2"]["score"] == pytest.approx(1.0)
+    assert list(asr["per_speaker"]) == ["spk2", "spk1"]  # worst (highest WER) first
     # SID's labels are its speakers: one table, per label
     sid = text_breakdown(
         "sid", rows[:2], ["spk1", "spk1"], ["spk1", "spk9"], {"sid": ["spk1", "spk9"]}

@@ -166,6 +166,12 @@ def test_per_group_scores_each_groups_rows_worst_first():
     assert by_speaker["a"] == {"rows": 3, "score": pytest.approx(2 / 3)}
     assert by_speaker["b"] == {"rows": 2, "score": 0.5}
     assert by_speaker["c"] == {"rows": 1, "score": 1.0}
+    # an error rate: worst is highest
+    assert list(per_group(speakers, lambda idx: len(idx) / 10, higher_is_better=False)) == [
+        "a",
+        "b",
+        "c",
+    ]
     # ties go by name
     assert list(per_group(["z", "y"], lambda idx: 0.0)) == ["y", "z"]
 
