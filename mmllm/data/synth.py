@@ -24,6 +24,7 @@ import dataclasses
 import hashlib
 import io
 import json
+import math
 import multiprocessing
 import random
 import sys
@@ -124,6 +125,14 @@ class SynthConfig:
     # ~1000-word grammar; "grid" for GRID's 51 words (a minutes-long check that a model
     # listens). Left out of the hash while None, so corpora built before it are reused.
     sentence_grammar: str | None = dataclasses.field(default=None, metadata=OMIT_WHEN_NONE)
+    # Share of KS *training* clips labelled `_unknown_` (None: balanced, 1/12 like every
+    # label). Speech Commands' training split is mostly unknown words; balanced, each of the
+    # 25 stand-in words gets 1/25 of one label's clips, and unknown words are the class every
+    # input misses most. Validation and test stay balanced so scores compare. Left out of
+    # the hash while None, so corpora built before it are reused.
+    ks_train_unknown_share: float | None = dataclasses.field(
+        default=None, metadata=OMIT_WHEN_NONE
+    )
 
     def __post_init__(self) -> None:
         unknown = [t for t in [*self.tasks, *self.counts] if t not in TASKS]
@@ -146,6 +155,9 @@ class SynthConfig:
                 f"key 'sentence_grammar': {self.sentence_grammar!r} is not one of {named} "
                 "(leave it unset for SynthDASB's own grammar)"
             )
+        share = self.ks_train_unknown_share
+        if share is not None and not 0.0 < share < 1.0:
+            raise ValueError(f"key 'ks_train_unknown_share': must be in (0, 1), got {share}")
         if self.snr_db_min > self.snr_db_max:
             raise ValueError(f"key 'snr_db_min': {self.snr_db_min} > snr_db_max {self.snr_db_max}")
 
@@ -220,8 +232,21 @@ def _plan_asr(cfg, rng, index, split, pool, sid_set):
     return {"utts": [_utt(draw_sentence(cfg, rng, split), rng.choice(pool))]}
 
 
+def ks_label(index: int, split: str, unknown_share: float | None) -> str:
+    """The label of KS row `index`: balanced over the 12 labels, or, for training rows with
+    `unknown_share`, `_unknown_` on an evenly spread `unknown_share` of the rows and the
+    other 11 labels in turn on the rest."""
+    if split != "train" or unknown_share is None:
+        return text_lib.KS_LABELS[index % len(text_lib.KS_LABELS)]
+    unknowns_before = math.floor(index * unknown_share)
+    if math.floor((index + 1) * unknown_share) > unknowns_before:
+        return text_lib.KS_UNKNOWN
+    others = [label for label in text_lib.KS_LABELS if label != text_lib.KS_UNKNOWN]
+    return others[(index - unknowns_before) % len(others)]
+
+
 def _plan_ks(cfg, rng, index, split, pool, sid_set):
-    label = text_lib.KS_LABELS[index % len(text_lib.KS_LABELS)]  # balanced classes
+    label = ks_label(index, split, cfg.ks_train_unknown_share)
     spec = {
         "label": label,
         "meta": {

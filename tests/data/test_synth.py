@@ -18,6 +18,7 @@ from mmllm.data.synth import (
     SynthConfig,
     build,
     corpus_tasks,
+    ks_label,
     load_task,
     plan_task,
     render,
@@ -268,3 +269,30 @@ def test_grid_grammar_sentences_and_hash_of_existing_configs():
 def test_unknown_sentence_grammar_is_refused_by_key():
     with pytest.raises(ConfigError, match="sentence_grammar.*'timit'"):
         from_dict(SynthConfig, {"sentence_grammar": "timit"})
+
+
+def test_ks_train_unknown_share_labels_and_hash():
+    from collections import Counter
+
+    balanced = Counter(ks_label(i, "train", None) for i in range(1200))
+    assert set(balanced.values()) == {100}  # 12 labels, 100 each
+    heavy = Counter(ks_label(i, "train", 0.45) for i in range(1200))
+    assert heavy[text_lib.KS_UNKNOWN] == 540  # floor(1200 * 0.45)
+    others = {n for label, n in heavy.items() if label != text_lib.KS_UNKNOWN}
+    assert others == {60}  # the other 660 rows over 11 labels, in turn
+    # spread evenly: every window of 20 rows has 9 unknown clips
+    labels = [ks_label(i, "train", 0.45) for i in range(1200)]
+    assert {labels[i : i + 20].count(text_lib.KS_UNKNOWN) for i in range(0, 1200, 20)} == {9}
+    # validation and test stay balanced, so scores compare with balanced corpora
+    for split in ("valid", "test"):
+        assert [ks_label(i, split, 0.45) for i in range(24)] == list(text_lib.KS_LABELS) * 2
+    default = SynthConfig.from_name("tiny")
+    heavy_cfg = SynthConfig.from_name("tiny", ks_train_unknown_share=0.45)
+    assert "ks_train_unknown_share" not in config_to_dict(default)
+    assert config_hash(heavy_cfg) != config_hash(default)
+    specs = plan_task(heavy_cfg, "ks", "train", heavy_cfg.speakers())
+    unknown = [s for s in specs if s["label"] == text_lib.KS_UNKNOWN]
+    assert len(unknown) == int(len(specs) * 0.45)
+    assert all(s["utts"][0][0] in text_lib.KS_UNKNOWN_WORDS for s in unknown)
+    with pytest.raises(ConfigError, match="ks_train_unknown_share"):
+        from_dict(SynthConfig, {"ks_train_unknown_share": 1.5})
