@@ -130,9 +130,7 @@ class SynthConfig:
     # 25 stand-in words gets 1/25 of one label's clips, and unknown words are the class every
     # input misses most. Validation and test stay balanced so scores compare. Left out of
     # the hash while None, so corpora built before it are reused.
-    ks_train_unknown_share: float | None = dataclasses.field(
-        default=None, metadata=OMIT_WHEN_NONE
-    )
+    ks_train_unknown_share: float | None = dataclasses.field(default=None, metadata=OMIT_WHEN_NONE)
 
     def __post_init__(self) -> None:
         unknown = [t for t in [*self.tasks, *self.counts] if t not in TASKS]
