@@ -33,9 +33,7 @@ _HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
 
 import argparse
-import datetime
 import json
-import platform
 import statistics
 import time
 from pathlib import Path
@@ -43,6 +41,7 @@ from pathlib import Path
 import torch
 
 from mmllm.fileio import atomic_write_text
+from mmllm.runtime import machine_facts, utc_timestamp
 
 RESULTS = Path(_HERE) / "results" / "generate.json"
 WORKLOADS = {  # name -> (tasks, max_new_tokens)
@@ -292,14 +291,8 @@ def main(argv: list[str] | None = None) -> int:
         "checkpoint": str(args.checkpoint),
         "model_parameters": sum(p.numel() for p in model.parameters()),
         "workloads": {name: run_workload(name, checkpoint, model, args) for name in args.workloads},
-        "environment": {
-            "torch": torch.__version__,
-            "torch_threads": torch.get_num_threads(),
-            "cpu_count": os.cpu_count(),
-            "machine": platform.machine(),
-            "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
-        },
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "machine": machine_facts(),
+        "date": utc_timestamp(),
     }
     text = json.dumps(report, indent=2)
     atomic_write_text(args.out, text + "\n")

@@ -23,9 +23,7 @@ _HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
 
 import argparse
-import datetime
 import json
-import platform
 import statistics
 import time
 from pathlib import Path
@@ -33,6 +31,7 @@ from pathlib import Path
 import torch
 
 from mmllm.fileio import atomic_write_text
+from mmllm.runtime import machine_facts, utc_timestamp
 from mmllm.tokenizers.kmeans import fit_kmeans, mean_inertia
 
 RESULTS = Path(_HERE) / "results" / "kmeans.json"
@@ -160,15 +159,8 @@ def main(argv: list[str] | None = None) -> int:
                 ours_summary["inertia"] / sklearn_summary["inertia"], 4
             ),
         },
-        "environment": {
-            "torch": torch.__version__,
-            "sklearn": sklearn.__version__,
-            "torch_threads": torch.get_num_threads(),
-            "cpu_count": os.cpu_count(),
-            "machine": platform.machine(),
-            "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
-        },
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "machine": machine_facts() | {"sklearn": sklearn.__version__},
+        "date": utc_timestamp(),
     }
     text = json.dumps(report, indent=2)
     atomic_write_text(args.out, text + "\n")

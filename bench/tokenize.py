@@ -20,7 +20,6 @@ sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
 
 import argparse
 import json
-import platform
 import tempfile
 import time
 from pathlib import Path
@@ -31,7 +30,7 @@ from mmllm.audio import decode_audio_value
 from mmllm.data.cache import CachedSplit, extract_corpus
 from mmllm.data.synth import SynthConfig, build, load_task
 from mmllm.fileio import atomic_write_text
-from mmllm.runtime import keep_freed_memory
+from mmllm.runtime import keep_freed_memory, machine_facts
 from mmllm.tokenizers.base import TokenizerConfig, build_tokenizer, pad_batch
 
 
@@ -107,11 +106,7 @@ def main(argv: list[str] | None = None) -> int:
         "mimi-8": TokenizerConfig(name="mimi", weights=pretrained_random("mimi", work), num_codebooks=8),
     }  # fmt: skip
     results: dict = {
-        "machine": {
-            "platform": platform.platform(),
-            "threads": torch.get_num_threads(),
-            "glibc_keep_freed_memory": results_malloc,
-        },
+        "machine": machine_facts() | {"glibc_keep_freed_memory": results_malloc},
         "audio_seconds_per_measurement": args.seconds,
         "batch_size": args.batch_size,
         "backends": {},

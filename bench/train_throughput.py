@@ -34,9 +34,7 @@ sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
 
 import argparse
 import copy
-import datetime
 import json
-import platform
 import time
 from pathlib import Path
 
@@ -47,6 +45,7 @@ from mmllm.config import add_config_arguments, load_config
 from mmllm.data.packing import IGNORE_INDEX, Document, collate_blocks, pack_documents
 from mmllm.fileio import atomic_write_text
 from mmllm.pretrain_config import OptimSection, PretrainConfig
+from mmllm.runtime import machine_facts, utc_timestamp
 from mmllm.training import build_model, make_optimizer, token_loss_sum
 
 RESULTS = Path(_HERE) / "results" / "train_throughput.json"
@@ -166,13 +165,8 @@ def main(argv: list[str] | None = None) -> int:
         print(name, results[name], flush=True)
     report = {
         "benchmark": "train_throughput",
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "machine": {
-            "platform": platform.platform(),
-            "torch": torch.__version__,
-            "threads": torch.get_num_threads(),
-            "cuda": torch.cuda.is_available(),
-        },
+        "date": utc_timestamp(),
+        "machine": machine_facts(),
         "config": str(args.config or "embedded default"),
         "model_parameters": sum(p.numel() for p in packed_model.parameters()),
         "block_size": cfg.data.block_size,

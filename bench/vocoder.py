@@ -36,9 +36,7 @@ sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
 
 import argparse
 import dataclasses
-import datetime
 import json
-import platform
 import statistics
 import time
 from pathlib import Path
@@ -52,6 +50,7 @@ from mmllm.data.synth import load_task
 from mmllm.fileio import atomic_write_text
 from mmllm.metrics import dwer as differential_wer
 from mmllm.metrics import mel_cepstral_distortion, stoi
+from mmllm.runtime import machine_facts, utc_timestamp
 from mmllm.tokenizers.backends.offline import (
     GRIFFIN_LIM_ITERS,
     HOP_LENGTH,
@@ -233,12 +232,8 @@ def main(argv: list[str] | None = None) -> int:
         }
     result = {
         "benchmark": "vocoder resynthesis",
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "machine": {
-            "platform": platform.platform(),
-            "torch": torch.__version__,
-            "threads": torch.get_num_threads(),
-        },
+        "date": utc_timestamp(),
+        "machine": machine_facts(),
         "data": {"corpus": str(args.data), "task": args.task, "split": args.split},
         "num_utterances": len(per_utterance),
         "audio_seconds": audio_seconds,

@@ -33,3 +33,31 @@ def keep_freed_memory() -> bool:
         return False
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     return bool(mallopt(M_MMAP_MAX, 0)) and bool(mallopt(M_TRIM_THRESHOLD, 2**31 - 1))
+
+
+def machine_facts() -> dict:
+    """What a benchmark's numbers depend on: platform, CPU count, torch and its threads, GPU.
+
+    Every bench/ script stores this under "machine" in its JSON, so ratios measured on
+    different machines are never compared unknowingly.
+    """
+    import os
+    import platform
+
+    import torch
+
+    return {
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+    }
+
+
+def utc_timestamp() -> str:
+    """Now in UTC, ISO 8601 to the second: the "date" of a benchmark report."""
+    import datetime
+
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
