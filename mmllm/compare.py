@@ -185,6 +185,7 @@ def compare_runs(paths: list[str | Path], out_dir: str | Path) -> dict:
         key = (run_label(result), found[0] if found else i)
         groups.setdefault(key, []).append((row, found[1] if found else None))
     table: dict[str, dict[str, Any]] = {}
+    labelled: set[str] = set()  # input labels a row already has
     for (label, _), members in groups.items():
         seeds = [seed for _, seed in members]
         if len(members) > 1 and len(set(seeds)) == len(seeds):
@@ -192,8 +193,11 @@ def compare_runs(paths: list[str | Path], out_dir: str | Path) -> dict:
         else:  # one run, or repeats of one seed: a row each
             rows = [(label, row) for row, _ in members]
         for name, row in rows:
-            if name in table:  # another setup of the same input (budget, mixture...): name the run
+            # Another setup of the same input (budget, mixture, corpus...): name the run, also
+            # when a seed count already makes the first row's name differ.
+            if label in labelled or name in table:
                 name = f"{name} [{Path(row.get('run') or row['runs'][0]).name}]"
+            labelled.add(label)
             table[name] = row
     best = {}
     for task, (_, higher, _) in columns.items():

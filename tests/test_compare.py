@@ -141,7 +141,8 @@ def test_seeds_of_one_setup_become_one_row_of_means(tmp_path):
     lines = report["markdown"].splitlines()
     # mean 60.0, sample sd sqrt(2 * 0.1^2 / 1) = 14.1
     assert lines[2] == "| mfcc-kmeans (2 seeds) | 0.45 kbps | 60.0 ± 14.1 | **40.0** ± 0.0 |"
-    assert lines[3] == "| mfcc-kmeans | 0.45 kbps | **90.0** | 10.0 |"
+    # another setup of the same input is named by its run, though "(2 seeds)" sets them apart
+    assert lines[3] == "| mfcc-kmeans [long] | 0.45 kbps | **90.0** | 10.0 |"
     assert lines[4] == "| mfcc-kmeans [again] | 0.45 kbps | 60.0 | 30.0 |"
     row = json.loads((tmp_path / "out" / "comparison.json").read_text())["runs"][
         "mfcc-kmeans (2 seeds)"
