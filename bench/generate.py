@@ -41,7 +41,7 @@ from pathlib import Path
 import torch
 
 from mmllm.fileio import atomic_write_text
-from mmllm.runtime import machine_facts, utc_timestamp
+from mmllm.runtime import keep_freed_memory, machine_facts, utc_timestamp
 
 RESULTS = Path(_HERE) / "results" / "generate.json"
 WORKLOADS = {  # name -> (tasks, max_new_tokens)
@@ -278,7 +278,6 @@ def main(argv: list[str] | None = None) -> int:
     from transformers.utils import logging as hf_logging
 
     from mmllm.prompting import Checkpoint
-    from mmllm.runtime import keep_freed_memory
 
     hf_logging.disable_progress_bar()
     keep_freed_memory()  # the KV cache grows by reallocation every step

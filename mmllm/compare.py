@@ -193,9 +193,9 @@ def compare_runs(paths: list[str | Path], out_dir: str | Path) -> dict:
         else:  # one run, or repeats of one seed: a row each
             rows = [(label, row) for row, _ in members]
         for name, row in rows:
-            # Another setup of the same input (budget, mixture, corpus...): name the run, also
-            # when a seed count already makes the first row's name differ.
-            if label in labelled or name in table:
+            # Another setup of the same input (budget, mixture, corpus...) or a repeat of one
+            # seed: name the run, also when a seed count already sets the first row's name apart.
+            if label in labelled:
                 name = f"{name} [{Path(row.get('run') or row['runs'][0]).name}]"
             labelled.add(label)
             table[name] = row

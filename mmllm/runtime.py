@@ -1,4 +1,4 @@
-"""Process-level settings for heavy CPU jobs.
+"""Process-level settings for heavy CPU jobs, and the machine facts benchmarks record.
 
 glibc serves every allocation above its mmap threshold (at most 32 MB) with a fresh mmap
 and unmaps it on free, so each large activation tensor costs page faults on first touch.
@@ -13,7 +13,12 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import datetime
+import os
+import platform
 import sys
+
+import torch
 
 M_TRIM_THRESHOLD = -1  # mallopt parameters from glibc's malloc.h
 M_MMAP_MAX = -4
@@ -41,11 +46,6 @@ def machine_facts() -> dict:
     Every bench/ script stores this under "machine" in its JSON, so ratios measured on
     different machines are never compared unknowingly.
     """
-    import os
-    import platform
-
-    import torch
-
     return {
         "platform": platform.platform(),
         "machine": platform.machine(),
@@ -58,6 +58,4 @@ def machine_facts() -> dict:
 
 def utc_timestamp() -> str:
     """Now in UTC, ISO 8601 to the second: the "date" of a benchmark report."""
-    import datetime
-
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
