@@ -326,11 +326,6 @@ def test_mfcc_kmeans_deltas(corpus, tmp_path, mfcc_dir, held_out):
         build_tokenizer(dataclasses.replace(cfg, centroids=str(mfcc_dir), options={"deltas": True}))
     with pytest.raises(ValueError, match="'options.deltas' must be true or false, got 'yes'"):
         build_tokenizer(dataclasses.replace(cfg, options={"deltas": "yes"}))
-    with pytest.raises(ValueError, match="mel-rvq: 'deltas' is an mfcc-kmeans option"):
-        fit_offline_tokenizer(
-            "mel-rvq", corpus, tmp_path / "rvq", k=K, num_codebooks=1, max_frames=100,
-            seed=0, progress=False, deltas=True,
-        )  # fmt: skip
     plain = build_tokenizer(TokenizerConfig(name="mfcc-features"))
     moving = build_tokenizer(TokenizerConfig(name="mfcc-features", options={"deltas": True}))
     assert (plain.num_codebooks, moving.num_codebooks) == (26, 78)
@@ -339,6 +334,48 @@ def test_mfcc_kmeans_deltas(corpus, tmp_path, mfcc_dir, held_out):
     torch.testing.assert_close(full[:, :13], static[:, :13])
     torch.testing.assert_close(full[:, 39:52], static[:, 13:])
     assert full[:, 13:39].abs().sum() > 0
+
+
+def test_mel_rvq_deltas(corpus, tmp_path, held_out):
+    """mel-rvq options.deltas: each 50 Hz frame is 80 bands + 80 deltas + 80 delta-deltas,
+    all normalised per utterance and quantised together; batched == alone; decoding sums
+    only the static 80 dims of the chosen centroids; centroids without deltas are refused."""
+    out = fit_offline_tokenizer(
+        "mel-rvq", corpus, tmp_path / "deltas", k=K, num_codebooks=2, max_frames=8000,
+        seed=0, tasks=("asr",), max_steps=60, progress=False, cmvn="utterance", deltas=True,
+    )  # fmt: skip
+    card = json.loads((out / "card.json").read_text())
+    assert card["features"]["deltas"].startswith("delta + delta-delta")
+    assert card["feature_source"].startswith("80-bin log-mel (64 ms / 20 ms, 50 Hz) + deltas")
+    assert card["tensors"] == {"codebooks": [2, K, 240], "mel_mean": [80], "mel_std": [80]}
+    cfg = TokenizerConfig(
+        name="mel-rvq", centroids=str(out), options={"cmvn": "utterance", "deltas": True}
+    )
+    tok = build_tokenizer(cfg)
+    wav, lengths = pad_batch(held_out)
+    frames, _ = log_mel_frames(wav, lengths, "utterance", deltas=True)
+    static, _ = log_mel_frames(wav, lengths, "utterance")
+    assert frames.shape[-1] == 240
+    torch.testing.assert_close(frames[..., :80], static)  # deltas do not touch the bands
+    assert frames[1, :50, 80:].std() > 0.5  # normalised per utterance like the bands
+    codes, frame_lengths = tok.encode(wav, lengths)
+    assert codes.shape[1] == 2 and frame_lengths.tolist() == [16, 50, 39]
+    for b, item in enumerate(held_out):
+        alone, _ = tok.encode(item[None], torch.tensor([item.numel()]))
+        assert torch.equal(codes[b, :, : int(frame_lengths[b])], alone[0])
+    # The first code is the centroid nearest in all 240 dims, not in the 80 bands alone.
+    first = codes[1, 0, :50]
+    full = torch.cdist(frames[1, :50].double(), tok.codebooks[0].double()).argmin(1)
+    bands = torch.cdist(frames[1, :50, :80].double(), tok.codebooks[0, :, :80].double()).argmin(1)
+    assert torch.equal(first, full) and not torch.equal(first, bands)
+    # Decoding: the static bands of the chosen centroids, scaled back with the corpus levels.
+    expected = (tok.codebooks[0][codes[1, 0]] + tok.codebooks[1][codes[1, 1]])[:50, :80]
+    rebuilt = tok.reconstruct_log_mel(codes, frame_lengths)
+    torch.testing.assert_close(rebuilt[1, :50], expected * tok.mel_std + tok.mel_mean)
+    audio, audio_lengths = tok.decode(codes, frame_lengths)
+    assert audio_lengths.tolist() == (frame_lengths * 320).tolist()
+    with pytest.raises(ValueError, match="fitted on features .*deltas.*this config computes"):
+        build_tokenizer(dataclasses.replace(cfg, options={"cmvn": "utterance"}))
 
 
 def test_mfcc_features_match_reference_mfcc(held_out):

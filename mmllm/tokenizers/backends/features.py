@@ -40,9 +40,9 @@ from mmllm.tokenizers.backends.offline import (
     MFCC_STACK,
     SAMPLE_RATE,
     log_mel_frames,
-    mfcc_deltas,
     mfcc_dim,
     mfcc_frames,
+    offline_deltas,
     utterance_cmvn,
 )
 from mmllm.tokenizers.backends.ssl import SSL_FAMILIES, SSLFeatures
@@ -102,7 +102,7 @@ class MfccFeatures(_ContinuousFeatures):
     allowed_options = {"cmvn", "deltas"}
 
     def __init__(self, cfg: TokenizerConfig) -> None:
-        self.deltas = mfcc_deltas(cfg)
+        self.deltas = offline_deltas(cfg)
         self.feature_dim = MFCC_STACK * mfcc_dim(self.deltas)
         super().__init__(cfg)
 

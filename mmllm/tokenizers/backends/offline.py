@@ -21,7 +21,11 @@
   voice (a gain change shifts all 80 bands at once); with it the codes describe the spectrum
   relative to the utterance's own average, as mfcc-kmeans' CMVN option. Decoding then puts
   back the corpus-average band levels stored with the centroids (`mel_mean`, `mel_std`):
-  the speaker's own average envelope is not in the codes.
+  the speaker's own average envelope is not in the codes. `options.deltas: true` appends
+  each band's delta and delta-delta (regression over +-2 code frames, i.e. +-40 ms) before the
+  normalisation: 240 dims per frame, quantised together, so units tell apart frames whose
+  spectrum moves differently (onsets) and not only where it sits. Decoding sums only the
+  static 80 dims of the chosen centroids (what the spectrum is; the deltas only chose the unit).
 
 Both take 16 kHz audio. Fit the centroids once, then point the config key `centroids` at them:
 
@@ -140,15 +144,13 @@ CMVN_CHOICES = {"mfcc-kmeans": MFCC_NORMALISATIONS, "mel-rvq": MEL_NORMALISATION
 
 
 def feature_spec(name: str, cmvn: str, deltas: bool = False) -> dict[str, Any]:
-    """What `name` computes (recorded in cards): it depends on `cmvn` and, for mfcc-kmeans,
-    `deltas` (the key is only written when deltas are on, so cards fitted before still match)."""
+    """What `name` computes (recorded in cards): it depends on `cmvn` and `deltas` (the key
+    is only written when deltas are on, so cards fitted before still match)."""
     choices = CMVN_CHOICES[name]
     if cmvn not in choices:
         raise ValueError(
             f"{name}: config key 'options.cmvn' must be one of {list(choices)}, got {cmvn!r}"
         )
-    if deltas and name != "mfcc-kmeans":
-        raise ValueError(f"{name}: 'deltas' is an mfcc-kmeans option")
     spec = dict(FEATURE_SPECS[name])
     if choices[cmvn] is not None:
         spec["normalisation"] = choices[cmvn]
@@ -157,8 +159,9 @@ def feature_spec(name: str, cmvn: str, deltas: bool = False) -> dict[str, Any]:
     return spec
 
 
-def mfcc_deltas(cfg: TokenizerConfig) -> bool:
-    """`options.deltas` of mfcc-kmeans / mfcc-features (default false), checked to be a bool."""
+def offline_deltas(cfg: TokenizerConfig) -> bool:
+    """`options.deltas` of mfcc-kmeans / mel-rvq / mfcc-features (default false), checked to
+    be a bool."""
     deltas = cfg.options.get("deltas", False)
     if not isinstance(deltas, bool):
         raise ValueError(
@@ -170,6 +173,11 @@ def mfcc_deltas(cfg: TokenizerConfig) -> bool:
 def mfcc_dim(deltas: bool) -> int:
     """Dims per 10 ms MFCC frame: 13, or 39 with delta and delta-delta."""
     return N_MFCC * (3 if deltas else 1)
+
+
+def mel_dim(deltas: bool) -> int:
+    """Dims per 50 Hz mel-rvq frame: 80 log-mel bands, or 240 with delta and delta-delta."""
+    return MEL_N_MELS * (3 if deltas else 1)
 
 
 def _fit_command(name: str) -> str:
@@ -304,16 +312,27 @@ def log_mel_float64(wav: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Ten
     return torch.log(torch.clamp(power @ bank, min=MEL_LOG_FLOOR)), frame_lengths
 
 
-def log_mel_frames(
-    wav: torch.Tensor, lengths: torch.Tensor, cmvn: str = "none"
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """50 Hz log-mel. wav [B, T] 16 kHz, lengths [B] -> (log-mel [B, F, 80], frame_lengths [B]).
-    `cmvn` "utterance" normalises each item's bands with its own mean/variance (in float64,
+def mel_rvq_features(
+    log_mel: torch.Tensor, frame_lengths: torch.Tensor, cmvn: str, deltas: bool
+) -> torch.Tensor:
+    """What mel-rvq quantises, from `log_mel_float64`'s output: log-mel [B, F, 80] float64 ->
+    [B, F, 80] float32, or [B, F, 240] with `deltas` (bands, their deltas, delta-deltas).
+    `cmvn` "utterance" then normalises every dim with the item's own mean/variance (in float64,
     like the spectrum: batch == alone to the bit); frames beyond an item's length are then 0."""
-    log_mel, frame_lengths = log_mel_float64(wav, lengths)
+    if deltas:
+        log_mel = append_deltas(log_mel, frame_lengths)
     if cmvn == "utterance":
         log_mel = utterance_cmvn(log_mel, frame_lengths)
-    return log_mel.float(), frame_lengths
+    return log_mel.float()
+
+
+def log_mel_frames(
+    wav: torch.Tensor, lengths: torch.Tensor, cmvn: str = "none", deltas: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """50 Hz log-mel. wav [B, T] 16 kHz, lengths [B] -> (frames [B, F, 80], or [B, F, 240]
+    with `deltas`; frame_lengths [B]), normalised as `mel_rvq_features` says."""
+    log_mel, frame_lengths = log_mel_float64(wav, lengths)
+    return mel_rvq_features(log_mel, frame_lengths, cmvn, deltas), frame_lengths
 
 
 def griffin_lim(
@@ -409,7 +428,7 @@ class _OfflineTokenizer(AudioTokenizer):
 
     def feature_spec(self) -> dict[str, Any]:
         """What this config computes; the centroids' card must record the same."""
-        return feature_spec(self.name, offline_cmvn(self.cfg))
+        return feature_spec(self.name, offline_cmvn(self.cfg), offline_deltas(self.cfg))
 
     def _load(self, tensors: dict[str, torch.Tensor], directory: Path) -> None:
         raise NotImplementedError
@@ -471,14 +490,11 @@ class MfccKMeansTokenizer(_OfflineTokenizer):
                 f"mfcc-kmeans: config key 'num_codebooks' must be 1 or unset, got {cfg.num_codebooks}"
             )
 
-    def feature_spec(self) -> dict[str, Any]:
-        return feature_spec(self.name, offline_cmvn(self.cfg), mfcc_deltas(self.cfg))
-
     def _load(self, tensors: dict[str, torch.Tensor], directory: Path) -> None:
         self.centroids = self._tensor(tensors, "centroids", directory).to(self.device)
         self.mfcc_mean = self._tensor(tensors, "mfcc_mean", directory).to(self.device)
         self.mfcc_std = self._tensor(tensors, "mfcc_std", directory).to(self.device)
-        dim = mfcc_dim(mfcc_deltas(self.cfg))
+        dim = mfcc_dim(offline_deltas(self.cfg))
         if self.centroids.shape[1] != MFCC_STACK * dim or self.mfcc_mean.shape != (dim,):
             raise ValueError(
                 f"{directory}: centroids have dim {self.centroids.shape[1]} and mfcc_mean "
@@ -488,7 +504,7 @@ class MfccKMeansTokenizer(_OfflineTokenizer):
 
     def _features(self, wav, lengths):
         mfcc, frame_lengths = cmvn_mfcc_frames(
-            wav, lengths, offline_cmvn(self.cfg), mfcc_deltas(self.cfg)
+            wav, lengths, offline_cmvn(self.cfg), offline_deltas(self.cfg)
         )
         return stack_mfcc(mfcc, self.mfcc_mean, self.mfcc_std), frame_lengths
 
@@ -502,17 +518,19 @@ class MelRvqTokenizer(_OfflineTokenizer):
 
     `num_codebooks` may be fewer than were fitted: residual codebooks truncate cleanly.
     options.griffin_lim_iters (default 32) sets the decoder's phase-reconstruction iterations;
-    options.cmvn (none | utterance) how the log-mel is normalised before quantising.
+    options.cmvn (none | utterance) how the log-mel is normalised before quantising;
+    options.deltas (default false) quantises each frame with its deltas and delta-deltas.
     """
 
     can_decode = True
-    allowed_options = ("griffin_lim_iters", "cmvn")
+    allowed_options = ("griffin_lim_iters", "cmvn", "deltas")
 
     def _load(self, tensors: dict[str, torch.Tensor], directory: Path) -> None:
-        codebooks = self._tensor(tensors, "codebooks", directory)  # [K, k, 80]
-        if codebooks.dim() != 3 or codebooks.shape[2] != MEL_N_MELS:
+        codebooks = self._tensor(tensors, "codebooks", directory)  # [K, k, 80 or 240]
+        dim = mel_dim(offline_deltas(self.cfg))
+        if codebooks.dim() != 3 or codebooks.shape[2] != dim:
             raise ValueError(
-                f"{directory}: codebooks must be [K, k, 80], got {tuple(codebooks.shape)}"
+                f"{directory}: codebooks must be [K, k, {dim}], got {tuple(codebooks.shape)}"
             )
         wanted = self.cfg.num_codebooks or codebooks.shape[0]
         if not 1 <= wanted <= codebooks.shape[0]:
@@ -535,7 +553,7 @@ class MelRvqTokenizer(_OfflineTokenizer):
         self.inverse_bank = torch.linalg.pinv(bank).float().to(self.device)  # [80, 513]
 
     def _features(self, wav, lengths):
-        return log_mel_frames(wav, lengths, offline_cmvn(self.cfg))
+        return log_mel_frames(wav, lengths, offline_cmvn(self.cfg), offline_deltas(self.cfg))
 
     def _quantize(self, frames):
         residual = frames.double()
@@ -548,8 +566,8 @@ class MelRvqTokenizer(_OfflineTokenizer):
 
     def reconstruct_log_mel(self, codes: torch.Tensor, frame_lengths: torch.Tensor) -> torch.Tensor:
         """codes [B, K', F] (K' <= K, first K' codebooks) -> log-mel [B, F, 80]: the sum of the
-        chosen centroids (under `options.cmvn: utterance` scaled back with the corpus-average
-        band levels); frames beyond frame_lengths are silence (the log floor)."""
+        chosen centroids' 80 static bands (under `options.cmvn: utterance` scaled back with the
+        corpus-average band levels); frames beyond frame_lengths are silence (the log floor)."""
         if codes.dim() != 3 or codes.shape[1] > self.num_codebooks:
             raise ValueError(
                 f"mel-rvq: codes must be [B, K<={self.num_codebooks}, F], got {tuple(codes.shape)}"
@@ -566,7 +584,7 @@ class MelRvqTokenizer(_OfflineTokenizer):
             )
         log_mel = torch.zeros(*valid.shape, MEL_N_MELS, device=self.device)
         for j in range(codes.shape[1]):
-            log_mel += self.codebooks[j][inside[:, j]]
+            log_mel += self.codebooks[j][inside[:, j]][..., :MEL_N_MELS]
         log_mel = log_mel * self.mel_std + self.mel_mean
         return log_mel.masked_fill(~valid[..., None], math.log(MEL_LOG_FLOOR))
 
@@ -611,8 +629,8 @@ def _feature_batches(
     """Waveforms -> [n, D] frames of the tokenizer's features (valid frames only).
     mfcc-kmeans: stacked MFCC [n, 26] ([n, 78] with deltas), per-utterance normalised
     (`cmvn: utterance`, `stats` None) or raw (normalised after the pass with the corpus
-    statistics `stats` gathers). mel-rvq: log-mel [n, 80], raw or per-utterance normalised
-    (`cmvn: utterance`; `stats` then gathers each utterance's raw band means and sds)."""
+    statistics `stats` gathers). mel-rvq: log-mel [n, 80] ([n, 240] with deltas), raw or per-utterance
+    normalised (`cmvn: utterance`; `stats` then gathers each utterance's raw band means and sds)."""
 
     def flush(items: list[torch.Tensor]) -> torch.Tensor:
         wav, lengths = pad_batch(items)
@@ -630,8 +648,8 @@ def _feature_batches(
                 if n:  # one row per utterance: its band means, then its sds
                     item = log_mel[b, :n]
                     stats.update(torch.cat([item.mean(0), item.std(0, unbiased=False)])[None])
-            log_mel = utterance_cmvn(log_mel, frame_lengths)  # as encode: float64, then rounded
-        return torch.cat([log_mel[b, : int(n)].float() for b, n in enumerate(frame_lengths)])
+        frames = mel_rvq_features(log_mel, frame_lengths, cmvn, deltas)  # as encode
+        return torch.cat([frames[b, : int(n)] for b, n in enumerate(frame_lengths)])
 
     items: list[torch.Tensor] = []
     for wav in waveforms:
@@ -646,7 +664,7 @@ def _feature_batches(
 @dataclasses.dataclass
 class FitFrames:
     """What k-means is fitted on: `frames` [n, D] (mfcc-kmeans: normalised and stacked,
-    D = 26 or 78; mel-rvq: log-mel, D = 80), `seen` frames streamed past before sampling, and
+    D = 26 or 78; mel-rvq: log-mel, D = 80 or 240 with deltas), `seen` frames streamed past before sampling, and
     mfcc-kmeans' normalisation `mean`, `std` [D / 2] (0 and 1 under per-utterance CMVN, which
     has already normalised every utterance by its own statistics). mel-rvq: None for raw
     log-mel; under per-utterance CMVN the levels decoding puts back, `mean`, `std` [80]: the
@@ -732,11 +750,11 @@ def fit_offline_tokenizer(
     `max_frames` frames, and fits k-means (mel-rvq: `num_codebooks` residual stages, stage j
     on what stages < j left over, seed + j). Writes centroids.safetensors (mfcc-kmeans:
     centroids [k, 26], mfcc_mean [13], mfcc_std [13], or [k, 78], [39], [39] with deltas;
-    mel-rvq: codebooks [K, k, 80], plus mel_mean [80] and mel_std [80] under per-utterance
-    CMVN) and card.json. `batch_size` / `max_steps` are the k-means minibatch settings;
+    mel-rvq: codebooks [K, k, 80] ([K, k, 240] with deltas), plus mel_mean [80] and mel_std
+    [80] under per-utterance CMVN) and card.json. `batch_size` / `max_steps` are the k-means minibatch settings;
     `cmvn` is the tokenizer's `options.cmvn` (None: its default; mfcc-kmeans under
     utterance: the stored mean/std are 0 and 1, since every utterance is already normalised
-    by its own statistics) and `deltas` mfcc-kmeans' `options.deltas`.
+    by its own statistics) and `deltas` the tokenizer's `options.deltas`.
     """
     if name not in OFFLINE_TOKENIZERS:
         raise ValueError(
@@ -778,9 +796,10 @@ def fit_offline_tokenizer(
         tensors = {"codebooks": torch.stack(codebooks)}
         if sampled.mean is not None:
             tensors |= {"mel_mean": sampled.mean, "mel_std": sampled.std}
-        source = "80-bin log-mel (64 ms / 20 ms, 50 Hz), residual k-means"
-        if cmvn == "utterance":
-            source = "80-bin log-mel (64 ms / 20 ms, 50 Hz), CMVN per utterance, residual k-means"
+        source = (
+            f"80-bin log-mel (64 ms / 20 ms, 50 Hz){' + deltas + delta-deltas' if deltas else ''}"
+            f"{', CMVN per utterance' if cmvn == 'utterance' else ''}, residual k-means"
+        )
     card = {
         "tokenizer": name,
         "feature_source": source,
@@ -829,7 +848,7 @@ def fit_offline_from_config(
         device=cfg.device,
         progress=progress,
         cmvn=offline_cmvn(cfg),
-        deltas=mfcc_deltas(cfg),
+        deltas=offline_deltas(cfg),
     )
     resolved = dataclasses.replace(
         cfg,
