@@ -629,8 +629,9 @@ def _feature_batches(
     """Waveforms -> [n, D] frames of the tokenizer's features (valid frames only).
     mfcc-kmeans: stacked MFCC [n, 26] ([n, 78] with deltas), per-utterance normalised
     (`cmvn: utterance`, `stats` None) or raw (normalised after the pass with the corpus
-    statistics `stats` gathers). mel-rvq: log-mel [n, 80] ([n, 240] with deltas), raw or per-utterance
-    normalised (`cmvn: utterance`; `stats` then gathers each utterance's raw band means and sds)."""
+    statistics `stats` gathers). mel-rvq: log-mel [n, 80] ([n, 240] with deltas), raw or
+    per-utterance normalised (`cmvn: utterance`; `stats` then gathers each utterance's raw band
+    means and sds, of the 80 static bands only)."""
 
     def flush(items: list[torch.Tensor]) -> torch.Tensor:
         wav, lengths = pad_batch(items)
@@ -664,7 +665,8 @@ def _feature_batches(
 @dataclasses.dataclass
 class FitFrames:
     """What k-means is fitted on: `frames` [n, D] (mfcc-kmeans: normalised and stacked,
-    D = 26 or 78; mel-rvq: log-mel, D = 80 or 240 with deltas), `seen` frames streamed past before sampling, and
+    D = 26 or 78; mel-rvq: log-mel, D = 80, or 240 with deltas), `seen` frames streamed past
+    before sampling, and
     mfcc-kmeans' normalisation `mean`, `std` [D / 2] (0 and 1 under per-utterance CMVN, which
     has already normalised every utterance by its own statistics). mel-rvq: None for raw
     log-mel; under per-utterance CMVN the levels decoding puts back, `mean`, `std` [80]: the
@@ -751,7 +753,8 @@ def fit_offline_tokenizer(
     on what stages < j left over, seed + j). Writes centroids.safetensors (mfcc-kmeans:
     centroids [k, 26], mfcc_mean [13], mfcc_std [13], or [k, 78], [39], [39] with deltas;
     mel-rvq: codebooks [K, k, 80] ([K, k, 240] with deltas), plus mel_mean [80] and mel_std
-    [80] under per-utterance CMVN) and card.json. `batch_size` / `max_steps` are the k-means minibatch settings;
+    [80] under per-utterance CMVN) and card.json. `batch_size` / `max_steps` are the k-means
+    minibatch settings;
     `cmvn` is the tokenizer's `options.cmvn` (None: its default; mfcc-kmeans under
     utterance: the stored mean/std are 0 and 1, since every utterance is already normalised
     by its own statistics) and `deltas` the tokenizer's `options.deltas`.
