@@ -1,4 +1,4 @@
-"""Benchmark: batched constrained generation (mmllm.generate) vs one-by-one `model.generate`.
+"""Benchmark: batched constrained generation (mmllm.eval.generation) vs one-by-one `model.generate`.
 
     python bench/generate.py [--checkpoint runs/pretrain/default/final] [--data data/synthdasb-small]
                              [--cache data/tokens/mfcc-kmeans] [--per-task 32] [--batch-size 32]
@@ -8,7 +8,7 @@ On the embedded default checkpoint, the same test prompts are generated
 
     baseline     one prompt at a time with plain `model.generate` (greedy, same
                  max_new_tokens, eos = <|eos_task|>): what a first eval script would do
-    batched      `mmllm.generate.generate`, batched + KV-cached + constrained (the answer grammar)
+    batched      `mmllm.eval.generation.generate`, batched + KV-cached + constrained (the answer grammar)
     unconstrained  the same batched loop without the grammar: isolates what batching alone
                  gives, and its outputs must equal the baseline's (batching is exact)
 
@@ -24,17 +24,10 @@ and unconstrained may differ only there). Writes bench/results/generate.json (at
 
 from __future__ import annotations
 
-import os
-import sys
-
-# A script runs with its own folder first on sys.path, where bench/tokenize.py would shadow
-# the standard library's `tokenize` (imported by torch through inspect and linecache).
-_HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
-
 import argparse
 import json
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -43,7 +36,7 @@ import torch
 from mmllm.fileio import atomic_write_text
 from mmllm.runtime import keep_freed_memory, machine_facts, utc_timestamp
 
-RESULTS = Path(_HERE) / "results" / "generate.json"
+RESULTS = Path(__file__).resolve().parent / "results" / "generate.json"
 WORKLOADS = {  # name -> (tasks, max_new_tokens)
     "text": (("ks", "asr"), 48),
     "audio": (("tts",), 160),
@@ -120,8 +113,8 @@ def forbidden_at_first_difference(grammar, task, plain, constrained, max_new) ->
 
 def quality(checkpoint, rows, tasks, outputs) -> dict:
     """ks accuracy, asr WER, tts well-formed answers (ends with eos, one closed span)."""
-    from mmllm.generate import audio_spans, decode_text
-    from mmllm.metrics import accuracy, wer
+    from mmllm.eval.generation import audio_spans, decode_text
+    from mmllm.eval.metrics import accuracy, wer
 
     vocab, text = checkpoint.vocab, checkpoint.tokenizer
     report = {}
@@ -153,7 +146,7 @@ def quality(checkpoint, rows, tasks, outputs) -> dict:
 
 
 def run_workload(name, checkpoint, model, args) -> dict:
-    from mmllm.generate import GenerationConfig, generate
+    from mmllm.eval.generation import GenerationConfig, generate
 
     task_names, max_new = WORKLOADS[name]
     prompts, tasks, rows = load_prompts(
@@ -277,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from transformers.utils import logging as hf_logging
 
-    from mmllm.prompting import Checkpoint
+    from mmllm.eval.prompting import Checkpoint
 
     hf_logging.disable_progress_bar()
     keep_freed_memory()  # the KV cache grows by reallocation every step
@@ -285,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
     checkpoint = Checkpoint.open(args.checkpoint)
     model = checkpoint.load_model("cpu")
     report = {
-        "benchmark": "generation: mmllm.generate (batched, KV-cached, constrained) vs one-by-one "
+        "benchmark": "generation: mmllm.eval.generation (batched, KV-cached, constrained) vs one-by-one "
         "model.generate",
         "checkpoint": str(args.checkpoint),
         "model_parameters": sum(p.numel() for p in model.parameters()),

@@ -14,17 +14,10 @@ Writes bench/results/kmeans.json (atomically) and prints it.
 
 from __future__ import annotations
 
-import os
-import sys
-
-# A script runs with its own folder first on sys.path, where bench/tokenize.py would shadow
-# the standard library's `tokenize` (imported by torch through inspect and linecache).
-_HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
-
 import argparse
 import json
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -34,7 +27,7 @@ from mmllm.fileio import atomic_write_text
 from mmllm.runtime import machine_facts, utc_timestamp
 from mmllm.tokenizers.kmeans import fit_kmeans, mean_inertia
 
-RESULTS = Path(_HERE) / "results" / "kmeans.json"
+RESULTS = Path(__file__).resolve().parent / "results" / "kmeans.json"
 
 
 def gaussian_blobs(num_frames: int, dim: int, num_blobs: int, seed: int) -> torch.Tensor:
@@ -48,7 +41,7 @@ def gaussian_blobs(num_frames: int, dim: int, num_blobs: int, seed: int) -> torc
 def synthdasb_mfcc(data_dir: Path, num_frames: int, seed: int) -> torch.Tensor:
     """Stacked MFCC frames (mfcc-kmeans features, [n, 26], corpus-normalised) of every split,
     sampled as fitting samples them."""
-    from mmllm.tokenizers.backends.offline import fit_frames
+    from mmllm.tokenizers.backends.offline_fit import fit_frames
 
     splits = ("train", "valid", "test")
     return fit_frames("mfcc-kmeans", data_dir, None, splits, num_frames, seed).frames

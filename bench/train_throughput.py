@@ -11,7 +11,7 @@ three ways, measured in one run:
                   order, each padded to the longest in its batch, 2D padding mask (SDPA)
     packed-mask   packed blocks of `data.block_size`, 4D block-diagonal mask (SDPA computes
                   every pair of the block, then masks)
-    packed        packed blocks, per-document causal attention (mmllm.attention): what
+    packed        packed blocks, per-document causal attention (mmllm.modeling.attention): what
                   train/pretrain.py runs
 
 Useful tokens are the documents' own tokens. Useful FLOPs per document of n tokens:
@@ -24,17 +24,11 @@ or its pipeline builds it). Writes bench/results/train_throughput.json (atomical
 
 from __future__ import annotations
 
-import os
-import sys
-
-# A script runs with its own folder first on sys.path, where bench/tokenize.py would shadow
-# the standard library's `tokenize` (imported by torch through inspect and linecache).
-_HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
-
 import argparse
 import copy
 import json
+import os
+import sys
 import time
 from pathlib import Path
 
@@ -44,11 +38,12 @@ import torch.nn.functional as F
 from mmllm.config import add_config_arguments, load_config
 from mmllm.data.packing import IGNORE_INDEX, Document, collate_blocks, pack_documents
 from mmllm.fileio import atomic_write_text
-from mmllm.pretrain_config import OptimSection, PretrainConfig
+from mmllm.pretrain.build import build_model, make_optimizer
+from mmllm.pretrain.config import OptimSection, PretrainConfig
+from mmllm.pretrain.steps import token_loss_sum
 from mmllm.runtime import machine_facts, utc_timestamp
-from mmllm.training import build_model, make_optimizer, token_loss_sum
 
-RESULTS = Path(_HERE) / "results" / "train_throughput.json"
+RESULTS = Path(__file__).resolve().parent / "results" / "train_throughput.json"
 
 
 def matmul_peak_gflops(repeats: int = 5) -> float:
@@ -125,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from accelerate import Accelerator
 
-    from mmllm.pipeline import prepare_run
+    from mmllm.pretrain.pipeline import prepare_run
 
     cfg = load_config(PretrainConfig, args.config, args.overrides)
     accelerator = Accelerator(cpu=True)

@@ -15,10 +15,10 @@ For the first `--num` rows of the task's split, scores against the original audi
     that decoder, and
 (c) an upper bound that is not a token decoder: Griffin-Lim from the 80-bin log-mel of the
     ORIGINAL audio (mel-rvq's decoder without quantisation).
-With --asr (an mmllm checkpoint dir, or a Whisper hub id / dir; mmllm.asr_scorer), dWER: WER
+With --asr (an mmllm checkpoint dir, or a Whisper hub id / dir; mmllm.eval.asr_scorer), dWER: WER
 between that ASR's transcripts of the original and of each resynthesis. Metrics: STOI
-(mmllm.metrics.stoi) and MFCC mel-cepstral distortion in dB
-(mmllm.metrics.mel_cepstral_distortion, silent frames left out); mean and standard
+(mmllm.eval.metrics.stoi) and MFCC mel-cepstral distortion in dB
+(mmllm.eval.metrics.mel_cepstral_distortion, silent frames left out); mean and standard
 deviation over utterances, and seconds of compute per second of audio. Both outputs are
 cut to the original length. Writes bench/results/vocoder.json (atomically) and the first
 `--wavs` utterances (original, vocoder, griffin_lim) to bench/results/vocoder_wavs/.
@@ -26,33 +26,26 @@ cut to the original length. Writes bench/results/vocoder.json (atomically) and t
 
 from __future__ import annotations
 
-import os
-import sys
-
-# A script runs with its own folder first on sys.path, where bench/tokenize.py would shadow
-# the standard library's `tokenize` (imported by torch through inspect and linecache).
-_HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
-
 import argparse
 import dataclasses
 import json
 import statistics
+import sys
 import time
 from pathlib import Path
 
 import torch
 
-from mmllm.audio import dct_matrix, decode_audio_value, mel_filters, write_wav
+from mmllm.audio.features import GRIFFIN_LIM_ITERS, dct_matrix, griffin_lim, mel_filters
+from mmllm.audio.io import decode_audio_value, write_wav
 from mmllm.config import load_config
+from mmllm.corpus.reader import load_task
 from mmllm.data.cache import CachedSplit
-from mmllm.data.synth import load_task
+from mmllm.eval.metrics import dwer as differential_wer
+from mmllm.eval.metrics import mel_cepstral_distortion, stoi
 from mmllm.fileio import atomic_write_text
-from mmllm.metrics import dwer as differential_wer
-from mmllm.metrics import mel_cepstral_distortion, stoi
 from mmllm.runtime import machine_facts, utc_timestamp
 from mmllm.tokenizers.backends.offline import (
-    GRIFFIN_LIM_ITERS,
     HOP_LENGTH,
     MEL_N_FFT,
     MEL_N_MELS,
@@ -61,14 +54,14 @@ from mmllm.tokenizers.backends.offline import (
     MFCC_N_MELS,
     N_MFCC,
     SAMPLE_RATE,
-    griffin_lim,
     log_mel_frames,
 )
-from mmllm.tokenizers.base import TokenizerConfig, build_tokenizer
-from mmllm.vocoder import check_cache
+from mmllm.tokenizers.base import TokenizerConfig
+from mmllm.tokenizers.registry import build_tokenizer
+from mmllm.vocoder.data import check_cache
 
-RESULTS = Path(_HERE) / "results" / "vocoder.json"
-WAVS = Path(_HERE) / "results" / "vocoder_wavs"
+RESULTS = Path(__file__).resolve().parent / "results" / "vocoder.json"
+WAVS = Path(__file__).resolve().parent / "results" / "vocoder_wavs"
 
 
 def mel_inversion(wav: torch.Tensor) -> torch.Tensor:
@@ -210,8 +203,8 @@ def main(argv: list[str] | None = None) -> int:
 
     dwer = {}
     if args.asr is not None:
-        from mmllm.asr_scorer import AsrError, load_asr
-        from mmllm.generate import GenerationConfig
+        from mmllm.eval.asr_scorer import AsrError, load_asr
+        from mmllm.eval.generation import GenerationConfig
 
         try:
             asr = load_asr(args.asr, GenerationConfig(max_new_tokens=64))
@@ -254,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
         "vocoder_beats_token_mel_inversion_on_stoi": systems["vocoder"]["stoi"]["mean"]
         > systems["token_mel_inversion"]["stoi"]["mean"],
         "metrics": "STOI (pystoi); MCD = MFCC mel-cepstral distortion in dB over c1..c12, frames "
-        "within 40 dB of the loudest (mmllm.metrics.mel_cepstral_distortion)",
+        "within 40 dB of the loudest (mmllm.eval.metrics.mel_cepstral_distortion)",
         "systems": systems,
         "dwer": dwer or "not measured (no --asr)",
         "wavs": written,

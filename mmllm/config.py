@@ -156,9 +156,33 @@ def save_config(cfg: Any, directory: str | Path, filename: str = CONFIG_FILENAME
     return path
 
 
-def add_config_arguments(parser: argparse.ArgumentParser) -> None:
-    """The shared CLI shape: `--config FILE` then any number of `dotted.key=value` overrides."""
-    parser.add_argument("--config", type=Path, default=None, help="YAML config file")
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Every mmllm command's --help: option defaults shown, descriptions and epilogs as written."""
+
+
+def add_config_arguments(
+    parser: argparse.ArgumentParser,
+    cls: type | None = None,
+    *,
+    aliases: Sequence[str] = (),
+    required: bool = False,
+    help: str = "YAML config file",
+) -> None:
+    """The shared CLI shape: `--config FILE` then any number of `dotted.key=value` overrides.
+
+    With `cls` (a config dataclass whose fields all have defaults), --help ends with its
+    defaults as YAML: what a run uses for every key neither the file nor an override sets."""
+    parser.add_argument("--config", *aliases, type=Path, default=None, required=required, help=help)
     parser.add_argument(
         "overrides", nargs="*", metavar="KEY=VALUE", help="dotted-key overrides, e.g. train.lr=3e-4"
     )
+    parser.formatter_class = HelpFormatter
+    try:
+        defaults = yaml.safe_dump(config_to_dict(cls()), sort_keys=False).rstrip() if cls else None
+    except (TypeError, ValueError):  # a config with required fields has no defaults to show
+        defaults = None
+    if defaults is not None:
+        indented = "\n".join("  " + line for line in defaults.splitlines())
+        parser.epilog = (
+            f"defaults ({cls.__name__}; --config and KEY=VALUE override them):\n{indented}"
+        )

@@ -3,7 +3,7 @@
 glibc serves every allocation above its mmap threshold (at most 32 MB) with a fresh mmap
 and unmaps it on free, so each large activation tensor costs page faults on first touch.
 Convolutional codecs on long audio allocate such tensors in every layer: in
-bench/tokenize.py the kernel time exceeded half the wall time. Keeping freed memory in the
+bench/tokenizer_speed.py the kernel time exceeded half the wall time. Keeping freed memory in the
 heap instead makes EnCodec's encoder 1.3x faster one item at a time and 2.5x faster on a
 batch of 8 (8 x 3 s: 0.89 s -> 0.69 s and 1.51 s -> 0.61 s on 2 cores). The cost: the
 process keeps its peak memory until it exits, which suits batch jobs (extraction, benches).

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from mmllm.data.synth import SynthConfig, build
+from mmllm.synth.build import SynthConfig, build
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -25,7 +25,7 @@ def tiny_tokens(synth_tiny, tmp_path_factory) -> dict:
     to reuse them (tokenizers.cache_dir, tokenizers.input_overrides)."""
     from mmllm.config import load_config
     from mmllm.data.cache import extract_corpus
-    from mmllm.tokenizers.backends.offline import fit_offline_from_config
+    from mmllm.tokenizers.backends.offline_fit import fit_offline_from_config
     from mmllm.tokenizers.base import TokenizerConfig
 
     root = tmp_path_factory.mktemp("tiny_tokens")

@@ -1,4 +1,4 @@
-"""The ASR of dWER (mmllm.asr_scorer) and dWER of SE / SS / TTS answers (mmllm.dasb).
+"""The ASR of dWER (mmllm.eval.asr_scorer) and dWER of SE / SS / TTS answers (mmllm.eval.dasb).
 
 The Whisper is a tiny random one built from a config with a ten-letter tokenizer (offline);
 its weights are drawn large (init_std 0.5) so that its greedy transcript depends on the input.
@@ -21,12 +21,12 @@ from transformers import (
     WhisperTokenizer,
 )
 
-import mmllm.dasb
-from mmllm.asr_scorer import AsrError, CheckpointAsr, WhisperAsr, load_asr
-from mmllm.audio import resample
-from mmllm.dasb import _signal_metrics, score_dwer
-from mmllm.data.text import normalize_text
-from mmllm.generate import GenerationConfig
+import mmllm.eval.dasb
+from mmllm.audio.io import resample
+from mmllm.eval.asr_scorer import AsrError, CheckpointAsr, WhisperAsr, load_asr
+from mmllm.eval.dasb import _signal_metrics, score_dwer
+from mmllm.eval.generation import GenerationConfig
+from mmllm.text.normalize import normalize_text
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -195,7 +195,7 @@ def test_eval_cli_passes_asr_spec_by_either_flag(flag, monkeypatch, tmp_path):
         seen.update(tasks=tasks, asr=asr)
         return {"tasks": {}}
 
-    monkeypatch.setattr(mmllm.dasb, "evaluate_checkpoint", fake_evaluate)
+    monkeypatch.setattr(mmllm.eval.dasb, "evaluate_checkpoint", fake_evaluate)
     spec = importlib.util.spec_from_file_location("eval_dasb_script", ROOT / "eval" / "dasb.py")
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)

@@ -4,8 +4,8 @@ import pytest
 import torch
 from tiny_models import tiny_llama
 
-from mmllm.attention import PACKED_ATTENTION, document_spans
 from mmllm.data.packing import Document, block_attention_mask, collate_blocks, pack_documents
+from mmllm.modeling.attention import PACKED_ATTENTION, document_spans
 
 
 def test_document_spans_by_hand():

@@ -7,14 +7,12 @@ import torch
 from scipy.fft import dct
 from transformers.audio_utils import spectrogram, window_function
 
-from mmllm.audio import (
+from mmllm.audio.features import log_mel, mel_filters, mfcc
+from mmllm.audio.io import (
     AudioError,
     decode_audio_value,
     encode_wav,
     load_audio,
-    log_mel,
-    mel_filters,
-    mfcc,
     prepare_waveform,
     resample,
 )

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from mmllm.compare import compare_runs
+from mmllm.eval.compare import compare_runs
 
 
 def write_run(root, name, audio_input, tokenizer, bitrate, tasks):
@@ -59,7 +59,7 @@ def test_table_marks_best_per_column_and_falls_back_to_code_agreement(tmp_path):
 def test_summed_run_is_labelled_and_its_codebook_weights_plotted(tmp_path):
     import torch
 
-    from mmllm.continuous import CodebookSum, save_projector
+    from mmllm.modeling.continuous import CodebookSum, save_projector
 
     discrete = write_run(
         tmp_path, "mel-rvq", "discrete", "mel-rvq", 1600.0, {"ks": {"accuracy": 0.5}}

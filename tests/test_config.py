@@ -8,11 +8,11 @@ import pytest
 import yaml
 
 from mmllm.config import ConfigError, config_dataclass, config_hash, load_config, save_config
-from mmllm.data.corpora import CorpusConfig
-from mmllm.data.synth import SynthConfig
-from mmllm.pretrain_config import PretrainConfig
+from mmllm.corpora.convert import CorpusConfig
+from mmllm.pretrain.config import PretrainConfig
+from mmllm.synth.build import SynthConfig
 from mmllm.tokenizers.base import TokenizerConfig
-from mmllm.vocoder import VocoderConfig
+from mmllm.tokenizers.vocoder import VocoderConfig
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 # Which dataclass each configs/ subfolder holds; a new folder must be added here.
@@ -131,7 +131,7 @@ def test_synth_config_presets_and_validation():
 
 @pytest.mark.parametrize("path", sorted(CONFIGS.glob("deepspeed/*.json")), ids=lambda p: p.name)
 def test_every_deepspeed_config_fills_from_the_pretrain_config(path):
-    from mmllm.training import deepspeed_config
+    from mmllm.pretrain.distributed import deepspeed_config
 
     train = PretrainConfig().train
     ds = deepspeed_config(path, train, grad_clip=1.0, bf16=False)

@@ -9,7 +9,10 @@ import pytest
 import torch
 from tiny_models import tiny_llama
 
-from mmllm.continuous import (
+from mmllm.data.packing import collate_blocks, pack_documents
+from mmllm.data.templates import TemplateRenderer, stack_frames
+from mmllm.data.vocab import MultimodalVocab
+from mmllm.modeling.continuous import (
     PROJECTOR_CONFIG,
     AudioProjector,
     CodebookSum,
@@ -19,12 +22,10 @@ from mmllm.continuous import (
     load_projector,
     save_projector,
 )
-from mmllm.data.packing import collate_blocks, pack_documents
-from mmllm.templates import TemplateRenderer, stack_frames
+from mmllm.pretrain.steps import token_loss_sum
 from mmllm.tokenizers.backends.features import utterance_cmvn
-from mmllm.tokenizers.base import TokenizerConfig, build_tokenizer
-from mmllm.training import token_loss_sum
-from mmllm.vocab import MultimodalVocab
+from mmllm.tokenizers.base import TokenizerConfig
+from mmllm.tokenizers.registry import build_tokenizer
 
 VOCAB = MultimodalVocab(40, [("out", 1, 8)])
 

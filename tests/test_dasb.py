@@ -5,8 +5,8 @@ import pytest
 import torch
 from tiny_models import tiny_llama
 
-from mmllm.dasb import score_answers, text_breakdown
-from mmllm.data.text import KS_LABELS
+from mmllm.corpus.labels import KS_LABELS
+from mmllm.eval.dasb import score_answers, text_breakdown
 
 
 def test_score_answers_matches_unbatched_log_probs():

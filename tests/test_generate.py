@@ -1,4 +1,4 @@
-"""Batched constrained generation and the prompting CLI (mmllm.generate).
+"""Batched constrained generation and the prompting CLI (mmllm.eval.generation).
 
 Models are tiny random Llamas built from a config (no downloads). Greedy batched output must
 equal one-by-one output exactly; the constraint must hold even when the model's argmax is a
@@ -19,9 +19,12 @@ from test_text_tokenizer import sentences
 from tiny_models import tiny_llama
 from transformers import AutoTokenizer, LogitsProcessorList
 
-from mmllm.audio import write_wav
+from mmllm.audio.io import write_wav
+from mmllm.cli.evaluate import generate as main
 from mmllm.config import save_config
-from mmllm.generate import (
+from mmllm.data.text_tokenizer import train_text_tokenizer
+from mmllm.data.vocab import MultimodalVocab, extend_hf_tokenizer
+from mmllm.eval.generation import (
     AnswerGrammar,
     GenerationConfig,
     audio_spans,
@@ -31,13 +34,10 @@ from mmllm.generate import (
     generate,
     plan_batches,
 )
-from mmllm.model import save_pretrained_multimodal
-from mmllm.pretrain_config import PretrainConfig, TokenizerSection
-from mmllm.prompting import main
-from mmllm.text_tokenizer import train_text_tokenizer
+from mmllm.modeling.model import save_pretrained_multimodal
+from mmllm.pretrain.config import PretrainConfig, TokenizerSection
 from mmllm.tokenizers.backends.offline import FEATURE_SPECS
 from mmllm.tokenizers.kmeans import save_centroids
-from mmllm.vocab import MultimodalVocab, extend_hf_tokenizer
 
 TEXT_TASKS = ("asr", "ks", "ic", "er", "sid", "sv")
 LABELS = ["cat", "dog", "the", "the quick brown fox", "lazy fox"]  # one- and multi-token

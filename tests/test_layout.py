@@ -26,7 +26,8 @@ def test_synth_cli_rejects_bad_config_naming_the_key(tmp_path):
         [
             sys.executable,
             "-m",
-            "mmllm.data.synth",
+            "mmllm",
+            "synth",
             "--size",
             "tiny",
             "--out",

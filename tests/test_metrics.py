@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from mmllm.audio import mfcc, resample
-from mmllm.data.text import KS_LABELS
-from mmllm.metrics import (
+from mmllm.audio.features import mfcc
+from mmllm.audio.io import resample
+from mmllm.corpus.labels import KS_LABELS
+from mmllm.eval.metrics import (
     accuracy,
     cer,
     confusions,

@@ -1,4 +1,4 @@
-"""Model resizing, freezing the audio rows and multimodal checkpoints (mmllm.model)."""
+"""Model resizing, freezing the audio rows and multimodal checkpoints (mmllm.modeling.model)."""
 
 import pytest
 import test_text_tokenizer
@@ -7,8 +7,12 @@ from test_vocab import AUDIO
 from tiny_models import tiny_llama as tiny_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from mmllm.model import load_pretrained_multimodal, resize_model, save_pretrained_multimodal
-from mmllm.vocab import MultimodalVocab, extend_hf_tokenizer
+from mmllm.data.vocab import MultimodalVocab, extend_hf_tokenizer
+from mmllm.modeling.model import (
+    load_pretrained_multimodal,
+    resize_model,
+    save_pretrained_multimodal,
+)
 
 text_tok_dir = test_text_tokenizer.text_tok_dir  # the shared trained-tokenizer fixture
 

@@ -6,7 +6,9 @@ from tiny_models import tiny_llama
 from transformers import LlamaForCausalLM
 
 from mmllm.data.packing import block_attention_mask
-from mmllm.multistream import (
+from mmllm.data.patterns import get_pattern
+from mmllm.data.vocab import MultimodalVocab
+from mmllm.experimental.multistream import (
     IGNORE_INDEX,
     MultiStreamLM,
     audio_stream_rows,
@@ -15,9 +17,7 @@ from mmllm.multistream import (
     load_multistream,
     save_multistream,
 )
-from mmllm.patterns import get_pattern
 from mmllm.tokenizers.base import PAD_CODE
-from mmllm.vocab import MultimodalVocab
 
 TEXT_SIZE = 40
 CODEBOOK_SIZE = 16

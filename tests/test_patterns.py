@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from mmllm.patterns import PATTERNS, CodebookPattern, get_pattern
+from mmllm.data.patterns import PATTERNS, CodebookPattern, get_pattern
 
 FILL = -1
 

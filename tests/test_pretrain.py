@@ -103,7 +103,7 @@ def plain_run(tiny_tokens, tmp_path_factory):
 def test_plain_run_trains_evaluates_and_exports(plain_run):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from mmllm.vocab import MultimodalVocab
+    from mmllm.data.vocab import MultimodalVocab
 
     run_dir, result = plain_run
     curve = losses(run_dir)
@@ -268,7 +268,7 @@ def evaluate_run(run_dir: Path, tasks: str, out: Path) -> dict:
 
 def test_continuous_input_run_trains_and_exports_projector(tiny_tokens, tmp_path):
     """audio_input: continuous with mfcc-features in and mfcc-kmeans codes out."""
-    from mmllm.continuous import load_projector
+    from mmllm.modeling.continuous import load_projector
 
     run_dir = tmp_path / "continuous"
     overrides = [
@@ -305,7 +305,7 @@ def test_ssl_layer_features_train_their_layer_weights_and_evaluate(tiny_tokens, 
     and evaluation reads the same features back."""
     from tiny_models import tiny_ssl_model
 
-    from mmllm.continuous import codebook_weights, load_projector
+    from mmllm.modeling.continuous import codebook_weights, load_projector
 
     tiny_ssl_model("hubert").save_pretrained(tmp_path / "hubert")
     run_dir = tmp_path / "continuous-hubert"
@@ -375,10 +375,10 @@ def test_deduplicated_input_trains_evaluates_and_refuses_word_time_sources(tiny_
 def test_summed_input_run_trains_exports_loads_and_generates(tiny_tokens, tmp_path, capsys):
     """audio_input: summed on a 2-codebook mel-rvq (fitted here): train, export the codebook
     weights, load the checkpoint, evaluate and prompt it."""
-    from mmllm.audio import write_wav
-    from mmllm.continuous import CodebookSum, ContinuousInputLM, codebook_weights
-    from mmllm.dasb import evaluate_checkpoint
-    from mmllm.prompting import Checkpoint, build_prompt, main
+    from mmllm.audio.io import write_wav
+    from mmllm.eval.dasb import evaluate_checkpoint
+    from mmllm.eval.prompting import Checkpoint, build_prompt, main
+    from mmllm.modeling.continuous import CodebookSum, ContinuousInputLM, codebook_weights
 
     run_dir = tmp_path / "summed"
     overrides = [
@@ -476,8 +476,8 @@ def test_dasb_eval_on_the_trained_run(plain_run, tmp_path):
 def test_listening_compares_own_audio_with_the_next_rows(plain_run):
     """audio_nats: row i scored with its own audio against row i+1's (by hand), and no gain
     at all when every row carries the same audio."""
-    from mmllm.dasb import EvalData, listening, score_answers
-    from mmllm.prompting import Checkpoint
+    from mmllm.eval.dasb import EvalData, listening, score_answers
+    from mmllm.eval.prompting import Checkpoint
 
     checkpoint = Checkpoint.open(plain_run[0] / "final")
     data, model = EvalData(checkpoint, "test"), checkpoint.load_model().eval()
@@ -532,8 +532,8 @@ def test_listening_compares_own_audio_with_the_next_rows(plain_run):
 def test_caches_must_fit_the_input_kind_and_the_mixture(input_kind, output_kind, mixture, message):
     """Deduplicated units have no time axis and no decoder; features are not codes."""
     from mmllm.data.mixture import CacheCard, TokenCaches
-    from mmllm.pipeline import check_caches_fit
-    from mmllm.pretrain_config import PretrainConfig
+    from mmllm.pretrain.config import PretrainConfig
+    from mmllm.pretrain.pipeline import check_caches_fit
 
     def card(kind: str) -> CacheCard:
         name = "mfcc-features" if kind == "features" else "mfcc-kmeans"

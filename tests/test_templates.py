@@ -5,10 +5,10 @@ import zlib
 import numpy as np
 import pytest
 
-from mmllm.data.schema import TASKS
-from mmllm.data.synth import load_task
-from mmllm.templates import TemplateRenderer
-from mmllm.vocab import MultimodalVocab
+from mmllm.corpus.reader import load_task
+from mmllm.corpus.schema import TASKS
+from mmllm.data.templates import TemplateRenderer
+from mmllm.data.vocab import MultimodalVocab
 
 TEXT_SIZE = 128
 

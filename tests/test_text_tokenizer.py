@@ -1,4 +1,4 @@
-"""The SentencePiece text tokenizer and its Hugging Face wrapper (mmllm.text_tokenizer), and
+"""The SentencePiece text tokenizer and its Hugging Face wrapper (mmllm.data.text_tokenizer), and
 the tokenizers/train_text_tokenizer.py script. `text_tok_dir` is shared with test_vocab and
 test_model."""
 
@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from transformers import AutoTokenizer
 
-from mmllm.text_tokenizer import train_text_tokenizer
+from mmllm.data.text_tokenizer import train_text_tokenizer
 
 WORDS = (
     "the",

@@ -9,26 +9,20 @@ from tiny_models import tiny_llama as tiny_model
 
 from mmllm.config import ConfigError
 from mmllm.data.packing import IGNORE_INDEX, Document, collate_blocks, pack_documents
-from mmllm.model import resize_model
-from mmllm.pretrain_config import (
+from mmllm.data.vocab import MultimodalVocab
+from mmllm.modeling.model import resize_model
+from mmllm.pretrain.build import apply_lora, build_model, make_optimizer
+from mmllm.pretrain.config import (
     LoraSection,
     OptimSection,
     PretrainConfig,
     TrainSection,
     check_pretrain_config,
 )
-from mmllm.training import (
-    BlockSchedule,
-    apply_lora,
-    build_model,
-    count_targets,
-    deepspeed_config,
-    lr_multiplier,
-    make_optimizer,
-    micro_batches,
-    token_loss_sum,
-)
-from mmllm.vocab import MultimodalVocab
+from mmllm.pretrain.distributed import deepspeed_config
+from mmllm.pretrain.schedule import BlockSchedule, count_targets, micro_batches
+from mmllm.pretrain.steps import token_loss_sum
+from mmllm.training.optim import lr_multiplier
 
 VOCAB = MultimodalVocab(50, [("codes", 2, 8)])  # 50 text + specials + 16 audio ids
 
@@ -172,7 +166,7 @@ def test_optimizer_decays_only_inner_matrices():
 def test_mixing_weights_get_their_own_learning_rate():
     """optim.mixing_lr_scale: summed input's codebook logits step at scale x lr (Adam's first
     step moves every parameter by ~lr, whatever its gradient's size); the rest at lr."""
-    from mmllm.continuous import CodebookSum, ContinuousInputLM
+    from mmllm.modeling.continuous import CodebookSum, ContinuousInputLM
 
     vocab = MultimodalVocab(VOCAB.text_size, [("mel-rvq", 4, 8)])
     lm = resize_model(tiny_llama(), vocab, audio_input_rms=1.0)  # distinct rows: w has a gradient
@@ -235,7 +229,7 @@ def test_default_yaml_is_the_embedded_default():
 
 def test_audio_input_rms_auto_is_one_for_a_model_from_scratch_only(tmp_path):
     from mmllm.config import load_config, save_config
-    from mmllm.pretrain_config import ModelSection, load_run_config
+    from mmllm.pretrain.config import ModelSection, load_run_config
 
     assert ModelSection().resolved_audio_input_rms() == 1.0
     assert ModelSection(base="some/hub-model").resolved_audio_input_rms() is None
@@ -255,7 +249,7 @@ def test_audio_input_rms_auto_is_one_for_a_model_from_scratch_only(tmp_path):
 
 
 def test_from_scratch_model_draws_audio_input_rows_at_unit_rms():
-    from mmllm.pretrain_config import ModelSection
+    from mmllm.pretrain.config import ModelSection
 
     section = dict(hidden_size=64, num_layers=1, num_heads=2, intermediate_size=32)
     drawn = build_model(ModelSection(**section), VOCAB, 64, seed=0).get_input_embeddings().weight
@@ -268,7 +262,7 @@ def test_from_scratch_model_draws_audio_input_rows_at_unit_rms():
 
 
 def test_gradient_checkpointing_gives_the_same_gradients():
-    from mmllm.pretrain_config import ModelSection
+    from mmllm.pretrain.config import ModelSection
 
     section = dict(hidden_size=16, num_layers=2, num_heads=2, intermediate_size=32)
     plain = build_model(ModelSection(**section), VOCAB, 64, seed=0)

@@ -7,9 +7,9 @@ import test_text_tokenizer
 import torch
 from transformers import AutoTokenizer
 
-from mmllm.data.schema import TASKS
+from mmllm.corpus.schema import TASKS
+from mmllm.data.vocab import SPECIAL_TOKENS, VOCAB_FILENAME, MultimodalVocab, extend_hf_tokenizer
 from mmllm.tokenizers.base import PAD_CODE
-from mmllm.vocab import SPECIAL_TOKENS, VOCAB_FILENAME, MultimodalVocab, extend_hf_tokenizer
 
 text_tok_dir = test_text_tokenizer.text_tok_dir  # the shared trained-tokenizer fixture
 AUDIO = [("mfcc-kmeans", 1, 50), ("encodec", 3, 16)]

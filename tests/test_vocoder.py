@@ -13,18 +13,17 @@ from safetensors.torch import load_file
 
 from mmllm.config import ConfigError, load_config, save_config
 from mmllm.data.cache import CachedSplit, CacheError
-from mmllm.tokenizers.base import PAD_CODE, TokenizerConfig, build_tokenizer, pad_batch
-from mmllm.vocoder import (
+from mmllm.tokenizers.base import PAD_CODE, TokenizerConfig, pad_batch
+from mmllm.tokenizers.registry import build_tokenizer
+from mmllm.tokenizers.vocoder import (
     TokenVocoder,
     VocoderConfig,
-    check_cache,
     load_vocoder,
-    make_optimizer,
     save_vocoder,
     tokenizer_signature,
-    train_vocoder,
-    vocoder_losses,
 )
+from mmllm.vocoder.data import check_cache
+from mmllm.vocoder.train import make_optimizer, train_vocoder, vocoder_losses
 
 ROOT = Path(__file__).resolve().parents[1]
 # Synthetic tests run at hop 32 (no tokenizer has it): ~1.8k parameters, milliseconds a step.
@@ -278,7 +277,7 @@ def test_tokenizer_refuses_a_mismatched_vocoder(tiny_tokens, trained, tmp_path, 
 
 
 def test_mel_rvq_decodes_with_a_named_vocoder_else_griffin_lim(synth_tiny, tmp_path):
-    from mmllm.tokenizers.backends.offline import fit_offline_tokenizer
+    from mmllm.tokenizers.backends.offline_fit import fit_offline_tokenizer
 
     centroids = fit_offline_tokenizer(
         "mel-rvq", synth_tiny, tmp_path / "rvq", k=8, num_codebooks=2, max_frames=2000,

@@ -11,20 +11,14 @@ from safetensors.torch import load_file
 from test_vocoder import TOKEN_OVERRIDES, _script, tokenizer_yaml  # noqa: F401 (fixture)
 
 from mmllm.config import ConfigError, config_hash, config_to_dict, from_dict, load_config
-from mmllm.vocoder import (
-    DISCRIMINATOR_FILENAME,
-    AdversarialConfig,
-    TokenVocoder,
-    VocoderConfig,
-    load_vocoder,
-    train_vocoder,
-)
-from mmllm.vocoder_gan import (
+from mmllm.tokenizers.vocoder import AdversarialConfig, TokenVocoder, VocoderConfig, load_vocoder
+from mmllm.vocoder.gan import (
     VocoderDiscriminator,
     discriminator_loss,
     feature_matching_loss,
     generator_adversarial_loss,
 )
+from mmllm.vocoder.train import DISCRIMINATOR_FILENAME, train_vocoder
 
 # Tiny discriminators for the tokenizer-rate runs (segments of 10 frames = 3200 samples).
 GAN_OVERRIDES = [

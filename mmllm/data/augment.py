@@ -29,7 +29,7 @@ from collections.abc import Callable
 import numpy as np
 
 from mmllm.config import config_dataclass
-from mmllm.data.schema import AUDIO_ANSWER_TASKS, TASKS
+from mmllm.corpus.schema import AUDIO_ANSWER_TASKS, TASKS
 
 AUGMENTED_TASKS = tuple(t for t in TASKS if t not in AUDIO_ANSWER_TASKS)  # text answers
 

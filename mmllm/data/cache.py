@@ -38,11 +38,12 @@ from accelerate import PartialState
 from datasets import Dataset, load_from_disk
 from tqdm import tqdm
 
-from mmllm.audio import AudioError, decode_audio_value
+from mmllm.audio.io import AudioError, decode_audio_value
 from mmllm.config import config_hash, config_to_dict, from_dict, save_config
 from mmllm.fileio import atomic_write_bytes, atomic_write_text
 from mmllm.runtime import keep_freed_memory
-from mmllm.tokenizers.base import AudioTokenizer, TokenizerConfig, build_tokenizer, pad_batch
+from mmllm.tokenizers.base import AudioTokenizer, TokenizerConfig, pad_batch
+from mmllm.tokenizers.registry import build_tokenizer
 
 CACHE_CARD = "cache.json"
 INDEX = "index.json"
@@ -319,7 +320,7 @@ def extract_corpus(
         save_config(cfg, out)
     state.wait_for_everyone()
     if max_batch_seconds is None:
-        # bench/tokenize.py: on CPU, big padded batches of conv codecs run slower than small
+        # bench/tokenizer_speed.py: on CPU, big padded batches of conv codecs run slower than small
         # ones (memory bound); on GPUs batching pays.
         max_batch_seconds = 120.0 if torch.cuda.is_available() else 8.0
     max_batch_samples = int(max_batch_seconds * tokenizer.sample_rate)

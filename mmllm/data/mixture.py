@@ -26,12 +26,12 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+from mmllm.corpus.reader import load_task
+from mmllm.corpus.schema import TASKS
 from mmllm.data.augment import AUGMENTED_TASKS, AudioAugment, augmented_lookup
 from mmllm.data.cache import CACHE_CARD, CachedSplit, CacheError, MissingCodes
 from mmllm.data.packing import Document
-from mmllm.data.schema import TASKS
-from mmllm.data.synth import load_task
-from mmllm.templates import LM_DOCUMENTS, TemplateRenderer
+from mmllm.data.templates import LM_DOCUMENTS, TemplateRenderer
 
 ASR_SPANS = "asr_spans"
 SOURCES: tuple[str, ...] = (*TASKS, *LM_DOCUMENTS, ASR_SPANS)

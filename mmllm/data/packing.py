@@ -38,7 +38,7 @@ class Document:
     name: str = ""  # e.g. the corpus row id, for error messages
     task: str = ""
     # continuous / summed input: one row per <|audio_embed|> id (float32 frames [n, D] or
-    # int64 codebook ids [n, K]; mmllm.continuous), dtype kept through packing
+    # int64 codebook ids [n, K]; mmllm.modeling.continuous), dtype kept through packing
     features: np.ndarray | None = None
 
     def __post_init__(self) -> None:

@@ -8,9 +8,9 @@ from mmllm.tokenizers.base import (
     TOKENIZERS,
     AudioTokenizer,
     TokenizerConfig,
-    build_tokenizer,
     register_tokenizer,
 )
+from mmllm.tokenizers.registry import build_tokenizer
 
 __all__ = [
     "PAD_CODE",

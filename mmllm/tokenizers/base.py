@@ -81,7 +81,7 @@ class AudioTokenizer(ABC):
     def attach_vocoder(self, directory: str) -> None:
         """Decode through the trained vocoder in `directory` from now on. Refuses one trained
         for another tokenizer, codebook layout or k-means fit (mmllm.vocoder)."""
-        from mmllm.vocoder import load_vocoder_for
+        from mmllm.tokenizers.vocoder import load_vocoder_for
 
         self.vocoder = load_vocoder_for(self, directory)
         self.can_decode = True
@@ -141,18 +141,6 @@ def register_tokenizer(name: str):
         return cls
 
     return wrap
-
-
-def build_tokenizer(cfg: TokenizerConfig) -> AudioTokenizer:
-    """Build any registered tokenizer from its config (imports every backend module once)."""
-    import mmllm.tokenizers.backends  # noqa: F401  (registers the backends)
-
-    if cfg.name not in TOKENIZERS:
-        raise ValueError(f"unknown tokenizer {cfg.name!r}; known: {sorted(TOKENIZERS)}")
-    tokenizer = TOKENIZERS[cfg.name](cfg)
-    if cfg.vocoder:  # after construction: the check needs the tokenizer's codebook layout
-        tokenizer.attach_vocoder(cfg.vocoder)
-    return tokenizer
 
 
 def pad_batch(waveforms: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -19,11 +19,11 @@ import pytest
 import soundfile as sf
 from datasets import Audio, ClassLabel, Dataset, DatasetDict, DatasetInfo, Features, Value
 
-from mmllm.audio import decode_audio_value
-from mmllm.data.adapters import ADAPTERS, CorpusError
-from mmllm.data.corpora import CorpusConfig, load_corpus
-from mmllm.data.schema import FEATURES, TASKS
-from mmllm.data.text import KS_COMMANDS
+from mmllm.audio.io import decode_audio_value
+from mmllm.corpora.adapters import ADAPTERS, CorpusError
+from mmllm.corpora.convert import CorpusConfig, load_corpus
+from mmllm.corpus.labels import KS_COMMANDS
+from mmllm.corpus.schema import FEATURES, TASKS
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "corpora"
 

@@ -14,7 +14,7 @@ from mmllm.data.augment import (
     row_rng,
     time_mask,
 )
-from mmllm.pretrain_config import PretrainConfig
+from mmllm.pretrain.config import PretrainConfig
 
 
 def test_resample_frames_by_hand():

@@ -15,10 +15,10 @@ import pytest
 import torch
 from fake_tokenizer import EnergyTokenizer
 
-from mmllm.audio import decode_audio_value
+from mmllm.audio.io import decode_audio_value
+from mmllm.corpus.reader import load_task
+from mmllm.corpus.schema import make_row, rows_to_dataset
 from mmllm.data.cache import CachedSplit, CacheError, check_or_write_card, extract_corpus
-from mmllm.data.schema import make_row, rows_to_dataset
-from mmllm.data.synth import load_task
 from mmllm.tokenizers.base import TokenizerConfig
 
 HERE = Path(__file__).resolve().parent
@@ -162,7 +162,7 @@ def test_two_process_launch_matches_one_process(synth_tiny, tmp_path):
 
 
 def test_stats_report_from_a_cache(synth_tiny, tmp_path):
-    from mmllm.tokenizers.stats import save_report, token_statistics
+    from mmllm.data.token_stats import save_report, token_statistics
 
     out = extract_corpus(ENERGY, synth_tiny, tmp_path / "cache", tasks=["asr"], splits=("test",))
     report = token_statistics(out, synth_tiny, "asr", "test")

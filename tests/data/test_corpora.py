@@ -24,8 +24,9 @@ from test_adapters import (
 )
 
 from mmllm.config import ConfigError, load_config
-from mmllm.data import corpora
-from mmllm.data.corpora import CorpusConfig, CorpusError, load_corpus, main, parse_split_spec
+from mmllm.corpora import convert as corpora
+from mmllm.corpora.adapters import CorpusError
+from mmllm.corpora.convert import CorpusConfig, load_corpus, main, parse_split_spec
 
 # ----------------------------------------------------------------------------- helpers
 
@@ -141,7 +142,7 @@ def test_unreachable_hub_names_corpus_and_suggests_offline_options(monkeypatch):
     message = str(err.value)
     assert "corpus 'librispeech'" in message
     assert "'mmllm-test/no-such-corpus' could not be reached" in message
-    assert "local" in message and "python -m mmllm.data.synth" in message
+    assert "local" in message and "mmllm synth" in message
 
 
 def test_hub_route_passes_subset_split_and_revision(monkeypatch):

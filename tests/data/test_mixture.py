@@ -16,9 +16,9 @@ from mmllm.data.mixture import (
     render_source,
     source_rows,
 )
-from mmllm.templates import TemplateRenderer
-from mmllm.text_tokenizer import synth_texts, train_text_tokenizer
-from mmllm.vocab import MultimodalVocab, extend_hf_tokenizer
+from mmllm.data.templates import TemplateRenderer
+from mmllm.data.text_tokenizer import synth_texts, train_text_tokenizer
+from mmllm.data.vocab import MultimodalVocab, extend_hf_tokenizer
 
 
 def test_draw_rows_weights_are_passes():

@@ -8,24 +8,25 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mmllm.audio import decode_audio_value
+from mmllm.audio.io import decode_audio_value
 from mmllm.config import ConfigError, config_hash, config_to_dict, from_dict
-from mmllm.data import text as text_lib
-from mmllm.data.espeak import Voice, get_espeak
-from mmllm.data.noise import mix_at_snr, pink_noise, rms
-from mmllm.data.schema import COLUMNS, SPLITS, TASKS
-from mmllm.data.synth import (
+from mmllm.corpus.labels import KS_LABELS, KS_UNKNOWN
+from mmllm.corpus.reader import corpus_tasks, load_task
+from mmllm.corpus.schema import COLUMNS, SPLITS, TASKS
+from mmllm.synth.build import (
     SynthConfig,
     build,
-    corpus_tasks,
     ks_label,
-    load_task,
     plan_task,
     render,
     row_renderer,
     sentence_side,
 )
-from mmllm.data.voices import speaker_pool
+from mmllm.synth.espeak import Voice, get_espeak
+from mmllm.synth.grammar import GRID_SLOTS, GRID_VOCABULARY
+from mmllm.synth.labels import ER_EMOTIONS, INTENTS, KS_UNKNOWN_WORDS
+from mmllm.synth.noise import mix_at_snr, pink_noise, rms
+from mmllm.synth.voices import speaker_pool
 
 
 @pytest.fixture(scope="module")
@@ -56,10 +57,10 @@ def test_every_task_has_schema_counts_and_splits(tiny):
 
 def test_label_sets(tiny):
     train_labels = {task: set(load_task(tiny, task)["train"]["label"]) for task in TASKS}
-    assert train_labels["ks"] == set(text_lib.KS_LABELS) and len(text_lib.KS_LABELS) == 12
-    assert train_labels["ic"] == {intent.label for intent in text_lib.INTENTS}
+    assert train_labels["ks"] == set(KS_LABELS) and len(KS_LABELS) == 12
+    assert train_labels["ic"] == {intent.label for intent in INTENTS}
     assert len(train_labels["ic"]) >= 24
-    assert train_labels["er"] == set(text_lib.ER_EMOTIONS)
+    assert train_labels["er"] == set(ER_EMOTIONS)
     assert len(train_labels["sid"]) == 40
     assert set(load_task(tiny, "sid")["test"]["label"]) <= train_labels["sid"]
     assert train_labels["sv"] == {"same", "different"}
@@ -249,7 +250,7 @@ def test_grid_grammar_sentences_and_hash_of_existing_configs():
     assert "sentence_grammar" not in config_to_dict(default)
     assert config_hash(SynthConfig.from_name("small")) == "00c5b077fce4d7e4"
     assert config_hash(grid) != config_hash(default)
-    assert len(text_lib.GRID_VOCABULARY) == 51
+    assert len(GRID_VOCABULARY) == 51
     speakers = grid.speakers()
     for task in ("asr", "sv", "tts"):
         for split in SPLITS:
@@ -257,13 +258,11 @@ def test_grid_grammar_sentences_and_hash_of_existing_configs():
                 for text, _, _ in spec["utts"]:
                     words = text.split()
                     assert len(words) == 6, text
-                    assert all(
-                        w in slot for w, slot in zip(words, text_lib.GRID_SLOTS, strict=True)
-                    ), text
+                    assert all(w in slot for w, slot in zip(words, GRID_SLOTS, strict=True)), text
                     assert sentence_side(text) == split  # held-out sentences as before
     # the default grammar is untouched: its sentences are not GRID's
     asr = [s["utts"][0][0] for s in plan_task(default, "asr", "train", default.speakers())]
-    assert not any(len(t.split()) == 6 and t.split()[0] in text_lib.GRID_SLOTS[0] for t in asr)
+    assert not any(len(t.split()) == 6 and t.split()[0] in GRID_SLOTS[0] for t in asr)
 
 
 def test_unknown_sentence_grammar_is_refused_by_key():
@@ -277,22 +276,22 @@ def test_ks_train_unknown_share_labels_and_hash():
     balanced = Counter(ks_label(i, "train", None) for i in range(1200))
     assert set(balanced.values()) == {100}  # 12 labels, 100 each
     heavy = Counter(ks_label(i, "train", 0.45) for i in range(1200))
-    assert heavy[text_lib.KS_UNKNOWN] == 540  # floor(1200 * 0.45)
-    others = {n for label, n in heavy.items() if label != text_lib.KS_UNKNOWN}
+    assert heavy[KS_UNKNOWN] == 540  # floor(1200 * 0.45)
+    others = {n for label, n in heavy.items() if label != KS_UNKNOWN}
     assert others == {60}  # the other 660 rows over 11 labels, in turn
     # spread evenly: every window of 20 rows has 9 unknown clips
     labels = [ks_label(i, "train", 0.45) for i in range(1200)]
-    assert {labels[i : i + 20].count(text_lib.KS_UNKNOWN) for i in range(0, 1200, 20)} == {9}
+    assert {labels[i : i + 20].count(KS_UNKNOWN) for i in range(0, 1200, 20)} == {9}
     # validation and test stay balanced, so scores compare with balanced corpora
     for split in ("valid", "test"):
-        assert [ks_label(i, split, 0.45) for i in range(24)] == list(text_lib.KS_LABELS) * 2
+        assert [ks_label(i, split, 0.45) for i in range(24)] == list(KS_LABELS) * 2
     default = SynthConfig.from_name("tiny")
     heavy_cfg = SynthConfig.from_name("tiny", ks_train_unknown_share=0.45)
     assert "ks_train_unknown_share" not in config_to_dict(default)
     assert config_hash(heavy_cfg) != config_hash(default)
     specs = plan_task(heavy_cfg, "ks", "train", heavy_cfg.speakers())
-    unknown = [s for s in specs if s["label"] == text_lib.KS_UNKNOWN]
+    unknown = [s for s in specs if s["label"] == KS_UNKNOWN]
     assert len(unknown) == int(len(specs) * 0.45)
-    assert all(s["utts"][0][0] in text_lib.KS_UNKNOWN_WORDS for s in unknown)
+    assert all(s["utts"][0][0] in KS_UNKNOWN_WORDS for s in unknown)
     with pytest.raises(ConfigError, match="ks_train_unknown_share"):
         from_dict(SynthConfig, {"ks_train_unknown_share": 1.5})

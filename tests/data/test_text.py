@@ -1,4 +1,4 @@
-"""Tests for mmllm.data.text: the SynthDASB sentence grammar, keywords, intents and normalizer."""
+"""Tests for the SynthDASB text (mmllm.synth.grammar, lexicon, labels) and mmllm.text: the SynthDASB sentence grammar, keywords, intents and normalizer."""
 
 import os
 import random
@@ -10,25 +10,29 @@ from pathlib import Path
 
 import pytest
 
-from mmllm.data import text
-from mmllm.data.text import (
-    ASR_SHAPES,
-    ASR_VOCABULARY,
+from mmllm.corpus.labels import KS_COMMANDS, KS_LABELS, KS_SILENCE, KS_UNKNOWN
+from mmllm.synth.grammar import ASR_SHAPES, ASR_VOCABULARY, asr_sentence, asr_sentence_with_shape
+from mmllm.synth.labels import (
     ER_EMOTIONS,
     ER_SENTENCES,
     INTENTS,
-    KS_COMMANDS,
-    KS_LABELS,
-    KS_SILENCE,
-    KS_UNKNOWN,
     KS_UNKNOWN_WORDS,
     Intent,
-    asr_sentence,
-    asr_sentence_with_shape,
     ic_phrasings,
     ic_utterance,
-    normalize_text,
 )
+from mmllm.synth.lexicon import (
+    _IRREGULAR_VERBS,
+    ABSTRACT,
+    FIRST_NAMES,
+    FOOD,
+    PEOPLE,
+    PLACE_NAMES,
+    THINGS,
+    VERBS,
+)
+from mmllm.text.normalize import normalize_text
+from mmllm.text.numbers import ONES, ORDINALS, TENS, number_words, ordinal_words, year_words
 
 # Lowercase words, single spaces, apostrophes only inside a word ("don't", "o'clock").
 WORD = re.compile(r"^[a-z]+(?:'[a-z]+)*$")
@@ -72,12 +76,10 @@ def test_vocabulary_is_sized_for_training_and_well_formed():
 
 
 def test_word_lists_have_the_promised_sizes():
-    assert len(set(text.FIRST_NAMES)) == len(text.FIRST_NAMES) >= 70
-    assert len(set(text.PLACE_NAMES)) == len(text.PLACE_NAMES) >= 35
-    assert len(text.VERBS) >= 80
-    nouns = {
-        n for pool in (text.PEOPLE, text.THINGS, text.FOOD, text.ABSTRACT) for n, _ in pool.nouns
-    }
+    assert len(set(FIRST_NAMES)) == len(FIRST_NAMES) >= 70
+    assert len(set(PLACE_NAMES)) == len(PLACE_NAMES) >= 35
+    assert len(VERBS) >= 80
+    nouns = {n for pool in (PEOPLE, THINGS, FOOD, ABSTRACT) for n, _ in pool.nouns}
     assert len(nouns) >= 120
 
 
@@ -103,11 +105,11 @@ def test_shapes_look_like_their_names(samples):
         by_shape.setdefault(shape, []).append(sentence)
     wh = ("what", "where", "who", "when", "why", "how", "which", "whose")
     assert all(s.split()[0] in wh for s in by_shape["wh_question"])
-    names = set(text.FIRST_NAMES)
+    names = set(FIRST_NAMES)
     assert all(names & set(s.split()) for s in by_shape["names"])
-    numbers = set(text.ONES + text.TENS + text.ORDINALS) | {"noon", "midnight", "thirtieth"}
+    numbers = set(ONES + TENS + ORDINALS) | {"noon", "midnight", "thirtieth"}
     assert all(numbers & set(s.split()) for s in by_shape["number"])
-    places = set(text.PLACE_NAMES)
+    places = set(PLACE_NAMES)
     assert sum(bool(places & set(s.split())) for s in by_shape["places"]) >= 0.9 * len(
         by_shape["places"]
     )
@@ -151,7 +153,8 @@ def test_same_seed_same_sentences():
 def test_output_does_not_depend_on_hash_seed():
     code = (
         "import random\n"
-        "from mmllm.data.text import asr_sentence, ic_utterance, INTENTS\n"
+        "from mmllm.synth.grammar import asr_sentence\n"
+        "from mmllm.synth.labels import ic_utterance, INTENTS\n"
         "rng = random.Random(2024)\n"
         "print('\\n'.join(asr_sentence(rng) for _ in range(100)))\n"
         "print('\\n'.join(ic_utterance(i, rng) for i in INTENTS))\n"
@@ -185,16 +188,16 @@ def test_output_does_not_depend_on_hash_seed():
     ],
 )
 def test_number_words(n, words):
-    assert text.number_words(n) == words
+    assert number_words(n) == words
 
 
 def test_years_ordinals_and_range_checks():
-    assert text.year_words(1984) == "nineteen eighty four"
-    assert text.year_words(1905) == "nineteen oh five"
-    assert text.year_words(1900) == "nineteen hundred"
-    assert text.year_words(2005) == "two thousand and five"
-    assert text.year_words(2021) == "twenty twenty one"
-    assert [text.ordinal_words(d) for d in (1, 2, 3, 12, 20, 21, 30, 31)] == [
+    assert year_words(1984) == "nineteen eighty four"
+    assert year_words(1905) == "nineteen oh five"
+    assert year_words(1900) == "nineteen hundred"
+    assert year_words(2005) == "two thousand and five"
+    assert year_words(2021) == "twenty twenty one"
+    assert [ordinal_words(d) for d in (1, 2, 3, 12, 20, 21, 30, 31)] == [
         "first",
         "second",
         "third",
@@ -204,13 +207,13 @@ def test_years_ordinals_and_range_checks():
         "thirtieth",
         "thirty first",
     ]
-    for bad in (lambda: text.number_words(-1), lambda: text.ordinal_words(32)):
+    for bad in (lambda: number_words(-1), lambda: ordinal_words(32)):
         with pytest.raises(ValueError):
             bad()
 
 
 def test_verb_inflections():
-    forms = text.VERBS
+    forms = VERBS
     assert (forms["carry"].s, forms["carry"].past, forms["carry"].ing) == (
         "carries",
         "carried",
@@ -224,7 +227,7 @@ def test_verb_inflections():
     )
     assert forms["want"].ing is None  # stative: never "is wanting"
     # Every spelled-out irregular verb is actually used by some verb class.
-    assert {spec.split("/")[0] for spec in text._IRREGULAR_VERBS} <= set(forms)
+    assert {spec.split("/")[0] for spec in _IRREGULAR_VERBS} <= set(forms)
 
 
 # --- keyword spotting -----------------------------------------------------------------

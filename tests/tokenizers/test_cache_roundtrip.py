@@ -12,12 +12,13 @@ import torch
 from test_compression import BUILDERS, EXTRA, scramble
 from tiny_models import tiny_ssl_model
 
-from mmllm.audio import decode_audio_value
+from mmllm.audio.io import decode_audio_value
+from mmllm.corpus.reader import load_task
 from mmllm.data.cache import CachedSplit, extract_corpus
-from mmllm.data.synth import load_task
-from mmllm.tokenizers.backends.offline import fit_offline_tokenizer
+from mmllm.tokenizers.backends.offline_fit import fit_offline_tokenizer
 from mmllm.tokenizers.backends.ssl import fit_ssl_kmeans
-from mmllm.tokenizers.base import TokenizerConfig, build_tokenizer
+from mmllm.tokenizers.base import TokenizerConfig
+from mmllm.tokenizers.registry import build_tokenizer
 
 BACKENDS = ["mfcc-kmeans", "mel-rvq", "encodec", "dac", "mimi", "wavlm-kmeans"]
 DECODABLE = {"mel-rvq", "encodec", "dac", "mimi"}

@@ -11,9 +11,9 @@ import torch
 from torch import nn
 
 from mmllm.config import load_config
-from mmllm.tokenizers import PAD_CODE, TokenizerConfig, build_tokenizer
-from mmllm.tokenizers.base import pad_batch
+from mmllm.tokenizers.base import PAD_CODE, TokenizerConfig, pad_batch
 from mmllm.tokenizers.hf import WeightsUnavailableError, _probe, conv_receptive_field
+from mmllm.tokenizers.registry import build_tokenizer
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "tokenizers"
 SECONDS = [0.3, 1.1, 0.7]  # different lengths, none a whole number of frames (see waveforms)

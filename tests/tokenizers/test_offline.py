@@ -9,18 +9,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from mmllm.audio import decode_audio_value, mfcc
+from mmllm.audio.features import append_deltas, mfcc, utterance_cmvn
+from mmllm.audio.io import decode_audio_value
 from mmllm.config import load_config
-from mmllm.data.synth import SynthConfig, build, load_task
-from mmllm.tokenizers import PAD_CODE, TokenizerConfig, build_tokenizer
-from mmllm.tokenizers.backends.offline import (
-    append_deltas,
-    fit_offline_tokenizer,
-    log_mel_frames,
-    mfcc_frames,
-    utterance_cmvn,
-)
-from mmllm.tokenizers.base import pad_batch
+from mmllm.corpus.reader import load_task
+from mmllm.synth.build import SynthConfig, build
+from mmllm.tokenizers.backends.offline import log_mel_frames, mfcc_frames
+from mmllm.tokenizers.backends.offline_fit import fit_offline_tokenizer
+from mmllm.tokenizers.base import PAD_CODE, TokenizerConfig, pad_batch
+from mmllm.tokenizers.registry import build_tokenizer
 
 ROOT = Path(__file__).resolve().parents[2]
 K = 32

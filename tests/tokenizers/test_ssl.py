@@ -11,11 +11,11 @@ import torch
 from tiny_models import tiny_ssl_model
 
 from mmllm.config import from_dict, load_config
-from mmllm.tokenizers import PAD_CODE, TokenizerConfig, build_tokenizer
 from mmllm.tokenizers.backends.ssl import SSLFeatures, fit_ssl_kmeans
-from mmllm.tokenizers.base import deduplicate_units, pad_batch
+from mmllm.tokenizers.base import PAD_CODE, TokenizerConfig, deduplicate_units, pad_batch
 from mmllm.tokenizers.hf import WeightsUnavailableError
 from mmllm.tokenizers.kmeans import load_centroids, save_centroids
+from mmllm.tokenizers.registry import build_tokenizer
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "tokenizers"
 SECONDS = [0.3, 1.1, 0.7]
@@ -283,7 +283,7 @@ def test_shipped_ssl_configs_load(stem):
 @pytest.fixture(scope="module")
 def synth(tmp_path_factory):
     """A SynthDASB with 10 ASR training rows (a few seconds to render)."""
-    from mmllm.data.synth import SynthConfig, build
+    from mmllm.synth.build import SynthConfig, build
 
     cfg = from_dict(
         SynthConfig,
@@ -293,8 +293,8 @@ def synth(tmp_path_factory):
 
 
 def test_fit_on_synthdasb_then_encode(weights, synth, tmp_path):
-    from mmllm.audio import decode_audio_value
-    from mmllm.data.synth import load_task
+    from mmllm.audio.io import decode_audio_value
+    from mmllm.corpus.reader import load_task
 
     cfg = cfg_for("wavlm", weights, layers=[1, 3], codebook_size=8)
     out = fit_ssl_kmeans(
@@ -337,7 +337,8 @@ def test_fit_refuses_fewer_frames_than_clusters(weights, synth, tmp_path):
 def test_trained_vocoder_decodes_a_two_layer_tokenizer(weights, centroids, synth_tiny, tmp_path):
     """End to end: token cache of SynthDASB tiny ASR -> a few vocoder steps -> `vocoder: DIR`."""
     from mmllm.data.cache import CachedSplit, extract_corpus
-    from mmllm.vocoder import VocoderConfig, load_vocoder, read_card, train_vocoder
+    from mmllm.tokenizers.vocoder import VocoderConfig, load_vocoder, read_card
+    from mmllm.vocoder.train import train_vocoder
 
     cfg = cfg_for("hubert", weights, codebook_size=K, centroids=centroids["hubert"])  # [1, 3]
     # conv frames: 1 or 2 fewer than ceil(samples / 320), which the vocoder's sampler allows

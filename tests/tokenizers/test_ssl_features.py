@@ -9,10 +9,10 @@ from test_ssl import waveforms
 from tiny_models import tiny_ssl_model
 
 from mmllm.config import load_config
-from mmllm.tokenizers import TokenizerConfig, build_tokenizer
 from mmllm.tokenizers.backends.features import utterance_cmvn
 from mmllm.tokenizers.backends.ssl import SSLFeatures
-from mmllm.tokenizers.base import pad_batch
+from mmllm.tokenizers.base import TokenizerConfig, pad_batch
+from mmllm.tokenizers.registry import build_tokenizer
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "tokenizers"
 HIDDEN = 32  # tiny_ssl_model's hidden size

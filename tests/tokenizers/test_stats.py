@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from mmllm.tokenizers.stats import codebook_statistics, frame_words
+from mmllm.data.token_stats import codebook_statistics, frame_words
 
 
 def test_frame_words_uses_frame_centres():

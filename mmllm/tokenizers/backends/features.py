@@ -4,7 +4,7 @@ They share the tokenizer interface so that `tokenizers/extract.py` / `extract_co
 them exactly as codes (resumable, sharded, keyed by config hash): `encode` returns
 `[B, D, F]` float features instead of `[B, K, F]` codes, and the cache stores them as
 float16 (`continuous = True`, `mmllm.data.cache.storage_dtype`). In the LLM they never become tokens: the trainer projects
-them into the embedding space at the audio span (`mmllm.continuous`).
+them into the embedding space at the audio span (`mmllm.modeling.continuous`).
 
     mfcc-features     13 MFCC x 2 stacked frames = 26 dims at 50 Hz: exactly the frames
                       mfcc-kmeans clusters, before quantisation (the direct comparison);
@@ -15,7 +15,7 @@ them into the embedding space at the audio span (`mmllm.continuous`).
     wavlm-features    directory, as for the *-kmeans units of mmllm.tokenizers.backends.ssl),
     wav2vec2-features concatenated layer after layer: L x D dims at 50 Hz. The projector
                       learns the softmax-weighted sum over the L layers (DASB's continuous
-                      baseline; mmllm.continuous.AudioProjector), so the cache holds every
+                      baseline; mmllm.modeling.continuous.AudioProjector), so the cache holds every
                       layer: L x D x 2 bytes x 50 Hz, ~614 KB per second of audio for 6
                       layers of a large model. Pick `layers` with that in mind.
 
@@ -35,6 +35,7 @@ from typing import Any
 
 import torch
 
+from mmllm.audio.features import utterance_cmvn
 from mmllm.tokenizers.backends.offline import (
     FRAME_RATE_HZ,
     MFCC_STACK,
@@ -43,7 +44,6 @@ from mmllm.tokenizers.backends.offline import (
     mfcc_dim,
     mfcc_frames,
     offline_deltas,
-    utterance_cmvn,
 )
 from mmllm.tokenizers.backends.ssl import SSL_FAMILIES, SSLFeatures
 from mmllm.tokenizers.base import AudioTokenizer, TokenizerConfig, register_tokenizer

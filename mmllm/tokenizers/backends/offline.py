@@ -48,59 +48,84 @@ encoding at a float64-level tie.
 
 from __future__ import annotations
 
-import dataclasses
 import math
-from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
-from mmllm.audio import FeatureStats, dct_matrix, mel_filters
+from mmllm.audio.features import (
+    GRIFFIN_LIM_ITERS,
+    MFCC_DELTA_WIDTH,
+    append_deltas,
+    dct_matrix,
+    framed_power,
+    griffin_lim,
+    mel_filters,
+    utterance_cmvn,
+)
 from mmllm.tokenizers.base import (
-    PAD_CODE,
     AudioTokenizer,
     TokenizerConfig,
     deduplicate_units,
     mask_padding,
-    pad_batch,
     register_tokenizer,
 )
 from mmllm.tokenizers.hf import check_fields
 from mmllm.tokenizers.kmeans import (
     assign,
-    fit_kmeans,
     load_centroids,
-    sample_frames,
-    save_centroids,
 )
 
 SAMPLE_RATE = 16000
+
+
 FRAME_RATE_HZ = 50
+
+
 HOP_LENGTH = SAMPLE_RATE // FRAME_RATE_HZ  # 320 samples per code frame
+
 
 # mfcc-kmeans features: 100 Hz MFCCs, two stacked per code frame.
 MFCC_N_FFT = 400
+
+
 MFCC_HOP = 160
+
+
 MFCC_N_MELS = 40
+
+
 N_MFCC = 13
+
+
 MFCC_STACK = HOP_LENGTH // MFCC_HOP
+
+
 MFCC_LOG_FLOOR = 1e-10  # as mmllm.audio.mfcc, so interior frames match it exactly
-MFCC_DELTA_WIDTH = 2  # `options.deltas`: regression over +-2 frames (HTK / Kaldi default)
+
 
 # mel-rvq features: 80-bin natural-log mel power at 50 Hz.
 MEL_N_FFT = 1024
+
+
 MEL_N_MELS = 80
+
+
 MEL_LOG_FLOOR = 1e-5  # -11.5: digital silence should not dominate the clustering
-GRIFFIN_LIM_ITERS = 32
-GRIFFIN_LIM_MOMENTUM = 0.99
-GRIFFIN_LIM_SEED = 0
+
 
 DEFAULT_CODEBOOK_SIZE = {"mfcc-kmeans": 500, "mel-rvq": 256}
+
+
 DEFAULT_NUM_CODEBOOKS = {"mfcc-kmeans": 1, "mel-rvq": 4}
+
+
 DEFAULT_CMVN = {"mfcc-kmeans": "corpus", "mel-rvq": "none"}
+
+
 OFFLINE_TOKENIZERS = tuple(DEFAULT_CODEBOOK_SIZE)
+
 
 # What the features are; recorded in every card and checked when centroids are loaded, so
 # centroids fitted on other features are refused instead of giving meaningless codes.
@@ -133,6 +158,8 @@ MFCC_NORMALISATIONS = {
     "corpus": "per-coefficient mean/std (mfcc_mean, mfcc_std)",
     "utterance": "per-utterance per-coefficient mean/std (CMVN over the utterance's frames)",
 }
+
+
 # `options.cmvn` of mel-rvq -> its feature spec's "normalisation" entry (none: no entry, so
 # the cards of centroids fitted before the option still match).
 MEL_NORMALISATIONS = {
@@ -140,6 +167,8 @@ MEL_NORMALISATIONS = {
     "utterance": "per-utterance per-band mean/std (CMVN over the utterance's frames); "
     "decoded with the corpus-average levels (mel_mean, mel_std)",
 }
+
+
 CMVN_CHOICES = {"mfcc-kmeans": MFCC_NORMALISATIONS, "mel-rvq": MEL_NORMALISATIONS}
 
 
@@ -187,66 +216,9 @@ def _fit_command(name: str) -> str:
     )
 
 
-# ----------------------------------------------------------------------------- features
-
-
 def code_frame_lengths(lengths: torch.Tensor) -> torch.Tensor:
     """Samples [B] -> code frames [B] = ceil(T / 320)."""
     return torch.div(lengths.long() + HOP_LENGTH - 1, HOP_LENGTH, rounding_mode="floor")
-
-
-def framed_power(
-    wav: torch.Tensor, lengths: torch.Tensor, n_fft: int, hop: int, num_frames: torch.Tensor
-) -> torch.Tensor:
-    """Power spectrogram frames computed item by item's own padding (see module docstring).
-
-    wav [B, T], lengths [B], num_frames [B] -> power [B, max(num_frames), n_fft // 2 + 1];
-    frame f of item b is centred on sample f * hop of that item. Rows at or beyond
-    num_frames[b] are padding (computed from zeros, never from another item's samples).
-    """
-    batch = wav.shape[0]
-    max_frames = int(num_frames.max()) if batch else 0
-    n_freq = n_fft // 2 + 1
-    if max_frames == 0:
-        return wav.new_zeros(batch, 0, n_freq, dtype=torch.float64)
-    pad = n_fft // 2
-    total = (max_frames - 1) * hop + n_fft
-    buffer = wav.new_zeros(batch, total, dtype=torch.float64)
-    for b in range(batch):
-        length = int(lengths[b])
-        if length == 0:
-            continue
-        mode = "reflect" if length > pad else "constant"
-        padded = F.pad(wav[b, :length][None, None], (pad, pad), mode=mode)[0, 0]
-        keep = min(padded.numel(), total)
-        buffer[b, :keep] = padded[:keep]
-    window = torch.hann_window(n_fft, periodic=True, device=wav.device, dtype=torch.float64)
-    spec = torch.stft(buffer, n_fft, hop, window=window, center=False, return_complex=True)
-    power = spec.real.square() + spec.imag.square()  # [B, n_freq, frames]
-    return power[..., :max_frames].transpose(1, 2)
-
-
-def append_deltas(
-    features: torch.Tensor, frame_lengths: torch.Tensor, width: int = MFCC_DELTA_WIDTH
-) -> torch.Tensor:
-    """features [B, N, D], frame_lengths [B] (valid frames of each item) -> [B, N, 3 D]:
-    the features, their deltas and delta-deltas. delta_t = sum_k k (x_{t+k} - x_{t-k}) /
-    (2 sum_k k^2), k = 1..width, with each item's first and last valid frame repeated
-    beyond its edges (its own frames only: batch == alone); delta-delta is the delta of the
-    delta. Frames at or beyond an item's length are padding and hold no meaning."""
-    last = (frame_lengths.to(features.device).long() - 1).clamp(min=0)[:, None]  # [B, 1]
-    steps = torch.arange(features.shape[1], device=features.device)[None, :]  # [1, N]
-    norm = 2 * sum(k * k for k in range(1, width + 1))
-
-    def delta(x: torch.Tensor) -> torch.Tensor:
-        def shifted(offset: int) -> torch.Tensor:
-            index = (steps + offset).clamp(min=0).minimum(last)  # [B, N]
-            return x.gather(1, index[..., None].expand(-1, -1, x.shape[-1]))
-
-        return sum(k * (shifted(k) - shifted(-k)) for k in range(1, width + 1)) / norm
-
-    first = delta(features)
-    return torch.cat([features, first, delta(first)], dim=-1)
 
 
 def mfcc_frames(
@@ -263,19 +235,6 @@ def mfcc_frames(
     if deltas:
         mfcc = append_deltas(mfcc, MFCC_STACK * frame_lengths)
     return mfcc.float(), frame_lengths
-
-
-def utterance_cmvn(features: torch.Tensor, frame_lengths: torch.Tensor) -> torch.Tensor:
-    """features [B, F, D], frame_lengths [B] -> per-utterance mean/variance normalised
-    features (CMVN over each item's own valid frames, so batch == alone); frames beyond an
-    item's length are set to 0. Used by mfcc-kmeans (`options.cmvn: utterance`) and the
-    continuous feature backends."""
-    frames = torch.arange(features.shape[1], device=features.device)
-    valid = (frames[None, :] < frame_lengths[:, None].to(features.device))[..., None]
-    count = valid.sum(1, keepdim=True).clamp(min=1)
-    mean = (features * valid).sum(1, keepdim=True) / count
-    var = ((features - mean).square() * valid).sum(1, keepdim=True) / count
-    return torch.where(valid, (features - mean) / (var + 1e-5).sqrt(), 0.0)
 
 
 def offline_cmvn(cfg: TokenizerConfig) -> str:
@@ -333,37 +292,6 @@ def log_mel_frames(
     with `deltas`; frame_lengths [B]), normalised as `mel_rvq_features` says."""
     log_mel, frame_lengths = log_mel_float64(wav, lengths)
     return mel_rvq_features(log_mel, frame_lengths, cmvn, deltas), frame_lengths
-
-
-def griffin_lim(
-    magnitude: torch.Tensor,
-    length: int,
-    n_fft: int,
-    hop: int,
-    iterations: int = GRIFFIN_LIM_ITERS,
-    seed: int = GRIFFIN_LIM_SEED,
-    momentum: float = GRIFFIN_LIM_MOMENTUM,
-) -> torch.Tensor:
-    """Fast Griffin-Lim (Perraudin et al. 2013). magnitude [B, n_fft // 2 + 1, F] of centred
-    frames -> waveform [B, length]. Random initial phase from a CPU generator seeded `seed`."""
-    generator = torch.Generator().manual_seed(seed)
-    phase = torch.rand(magnitude.shape, generator=generator).to(magnitude.device)
-    angles = torch.polar(torch.ones_like(magnitude), 2 * math.pi * phase)
-    window = torch.hann_window(n_fft, periodic=True, device=magnitude.device)
-    num_frames = magnitude.shape[-1]
-    previous = torch.zeros_like(angles)
-    for _ in range(iterations):
-        wav = torch.istft(magnitude * angles, n_fft, hop, window=window, length=length)
-        rebuilt = torch.stft(
-            wav, n_fft, hop, window=window, center=True, pad_mode="reflect", return_complex=True
-        )[..., :num_frames]
-        angles = rebuilt - (momentum / (1 + momentum)) * previous
-        angles = angles / angles.abs().clamp(min=1e-16)
-        previous = rebuilt
-    return torch.istft(magnitude * angles, n_fft, hop, window=window, length=length)
-
-
-# ----------------------------------------------------------------------------- tokenizers
 
 
 class _OfflineTokenizer(AudioTokenizer):
@@ -612,262 +540,3 @@ class MelRvqTokenizer(_OfflineTokenizer):
         sample = torch.arange(length, device=wav.device)[None, :]
         wav = wav.masked_fill(sample >= lengths.to(wav.device)[:, None], 0.0)
         return wav.to(out_device), lengths
-
-
-# ----------------------------------------------------------------------------- fitting
-
-
-def _feature_batches(
-    name: str,
-    waveforms: Iterator[torch.Tensor],
-    device: torch.device,
-    stats: FeatureStats | None,
-    batch_items: int = 16,
-    cmvn: str = "corpus",
-    deltas: bool = False,
-) -> Iterator[torch.Tensor]:
-    """Waveforms -> [n, D] frames of the tokenizer's features (valid frames only).
-    mfcc-kmeans: stacked MFCC [n, 26] ([n, 78] with deltas), per-utterance normalised
-    (`cmvn: utterance`, `stats` None) or raw (normalised after the pass with the corpus
-    statistics `stats` gathers). mel-rvq: log-mel [n, 80] ([n, 240] with deltas), raw or
-    per-utterance normalised (`cmvn: utterance`; `stats` then gathers each utterance's raw band
-    means and sds, of the 80 static bands only)."""
-
-    def flush(items: list[torch.Tensor]) -> torch.Tensor:
-        wav, lengths = pad_batch(items)
-        wav = wav.to(device)
-        if name == "mfcc-kmeans":
-            mfcc, frame_lengths = cmvn_mfcc_frames(wav, lengths, cmvn, deltas)
-            valid = [mfcc[b, : MFCC_STACK * int(n)] for b, n in enumerate(frame_lengths)]
-            if stats is not None:
-                for item in valid:
-                    stats.update(item)
-            return torch.cat([v.reshape(-1, MFCC_STACK * mfcc.shape[-1]) for v in valid])
-        log_mel, frame_lengths = log_mel_float64(wav, lengths)
-        if cmvn == "utterance":
-            for b, n in enumerate(frame_lengths.tolist()):
-                if n:  # one row per utterance: its band means, then its sds
-                    item = log_mel[b, :n]
-                    stats.update(torch.cat([item.mean(0), item.std(0, unbiased=False)])[None])
-        frames = mel_rvq_features(log_mel, frame_lengths, cmvn, deltas)  # as encode
-        return torch.cat([frames[b, : int(n)] for b, n in enumerate(frame_lengths)])
-
-    items: list[torch.Tensor] = []
-    for wav in waveforms:
-        items.append(wav)
-        if len(items) == batch_items:
-            yield flush(items)
-            items = []
-    if items:
-        yield flush(items)
-
-
-@dataclasses.dataclass
-class FitFrames:
-    """What k-means is fitted on: `frames` [n, D] (mfcc-kmeans: normalised and stacked,
-    D = 26 or 78; mel-rvq: log-mel, D = 80, or 240 with deltas), `seen` frames streamed past
-    before sampling, and
-    mfcc-kmeans' normalisation `mean`, `std` [D / 2] (0 and 1 under per-utterance CMVN, which
-    has already normalised every utterance by its own statistics). mel-rvq: None for raw
-    log-mel; under per-utterance CMVN the levels decoding puts back, `mean`, `std` [80]: the
-    average over utterances of each band's own mean and sd."""
-
-    frames: torch.Tensor
-    seen: int
-    mean: torch.Tensor | None = None
-    std: torch.Tensor | None = None
-
-
-def fit_frames(
-    name: str,
-    data_dir: str | Path,
-    tasks: Sequence[str] | None,
-    splits: Sequence[str],
-    max_frames: int,
-    seed: int,
-    device: str | torch.device = "cpu",
-    cmvn: str | None = None,
-    deltas: bool = False,
-) -> FitFrames:
-    """A uniform reservoir sample of at most `max_frames` feature frames of `name` over the
-    `audio` of every row of `tasks` (None: those the corpus has) x `splits`, on `device`."""
-    from mmllm.data.synth import corpus_tasks, corpus_waveforms  # datasets only when fitting
-
-    tasks = corpus_tasks(data_dir) if tasks is None else tuple(tasks)
-    cmvn = DEFAULT_CMVN[name] if cmvn is None else cmvn
-    dim = mfcc_dim(deltas)
-    run_device = torch.device(device)
-    stats = None
-    if name == "mfcc-kmeans" and cmvn == "corpus":
-        stats = FeatureStats(dim)
-    elif name == "mel-rvq" and cmvn == "utterance":
-        stats = FeatureStats(2 * MEL_N_MELS)  # per utterance: 80 band means, 80 band sds
-    seen = 0
-
-    def counted(batches: Iterator[torch.Tensor]) -> Iterator[torch.Tensor]:
-        nonlocal seen
-        for batch in batches:
-            seen += batch.shape[0]
-            yield batch
-
-    waveforms = corpus_waveforms(data_dir, tasks, splits, SAMPLE_RATE)
-    batches = _feature_batches(name, waveforms, run_device, stats, cmvn=cmvn, deltas=deltas)
-    frames = sample_frames(counted(batches), max_frames, seed).to(run_device)
-    if name == "mel-rvq":
-        if stats is None:
-            return FitFrames(frames, seen)
-        levels, _ = stats.mean_std()
-        return FitFrames(frames, seen, levels[:MEL_N_MELS], levels[MEL_N_MELS:])
-    if stats is not None:
-        mean, std = stats.mean_std()
-    else:  # already normalised per utterance: identity here
-        mean, std = torch.zeros(dim), torch.ones(dim)
-    frames = stack_mfcc(frames.reshape(-1, MFCC_STACK, dim), mean, std).squeeze(1)
-    return FitFrames(frames, seen, mean, std)
-
-
-@torch.no_grad()
-def fit_offline_tokenizer(
-    name: str,
-    data_dir: str | Path,
-    out_dir: str | Path,
-    k: int,
-    num_codebooks: int,
-    max_frames: int,
-    seed: int,
-    splits: Sequence[str] = ("train",),
-    tasks: Sequence[str] | None = None,
-    *,
-    device: str = "cpu",
-    batch_size: int = 4096,
-    max_steps: int = 200,
-    progress: bool = True,
-    cmvn: str | None = None,
-    deltas: bool = False,
-) -> Path:
-    """Fit `mfcc-kmeans` or `mel-rvq` centroids on a SynthDASB directory -> out_dir.
-
-    Streams the `audio` of every row of `tasks` (default: those the corpus has) x `splits`,
-    computes the tokenizer's features, keeps a uniform reservoir sample of at most
-    `max_frames` frames, and fits k-means (mel-rvq: `num_codebooks` residual stages, stage j
-    on what stages < j left over, seed + j). Writes centroids.safetensors (mfcc-kmeans:
-    centroids [k, 26], mfcc_mean [13], mfcc_std [13], or [k, 78], [39], [39] with deltas;
-    mel-rvq: codebooks [K, k, 80] ([K, k, 240] with deltas), plus mel_mean [80] and mel_std
-    [80] under per-utterance CMVN) and card.json. `batch_size` / `max_steps` are the k-means
-    minibatch settings;
-    `cmvn` is the tokenizer's `options.cmvn` (None: its default; mfcc-kmeans under
-    utterance: the stored mean/std are 0 and 1, since every utterance is already normalised
-    by its own statistics) and `deltas` the tokenizer's `options.deltas`.
-    """
-    if name not in OFFLINE_TOKENIZERS:
-        raise ValueError(
-            f"fit_offline_tokenizer: unknown offline tokenizer {name!r}; known: {OFFLINE_TOKENIZERS}"
-        )
-    if name == "mfcc-kmeans" and num_codebooks != 1:
-        raise ValueError(f"mfcc-kmeans has one codebook, got num_codebooks={num_codebooks}")
-    cmvn = DEFAULT_CMVN[name] if cmvn is None else cmvn
-    if num_codebooks < 1:
-        raise ValueError(f"{name}: num_codebooks must be >= 1, got {num_codebooks}")
-    from mmllm.data.synth import corpus_tasks  # datasets only when fitting
-
-    tasks = corpus_tasks(data_dir) if tasks is None else tuple(tasks)
-    features = feature_spec(name, cmvn, deltas)  # refuses a cmvn / deltas `name` lacks
-    sampled = fit_frames(name, data_dir, tasks, splits, max_frames, seed, device, cmvn, deltas)
-    frames = sampled.frames
-    fit = {"seed": seed, "batch_size": batch_size, "max_steps": max_steps, "progress": progress}
-    tensors: dict[str, torch.Tensor] = {}
-    if name == "mfcc-kmeans":
-        result = fit_kmeans(frames, k, **fit)
-        tensors = {
-            "centroids": result.centroids,
-            "mfcc_mean": sampled.mean,
-            "mfcc_std": sampled.std,
-        }
-        inertia: list[float] = [result.inertia]
-        source = (
-            f"13 MFCC (40 mels, 25 ms / 10 ms){' + deltas + delta-deltas' if deltas else ''}, "
-            f"mean/var normalised per {cmvn}, 2 frames stacked (50 Hz)"
-        )
-    else:
-        residual = frames
-        codebooks, inertia = [], []
-        for stage in range(num_codebooks):
-            result = fit_kmeans(residual, k, **{**fit, "seed": seed + stage})
-            residual = residual - result.centroids[assign(residual, result.centroids)]
-            codebooks.append(result.centroids)
-            inertia.append(result.inertia)
-        tensors = {"codebooks": torch.stack(codebooks)}
-        if sampled.mean is not None:
-            tensors |= {"mel_mean": sampled.mean, "mel_std": sampled.std}
-        source = (
-            f"80-bin log-mel (64 ms / 20 ms, 50 Hz){' + deltas + delta-deltas' if deltas else ''}"
-            f"{', CMVN per utterance' if cmvn == 'utterance' else ''}, residual k-means"
-        )
-    card = {
-        "tokenizer": name,
-        "feature_source": source,
-        "features": features,
-        "layers": [],
-        "k": k,
-        "num_codebooks": num_codebooks,
-        "data": str(data_dir),
-        "splits": list(splits),
-        "tasks": list(tasks),
-        "num_frames": int(frames.shape[0]),
-        "frames_seen": sampled.seen,
-        "inertia": inertia,  # per stage: mean squared distance (residual energy after stage j)
-        "seed": seed,
-        "kmeans": {"batch_size": batch_size, "max_steps": max_steps},
-    }
-    out_dir = Path(out_dir)
-    save_centroids(out_dir, tensors, card)
-    return out_dir
-
-
-def fit_offline_from_config(
-    cfg: TokenizerConfig,
-    data_dir: str | Path,
-    out_dir: str | Path,
-    max_frames: int,
-    seed: int,
-    splits: Sequence[str] = ("train",),
-    tasks: Sequence[str] | None = None,
-    progress: bool = True,
-) -> tuple[Path, TokenizerConfig]:
-    """fit_offline_tokenizer with k / num_codebooks / device from `cfg` (or the backend's
-    defaults) -> (out_dir, the config resolved to use these centroids)."""
-    k = cfg.codebook_size or DEFAULT_CODEBOOK_SIZE[cfg.name]
-    num_codebooks = cfg.num_codebooks or DEFAULT_NUM_CODEBOOKS[cfg.name]
-    out = fit_offline_tokenizer(
-        cfg.name,
-        data_dir,
-        out_dir,
-        k,
-        num_codebooks,
-        max_frames,
-        seed,
-        splits,
-        tasks,
-        device=cfg.device,
-        progress=progress,
-        cmvn=offline_cmvn(cfg),
-        deltas=offline_deltas(cfg),
-    )
-    resolved = dataclasses.replace(
-        cfg,
-        centroids=str(out),
-        codebook_size=k,
-        num_codebooks=None if cfg.name == "mfcc-kmeans" else num_codebooks,
-    )
-    return out, resolved
-
-
-__all__ = [
-    "PAD_CODE",
-    "MelRvqTokenizer",
-    "MfccKMeansTokenizer",
-    "fit_offline_from_config",
-    "fit_offline_tokenizer",
-    "log_mel_frames",
-    "mfcc_frames",
-]

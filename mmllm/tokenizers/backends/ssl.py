@@ -337,7 +337,7 @@ def fit_ssl_kmeans(
 ) -> Path:
     """Fit one k-means per layer on SSL features of SynthDASB rows; write `out_dir` -> out_dir.
 
-    Reads `split` rows of `tasks` under `data_dir` (python -m mmllm.data.synth), extracts
+    Reads `split` rows of `tasks` under `data_dir` (mmllm synth), extracts
     the layers of `cfg` `batch_size` waveforms at a time, reservoir-samples at most
     `max_frames` frames (the same frames for every layer: the sample holds all layers side
     by side, max_frames x len(layers) x hidden_size floats), fits k = cfg.codebook_size
@@ -360,7 +360,7 @@ def fit_ssl_kmeans(
                 yield torch.cat([f[i, :frames] for f in layer_features], dim=1)  # [n_i, L * D]
 
     def frame_batches() -> Iterator[torch.Tensor]:
-        from mmllm.data.synth import corpus_waveforms  # datasets only when fitting
+        from mmllm.corpus.reader import corpus_waveforms  # datasets only when fitting
 
         batch: list[torch.Tensor] = []
         for wave in _counted(corpus_waveforms(data_dir, tasks, [split], SAMPLE_RATE), counts):

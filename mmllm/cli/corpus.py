@@ -1,0 +1,66 @@
+"""`mmllm synth` and `mmllm convert`: corpora in the one schema."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from mmllm.config import ConfigError, HelpFormatter, add_config_arguments, load_config, save_config
+
+
+def synth(argv: Sequence[str] | None = None) -> int:
+    """Build SynthDASB (`--size tiny|small|full` presets, or a config) into --out."""
+    from mmllm.synth.build import SIZES, SynthConfig, build
+
+    parser = argparse.ArgumentParser(
+        prog="mmllm synth",
+        description="Build the offline SynthDASB corpus (every DASB task, rendered with eSpeak NG).",
+        formatter_class=HelpFormatter,
+    )
+    parser.add_argument("--size", choices=list(SIZES), default=None, help="preset (default: small)")
+    parser.add_argument("--out", type=Path, required=True, help="output directory")
+    parser.add_argument("--workers", type=int, default=2, help="rendering processes")
+    parser.add_argument(
+        "--preview", type=int, default=0, metavar="N", help="write N WAVs per task to OUT/preview"
+    )
+    parser.add_argument(
+        "--force", action="store_true", help="rebuild even if OUT holds another build"
+    )
+    add_config_arguments(parser, SynthConfig)
+    args = parser.parse_args(argv)
+    overrides = list(args.overrides) + ([f"size={args.size}"] if args.size else [])
+    try:
+        cfg = load_config(SynthConfig, args.config, overrides)
+        build(cfg, args.out, workers=args.workers, preview=args.preview, force=args.force)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def convert(argv: Sequence[str] | None = None) -> int:
+    """Convert a public corpus (configs/corpora/*.yaml) and save it to --out."""
+    from mmllm.corpora.convert import CorpusConfig, load_corpus
+    from mmllm.fileio import atomic_directory
+
+    parser = argparse.ArgumentParser(
+        prog="mmllm convert",
+        description="Convert a public corpus to the mmllm schema (datasets save_to_disk).",
+    )
+    add_config_arguments(parser, CorpusConfig)
+    parser.add_argument("--out", type=Path, required=True, help="directory for save_to_disk")
+    args = parser.parse_args(argv)
+    try:
+        cfg = load_config(CorpusConfig, args.config, args.overrides)
+        corpus = load_corpus(cfg)
+    except ValueError as err:  # CorpusError, ConfigError
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    # Written beside its resolved config, and atomically: a failed run leaves no half corpus.
+    with atomic_directory(args.out) as tmp:
+        corpus.save_to_disk(str(tmp))
+        save_config(cfg, tmp)
+    print({split: len(ds) for split, ds in corpus.items()}, "->", args.out)
+    return 0

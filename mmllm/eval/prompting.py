@@ -1,0 +1,304 @@
+"""Prompting a trained checkpoint: `Checkpoint` (vocab, text tokenizer, audio tokenizer
+configs, model loading), prompts from files or text, and the CLI behind
+`mmllm generate`.
+
+Prompting CLI (thin: `main` parses, `run_cli` calls `Checkpoint`, `build_prompt`, `generate`):
+
+    mmllm generate --checkpoint DIR asr speech.wav
+    mmllm generate --checkpoint DIR sv enrollment.wav trial.wav
+    mmllm generate --checkpoint DIR tts "some text" --speaker ID --out out.wav
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from mmllm.config import ConfigError, load_config
+from mmllm.corpus.schema import TASKS
+from mmllm.data.templates import SV_ANSWERS, TemplateRenderer
+from mmllm.data.vocab import VOCAB_FILENAME, MultimodalVocab
+from mmllm.eval.generation import (
+    AUDIO_ANSWER_SPANS,
+    TEXT_ANSWER_TASKS,
+    AnswerGrammar,
+    GenerationConfig,
+    decode_audio,
+    decode_text,
+    generate,
+)
+from mmllm.pretrain.config import PRETRAIN_CONFIG_FILENAME, load_run_config
+from mmllm.tokenizers.base import TokenizerConfig
+
+
+def answer_rendered(
+    model: Any,
+    checkpoint: Checkpoint,
+    rendered: list[Any],
+    task: str,
+    config: GenerationConfig,
+    allowed: dict[str, list[str]] | None = None,
+) -> list[list[int]]:
+    """Constrained answers to rendered rows (their prompts, and placeholder rows for
+    continuous / summed input)."""
+    return generate(
+        model,
+        [r.prompt for r in rendered],
+        checkpoint.vocab,
+        config,
+        tasks=task,
+        grammar=checkpoint.grammar(),
+        allowed_texts=allowed,
+        features=[r.features for r in rendered],
+    )
+
+
+class GenerateError(ValueError):
+    """Bad input to prompting: the message names the file or field."""
+
+
+@dataclass
+class Checkpoint:
+    """A trained checkpoint's vocab, text tokenizer and configs (the model loads on demand)."""
+
+    directory: Path
+    vocab: MultimodalVocab
+    tokenizer: Any
+    pattern: str
+    input_config: TokenizerConfig
+    output_config: TokenizerConfig
+    audio_input: str = "discrete"  # discrete | continuous | summed (mmllm.modeling.continuous)
+    feature_stack: int = 1
+
+    @classmethod
+    def open(cls, directory: str | Path) -> Checkpoint:
+        from transformers import AutoTokenizer
+
+        directory = Path(directory)
+        if not directory.is_dir():
+            raise GenerateError(f"checkpoint {directory}: directory not found")
+        for name in (VOCAB_FILENAME, PRETRAIN_CONFIG_FILENAME):
+            if not (directory / name).is_file():
+                raise GenerateError(f"checkpoint {directory}: no {name} (not an mmllm checkpoint?)")
+        try:
+            vocab = MultimodalVocab.load(directory)
+            pretrain = load_run_config(directory / PRETRAIN_CONFIG_FILENAME)
+            section = pretrain.tokenizers
+            input_config = load_config(TokenizerConfig, section.input, section.input_overrides)
+            output_config = input_config
+            if section.output:
+                output_config = load_config(
+                    TokenizerConfig, section.output, section.output_overrides
+                )
+            tokenizer = AutoTokenizer.from_pretrained(directory)
+        except (ConfigError, ValueError, OSError) as err:
+            raise GenerateError(f"checkpoint {directory}: {one_line(err)}") from None
+        continuous = pretrain.audio_input == "continuous"  # its input tokenizer gives features
+        for config in (output_config,) if continuous else (input_config, output_config):
+            if config.name not in vocab.blocks:
+                raise GenerateError(
+                    f"checkpoint {directory}: its vocab has no audio tokenizer {config.name!r} "
+                    f"(has {vocab.tokenizers})"
+                )
+        return cls(
+            directory,
+            vocab,
+            tokenizer,
+            pretrain.data.pattern,
+            input_config,
+            output_config,
+            pretrain.audio_input,
+            pretrain.continuous.stack,
+        )
+
+    def renderer(self) -> TemplateRenderer:
+        return TemplateRenderer(
+            self.vocab,
+            self.tokenizer,
+            self.input_config.name,
+            self.output_config.name,
+            self.pattern,
+            audio_input=self.audio_input,
+            feature_stack=self.feature_stack,
+        )
+
+    def grammar(self) -> AnswerGrammar:
+        return AnswerGrammar(self.vocab, self.tokenizer, self.output_config.name, self.pattern)
+
+    def audio_tokenizer(self, which: str) -> Any:
+        """Build the "input" or "output" audio tokenizer, checked against the vocab."""
+        from mmllm.tokenizers.registry import build_tokenizer
+
+        config = self.input_config if which == "input" else self.output_config
+        try:
+            tokenizer = build_tokenizer(config)
+        except (ValueError, OSError) as err:
+            raise GenerateError(f"{which} tokenizer {config.name!r}: {one_line(err)}") from None
+        if which == "input" and self.audio_input == "continuous":
+            return tokenizer  # features, not codes: nothing in the vocab to match
+        block = self.vocab.block(config.name)
+        if (tokenizer.num_codebooks, tokenizer.codebook_size) != (
+            block.num_codebooks,
+            block.codebook_size,
+        ):
+            raise GenerateError(
+                f"{which} tokenizer {config.name!r} gives {tokenizer.num_codebooks} x "
+                f"{tokenizer.codebook_size} codes, the checkpoint vocab {block.num_codebooks} x "
+                f"{block.codebook_size}"
+            )
+        return tokenizer
+
+    def load_model(self, device: str | torch.device = "cpu") -> Any:
+        from mmllm.modeling.model import load_pretrained_multimodal
+
+        model, _, _ = load_pretrained_multimodal(self.directory)
+        if self.audio_input != "discrete":
+            from mmllm.modeling.continuous import ContinuousInputLM, load_projector
+
+            projector = load_projector(self.directory, model.get_input_embeddings())
+            model = ContinuousInputLM(model, projector, self.vocab.audio_embed_id)
+        return model.to(device).eval()
+
+
+def render_prompt(renderer: TemplateRenderer, row: dict, input_codes: Any) -> Any:
+    """The generation prompt of a row that has no target (placeholder target codes/label:
+    `render` builds the whole example; use `.prompt` and, for continuous / summed input,
+    `.features`)."""
+    k = renderer.vocab.block(renderer.output_tokenizer).num_codebooks
+    row = {**row, "label": row.get("label") or next(iter(SV_ANSWERS))}
+    return renderer.render(row, input_codes, lambda key: np.zeros((k, 1), np.int64))
+
+
+def encode_audio_file(path: str | Path, tokenizer: Any) -> np.ndarray:
+    """Read an audio file (anything soundfile reads) and encode it -> codes [K, F]."""
+    from mmllm.audio.io import load_audio
+
+    wav, _ = load_audio(path, target_sr=tokenizer.sample_rate, name=f"input audio {path}")
+    codes, frames = tokenizer.encode(torch.from_numpy(wav)[None], torch.tensor([wav.shape[0]]))
+    return codes[0, :, : int(frames[0])].cpu().numpy()
+
+
+def one_line(err: BaseException) -> str:
+    return " ".join(str(err).split())
+
+
+def build_prompt(
+    checkpoint: Checkpoint, task: str, inputs: Sequence[str], speaker: str | None = None
+) -> Any:
+    """The rendered prompt (`.prompt` ids, `.features` for continuous / summed input) for
+    one task from CLI-style inputs: audio file paths (sv: enrollment then trial) or, for
+    tts, the text to speak (with `speaker`)."""
+    codes: dict[str, np.ndarray] = {}
+    if task != "tts":
+        input_tokenizer = checkpoint.audio_tokenizer("input")
+        keys = ["prompt#ref0", "prompt"] if task == "sv" else ["prompt"]
+        for key, path in zip(keys, inputs, strict=True):
+            codes[key] = encode_audio_file(path, input_tokenizer)
+    row = {
+        "id": "prompt",
+        "task": task,
+        "text": inputs[0] if task == "tts" else "",
+        "label": "",
+        "speaker": speaker or "",
+        "words": [],
+    }
+    return render_prompt(checkpoint.renderer(), row, codes.__getitem__)
+
+
+def _check_arguments(args: argparse.Namespace) -> None:
+    """Every check that needs neither the checkpoint nor the model."""
+    task = args.task
+    if task not in TASKS:
+        raise GenerateError(f"unknown task {task!r}; known: {', '.join(TASKS)}")
+    expected = 2 if task == "sv" else 1
+    if len(args.inputs) != expected:
+        what = {"sv": "ENROLLMENT.wav TRIAL.wav", "tts": '"TEXT"'}.get(task, "AUDIO")
+        raise GenerateError(f"task {task} takes {what}, got {len(args.inputs)} input(s)")
+    if task == "tts":
+        if not args.inputs[0].strip():
+            raise GenerateError("tts: the text to speak is empty")
+        if not args.speaker:
+            raise GenerateError("tts: --speaker is required (a speaker id seen in training)")
+    else:
+        for path in args.inputs:
+            if not Path(path).is_file():
+                raise GenerateError(f"input audio {path}: file not found")
+    if task in AUDIO_ANSWER_SPANS and args.out is None:
+        raise GenerateError(f"task {task} writes audio: --out FILE.wav is required")
+
+
+def _write_audio(spans: list[torch.Tensor], tokenizer: Any, out: Path) -> list[str]:
+    """Decode each span's codes [K, F] and write out (ss: out-1.wav, out-2.wav)."""
+    from mmllm.audio.io import write_wav
+
+    if not spans or any(c.shape[-1] == 0 for c in spans):
+        raise GenerateError("the model wrote no audio frames (raise --max-new-tokens?)")
+    lines = []
+    for j, codes in enumerate(spans):
+        path = out if len(spans) == 1 else out.with_name(f"{out.stem}-{j + 1}{out.suffix}")
+        try:
+            wav, lengths = tokenizer.decode(codes[None], torch.tensor([codes.shape[-1]]))
+        except (RuntimeError, ValueError) as err:  # e.g. too few frames for the decoder
+            raise GenerateError(
+                f"output tokenizer {tokenizer.name!r} cannot decode {codes.shape[-1]} frame(s): "
+                f"{one_line(err)}"
+            ) from None
+        wav = wav[0, : int(lengths[0])].float().cpu().numpy()
+        write_wav(path, wav, tokenizer.sample_rate)
+        lines.append(f"wrote {path} ({wav.shape[0] / tokenizer.sample_rate:.2f} s)")
+    return lines
+
+
+def run_cli(args: argparse.Namespace) -> list[str]:
+    """The CLI's work: check, prompt, generate, decode. Returns the lines to print."""
+    _check_arguments(args)
+    task = args.task
+    checkpoint = Checkpoint.open(args.checkpoint)
+    output_tokenizer = None
+    if task in AUDIO_ANSWER_SPANS:
+        output_tokenizer = checkpoint.audio_tokenizer("output")
+        if not output_tokenizer.can_decode:
+            raise GenerateError(
+                f"output tokenizer {checkpoint.output_config.name!r} cannot decode audio "
+                "(train a vocoder with tokenizers/train_vocoder.py and set `vocoder:` in its config)"
+            )
+    rendered = build_prompt(checkpoint, task, args.inputs, args.speaker)
+    prompt = rendered.prompt
+    model = checkpoint.load_model(args.device)
+    max_new = args.max_new_tokens
+    if max_new is None:  # text: a sentence; audio: what the model's context still holds
+        context = getattr(model.config, "max_position_embeddings", 1024)
+        max_new = 128 if task in TEXT_ANSWER_TASKS else max(context - len(prompt), 1)
+    try:
+        config = GenerationConfig(
+            max_new_tokens=max_new,
+            batch_size=1,
+            do_sample=args.sample,
+            temperature=args.temperature,
+            top_k=args.top_k,
+            top_p=args.top_p,
+            seed=args.seed,
+        )
+    except ValueError as err:
+        raise GenerateError(f"generation options: {one_line(err)}") from None
+    allowed = args.allowed or (sorted(SV_ANSWERS.values()) if task == "sv" else None)
+    [ids] = generate(
+        model,
+        [prompt],
+        checkpoint.vocab,
+        config,
+        tasks=task,
+        grammar=checkpoint.grammar(),
+        allowed_texts=allowed,
+        features=[rendered.features],
+    )
+    if task in TEXT_ANSWER_TASKS:
+        return [decode_text(ids, checkpoint.tokenizer, checkpoint.vocab)]
+    spans = decode_audio(ids, checkpoint.vocab, checkpoint.output_config.name, checkpoint.pattern)
+    return _write_audio(spans, output_tokenizer, Path(args.out))

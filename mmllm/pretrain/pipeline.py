@@ -1,0 +1,316 @@
+"""Everything the main job prepares before its first step, each piece cached on disk:
+
+    corpus       SynthDASB built at `corpus.path` (or an existing corpus directory)
+    tokenizers   offline k-means fitted when its centroids are missing; token caches
+                 extracted (sharded over the job's processes, resumable)
+    text         a SentencePiece vocabulary trained on the corpus (from-scratch models) or
+                 the base model's tokenizer
+    vocab        MultimodalVocab = text | special tokens | audio blocks of the tokenizers
+    documents    the mixture of task rows and LM documents, held-out documents per source
+
+`prepare_run` also runs every check that needs the data before training starts: unknown
+tokenizer, a base checkpoint whose vocabulary does not match the token caches, a document
+longer than the block.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mmllm.config import load_config, save_config
+from mmllm.corpus.schema import AUDIO_ANSWER_TASKS
+from mmllm.data.augment import AudioAugment
+from mmllm.data.mixture import (
+    SOURCES,
+    WORD_TIMED_SOURCES,
+    TokenCaches,
+    eval_documents,
+    mixture_documents,
+    weighted_sources,
+)
+from mmllm.data.packing import Document, PackedBlock, pack_documents
+from mmllm.data.templates import TemplateRenderer
+from mmllm.data.vocab import VOCAB_FILENAME, MultimodalVocab, extend_hf_tokenizer
+from mmllm.modeling.continuous import feature_statistics
+from mmllm.modeling.model import save_pretrained_multimodal
+from mmllm.pretrain.config import PRETRAIN_CONFIG_FILENAME, PretrainConfig
+from mmllm.tokenizers.base import TokenizerConfig
+
+TEXT_TOKENIZER_DIR = "text_tokenizer"
+
+
+@dataclass
+class PreparedRun:
+    cfg: PretrainConfig
+    vocab: MultimodalVocab
+    hf_tokenizer: Any
+    renderer: TemplateRenderer
+    caches: TokenCaches
+    eval_blocks: dict[str, list[PackedBlock]]
+    centroids: dict | None = None
+    skipped: Counter = field(default_factory=Counter)
+    # continuous input with input_norm corpus: mean, sd [stack * D] of the training rows
+    feature_stats: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def train_documents(self, epoch: int) -> list[Document]:
+        documents, _ = mixture_documents(
+            self.cfg.corpus.path,
+            self.renderer,
+            self.caches,
+            self.cfg.data.mixture,
+            split="train",
+            epoch=epoch,
+            seed=self.cfg.train.seed,
+            augment=self.cfg.data.augment,
+        )
+        return documents
+
+    def export(self, model: Any, accelerator: Any, directory: Path) -> Path:
+        """Save the trained model in HF format (LoRA merged) with the extended tokenizer,
+        the vocab, the pretrain config and (continuous / summed input) the projector (for
+        summed: the codebook weights; the embeddings it sums are the LLM's), all appearing
+        at once. Collective under ZeRO-3: every process calls it."""
+        from mmllm.modeling.continuous import ContinuousInputLM, save_projector
+
+        accelerator.wait_for_everyone()
+        state_dict = accelerator.get_state_dict(model)  # gathers ZeRO-3 partitions
+        if accelerator.is_main_process:
+            unwrapped = accelerator.unwrap_model(model)
+            projector, projector_state = None, None
+            if isinstance(unwrapped, ContinuousInputLM):
+                projector, unwrapped = unwrapped.projector, unwrapped.lm
+                projector_state = _sub_state(state_dict, "projector.")
+                state_dict = _sub_state(state_dict, "lm.")
+            if hasattr(unwrapped, "merge_and_unload"):  # peft: fold the adapters in
+                unwrapped, state_dict = unwrapped.merge_and_unload(), None
+            unwrapped.set_attn_implementation("sdpa")  # loadable without mmllm imported
+
+            def extra(tmp: Path) -> None:
+                save_config(self.cfg, tmp, PRETRAIN_CONFIG_FILENAME)
+                if projector is not None:
+                    save_projector(projector, tmp, projector_state)
+
+            save_pretrained_multimodal(
+                unwrapped, self.hf_tokenizer, self.vocab, directory, state_dict, extra
+            )
+        accelerator.wait_for_everyone()
+        return directory
+
+
+def _sub_state(state_dict: dict | None, prefix: str) -> dict | None:
+    if state_dict is None:
+        return None
+    return {k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix)}
+
+
+def prepare_corpus(cfg: PretrainConfig, accelerator: Any) -> Path:
+    corpus = Path(cfg.corpus.path)
+    if cfg.corpus.synth_size:
+        from mmllm.synth.build import SynthConfig, build
+
+        if accelerator.is_main_process:
+            build(SynthConfig.from_name(cfg.corpus.synth_size), corpus)
+        accelerator.wait_for_everyone()
+    elif not corpus.is_dir():
+        raise FileNotFoundError(
+            f"corpus.path: {corpus} does not exist (and corpus.synth_size is unset)"
+        )
+    return corpus
+
+
+def prepare_tokens(
+    config_path: str, overrides: list[str], cfg: PretrainConfig, corpus: Path, accelerator: Any
+) -> tuple[TokenizerConfig, Path]:
+    """Load a tokenizer config, fit an offline tokenizer that lacks centroids, extract the
+    token cache at <cache_dir>/<name> (cached). Returns (config, cache directory)."""
+    import mmllm.tokenizers.backends  # noqa: F401  (fills TOKENIZERS)
+    from mmllm.data.cache import extract_corpus
+    from mmllm.tokenizers.backends.offline import OFFLINE_TOKENIZERS
+    from mmllm.tokenizers.backends.offline_fit import fit_offline_from_config
+    from mmllm.tokenizers.base import TOKENIZERS
+    from mmllm.tokenizers.registry import build_tokenizer
+
+    tokenizer_cfg = load_config(TokenizerConfig, config_path, overrides)
+    if tokenizer_cfg.name not in TOKENIZERS:
+        raise ValueError(
+            f"{config_path}: unknown tokenizer {tokenizer_cfg.name!r}; known: {sorted(TOKENIZERS)}"
+        )
+    centroids = Path(tokenizer_cfg.centroids) if tokenizer_cfg.centroids else None
+    needs_fit = (
+        tokenizer_cfg.name in OFFLINE_TOKENIZERS
+        and centroids is not None
+        and not (centroids / "centroids.safetensors").is_file()
+    )
+    if needs_fit and accelerator.is_main_process:
+        fit_offline_from_config(
+            tokenizer_cfg, corpus, centroids, max_frames=cfg.tokenizers.fit_max_frames, seed=0
+        )
+    accelerator.wait_for_everyone()
+    build_tokenizer(tokenizer_cfg)  # fails here, naming the problem, rather than mid-extraction
+    cache = Path(cfg.tokenizers.cache_dir) / tokenizer_cfg.name
+    extract_corpus(tokenizer_cfg, corpus, cache)
+    return tokenizer_cfg, cache
+
+
+def codebook_vectors(tokenizer: Any) -> list[torch.Tensor]:
+    """The k-means centroids of each codebook of a tokenizer, [codebook_size, D] each."""
+    centroids = getattr(tokenizer, "centroids", None)
+    if centroids is None:
+        centroids = getattr(tokenizer, "codebooks", None)
+    if centroids is None:
+        raise ValueError(
+            f"model.init=centroids needs a k-means tokenizer; {tokenizer.name} has no centroids"
+        )
+    if isinstance(centroids, torch.Tensor) and centroids.ndim == 2:
+        return [centroids.float().cpu()]
+    return [c.float().cpu() for c in centroids]
+
+
+def text_tokenizer(cfg: PretrainConfig, corpus: Path, accelerator: Any) -> Any:
+    """The base model's tokenizer, or a SentencePiece one trained on the corpus (cached in
+    the run directory, so a resumed run reads the same one)."""
+    from transformers import AutoTokenizer
+
+    if cfg.model.base is not None:
+        return AutoTokenizer.from_pretrained(
+            cfg.model.base, trust_remote_code=cfg.model.trust_remote_code
+        )
+    from mmllm.data.text_tokenizer import synth_texts, train_text_tokenizer
+
+    directory = Path(cfg.run_dir) / TEXT_TOKENIZER_DIR
+    if accelerator.is_main_process and not (directory / "tokenizer.json").is_file():
+        texts = synth_texts(corpus, columns=("text", "label", "speaker"))
+        train_text_tokenizer(texts, directory, vocab_size=cfg.model.text_vocab_size, seed=0)
+    accelerator.wait_for_everyone()
+    return AutoTokenizer.from_pretrained(directory)
+
+
+def build_vocab(cfg: PretrainConfig, hf_tokenizer: Any, caches: TokenCaches) -> MultimodalVocab:
+    """Text | specials | audio blocks of the caches' tokenizers. A base model that is already
+    an mmllm checkpoint keeps its vocab, which must match the caches."""
+    cards = [caches.input] if caches.output == caches.input else [caches.input, caches.output]
+    cards = [card for card in cards if not card.continuous]  # features are not tokens
+    blocks = [(c.name, c.num_codebooks, c.codebook_size) for c in cards]
+    base = Path(cfg.model.base) if cfg.model.base else None
+    if base is not None and (base / VOCAB_FILENAME).is_file():
+        saved = MultimodalVocab.load(base)
+        for name, num_codebooks, codebook_size in blocks:
+            if name not in saved.blocks:
+                raise ValueError(
+                    f"vocab mismatch: {base} has audio blocks {saved.tokenizers}, the token cache "
+                    f"{cards[0].path.parent / name} is {name!r}"
+                )
+            block = saved.block(name)
+            if (block.num_codebooks, block.codebook_size) != (num_codebooks, codebook_size):
+                raise ValueError(
+                    f"vocab mismatch: {base} has {name} with {block.num_codebooks} x "
+                    f"{block.codebook_size} codes, the token cache has {num_codebooks} x {codebook_size}"
+                )
+        return saved
+    vocab = MultimodalVocab(len(hf_tokenizer), blocks)
+    extend_hf_tokenizer(hf_tokenizer, vocab)
+    return vocab
+
+
+def check_lengths(documents: list[Document], block_size: int) -> None:
+    longest = max(documents, key=lambda d: len(d.input_ids))
+    if len(longest.input_ids) > block_size:
+        raise ValueError(
+            f"data.block_size {block_size}: document {longest.name!r} has "
+            f"{len(longest.input_ids)} tokens; raise data.block_size or drop source "
+            f"{longest.task!r} from data.mixture"
+        )
+
+
+def check_caches_fit(cfg: PretrainConfig, caches: TokenCaches) -> None:
+    """The caches can give what audio_input and data.mixture ask of them: codes or
+    features as input; a time axis for the sources cut at word times (deduplicated units
+    have none); codes a vocoder decodes for audio answers (not features, not deduplicated
+    units, whose durations are gone)."""
+    if caches.input.continuous != (cfg.audio_input == "continuous"):
+        gives, needs = ("features", "codes") if caches.input.continuous else ("codes", "features")
+        raise ValueError(
+            f"tokenizers.input: {caches.input.name} gives {gives}, but audio_input "
+            f"{cfg.audio_input!r} needs {needs}"
+        )
+    timed = weighted_sources(cfg.data.mixture, WORD_TIMED_SOURCES)
+    if caches.input.deduplicated and timed:
+        raise ValueError(
+            f"tokenizers.input: {caches.input.name} sets `deduplicate`, so its codes have no "
+            f"time axis; data.mixture sources {timed} cut speech at word times: drop them"
+        )
+    answers = weighted_sources(cfg.data.mixture, AUDIO_ANSWER_TASKS)
+    if answers and (caches.output.continuous or caches.output.deduplicated):
+        why = "gives features" if caches.output.continuous else "sets `deduplicate`"
+        raise ValueError(
+            f"tokenizers.output: {caches.output.name} {why}; data.mixture sources {answers} "
+            f"answer in audio, which needs codes a vocoder decodes: drop them or set "
+            f"tokenizers.output to such a tokenizer"
+        )
+
+
+def prepare_run(cfg: PretrainConfig, accelerator: Any) -> PreparedRun:
+    """Data, tokenizers, vocab and held-out blocks of a run, after every check passed."""
+    from mmllm.tokenizers.registry import build_tokenizer
+
+    corpus = prepare_corpus(cfg, accelerator)
+    input_cfg, input_cache = prepare_tokens(
+        cfg.tokenizers.input, cfg.tokenizers.input_overrides, cfg, corpus, accelerator
+    )
+    output_cfg, output_cache = input_cfg, input_cache
+    if cfg.tokenizers.output:
+        output_cfg, output_cache = prepare_tokens(
+            cfg.tokenizers.output, cfg.tokenizers.output_overrides, cfg, corpus, accelerator
+        )
+    caches = TokenCaches.open(input_cache, output_cache)
+    check_caches_fit(cfg, caches)
+    hf_tokenizer = text_tokenizer(cfg, corpus, accelerator)
+    vocab = build_vocab(cfg, hf_tokenizer, caches)
+    renderer = TemplateRenderer(
+        vocab,
+        hf_tokenizer,
+        caches.input.name,
+        caches.output.name,
+        pattern=cfg.data.pattern,
+        frame_rate_hz=caches.input.frame_rate_hz,
+        audio_input=cfg.audio_input,
+        feature_stack=cfg.continuous.stack,
+    )
+    centroids = None
+    if cfg.model.init == "centroids":
+        centroids = {}
+        for tokenizer_cfg in {input_cfg.name: input_cfg, output_cfg.name: output_cfg}.values():
+            for k, vectors in enumerate(codebook_vectors(build_tokenizer(tokenizer_cfg))):
+                centroids[(tokenizer_cfg.name, k)] = vectors
+    sources = [s for s in SOURCES if cfg.data.mixture.get(s, 0) > 0]
+    held_out = eval_documents(
+        corpus, renderer, caches, sources, split="valid", per_source=cfg.data.eval_per_source
+    )
+    every_row = {source: 1.0 for source in sources}
+    longest = cfg.data.augment  # the slowest speed warp makes the longest documents
+    if longest is not None:
+        longest = AudioAugment(speed=[longest.speed[0]] * 2)
+    train_docs, skipped = mixture_documents(
+        corpus, renderer, caches, every_row, seed=cfg.train.seed, augment=longest
+    )
+    check_lengths(train_docs + [d for docs in held_out.values() for d in docs], cfg.data.block_size)
+    if skipped:
+        accelerator.print(f"rows without cached audio, skipped: {dict(skipped)}")
+    feature_stats = None
+    if cfg.audio_input == "continuous" and cfg.continuous.input_norm == "corpus":
+        # every training row once (at the slowest speed warp, if any: the same frames, resampled)
+        feature_stats = feature_statistics(
+            [d.features for d in train_docs if d.features is not None]
+        )
+    eval_blocks = {
+        source: list(pack_documents(docs, cfg.data.block_size, vocab.pad_audio_id))
+        for source, docs in held_out.items()
+    }
+    return PreparedRun(
+        cfg, vocab, hf_tokenizer, renderer, caches, eval_blocks, centroids, skipped, feature_stats
+    )

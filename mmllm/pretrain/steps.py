@@ -1,0 +1,87 @@
+"""The pretraining loss and held-out evaluation.
+
+Loss normalisation (why the loop's numbers match across setups): an optimizer step's loss
+is the sum of token losses over the *global* batch (all processes, all accumulation
+micro-batches) divided by its number of target tokens. Every process can count those
+targets without communication, because every process knows the whole step's blocks
+(`BlockSchedule.step_blocks`). 1 process and N processes on the same global batch then get
+the same loss and the same gradient (tested), whatever the padding per micro-batch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from mmllm.data.packing import (
+    IGNORE_INDEX,
+    PackedBlock,
+    block_attention_mask,
+    collate_blocks,
+)
+from mmllm.modeling.attention import document_spans
+
+
+def token_loss_sum(
+    model: Any, batch: dict[str, torch.Tensor], dtype: torch.dtype, packed: bool = True
+) -> tuple[torch.Tensor, int]:
+    """Summed next-token cross-entropy of a packed batch [B, L] -> (sum, number of targets).
+
+    Documents are kept apart by per-document attention (`packed`, the model must use
+    PACKED_ATTENTION) or by the 4D block mask; logits are upcast to fp32 for the loss."""
+    inputs = {"input_ids": batch["input_ids"], "position_ids": batch["position_ids"]}
+    if "audio_features" in batch:  # continuous / summed input (mmllm.modeling.continuous)
+        inputs["audio_features"] = batch["audio_features"]
+    if packed:
+        inputs["document_spans"] = document_spans(batch["document_ids"])
+    else:
+        inputs["attention_mask"] = block_attention_mask(batch["document_ids"], dtype=dtype)
+    logits = model(**inputs).logits
+    labels = batch["labels"][:, 1:]
+    loss = F.cross_entropy(
+        logits[:, :-1].float().reshape(-1, logits.shape[-1]),
+        labels.reshape(-1),
+        ignore_index=IGNORE_INDEX,
+        reduction="sum",
+    )
+    return loss, int((labels != IGNORE_INDEX).sum())
+
+
+@torch.no_grad()
+def evaluate(
+    model: Any,
+    eval_blocks: dict[str, list[PackedBlock]],
+    accelerator: Any,
+    dtype: torch.dtype,
+    micro_batch_size: int,
+    packed: bool = True,
+) -> dict[str, float]:
+    """Mean held-out loss per source. Blocks are dealt round-robin over processes; every
+    process runs the same number of forwards (ZeRO-3 gathers parameters collectively), so
+    short shares are topped up with blocks whose labels are all ignored (they count zero)."""
+    was_training = model.training
+    model.eval()
+    world, rank, device = accelerator.num_processes, accelerator.process_index, accelerator.device
+    results = {}
+    for source, blocks in eval_blocks.items():
+        per_process = math.ceil(len(blocks) / world)
+        mine = blocks[rank::world]
+        filler = dataclasses.replace(
+            blocks[0], labels=torch.full_like(blocks[0].labels, IGNORE_INDEX)
+        )
+        mine = mine + [filler] * (per_process - len(mine))
+        totals = torch.zeros(2, dtype=torch.float64, device=device)
+        for start in range(0, per_process, micro_batch_size):
+            batch = collate_blocks(mine[start : start + micro_batch_size])
+            batch = {k: v.to(device) for k, v in batch.items()}
+            loss, count = token_loss_sum(model, batch, dtype, packed)
+            totals += torch.tensor([loss.item(), count], dtype=torch.float64, device=device)
+        totals = accelerator.reduce(totals, reduction="sum")
+        results[source] = float(totals[0] / totals[1])
+    if was_training:
+        model.train()
+    return results

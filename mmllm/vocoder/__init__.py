@@ -1,0 +1,3 @@
+"""Training token vocoders (the model itself lives in `mmllm.tokenizers.vocoder`, where
+decoding needs it): training data, losses, optional discriminators, the training loop.
+"""
