@@ -40,7 +40,7 @@ from mmllm.audio.features import GRIFFIN_LIM_ITERS, dct_matrix, griffin_lim, mel
 from mmllm.audio.io import decode_audio_value, write_wav
 from mmllm.config import load_config
 from mmllm.corpus.reader import load_task
-from mmllm.data.cache import CachedSplit
+from mmllm.data.cache import CachedSplit, read_cache_card
 from mmllm.eval.metrics import dwer as differential_wer
 from mmllm.eval.metrics import mel_cepstral_distortion, stoi
 from mmllm.fileio import atomic_write_text
@@ -58,7 +58,6 @@ from mmllm.tokenizers.backends.offline import (
 )
 from mmllm.tokenizers.base import TokenizerConfig
 from mmllm.tokenizers.registry import build_tokenizer
-from mmllm.vocoder.data import check_cache
 
 RESULTS = Path(__file__).resolve().parent / "results" / "vocoder.json"
 WAVS = Path(__file__).resolve().parent / "results" / "vocoder_wavs"
@@ -131,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_grad_enabled(False)
 
     tokenizer_cfg = load_config(TokenizerConfig, args.tokenizer)
-    card = check_cache(args.cache, tokenizer_cfg)  # the cached codes are this tokenizer's
+    card = read_cache_card(args.cache, tokenizer_cfg)  # the cached codes are this tokenizer's
     vocoder = str(args.vocoder) if args.vocoder else None
     tokenizer = build_tokenizer(dataclasses.replace(tokenizer_cfg, vocoder=vocoder))
     if not tokenizer.can_decode:

@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file
 
 from mmllm.config import ConfigError, load_config, save_config
-from mmllm.data.cache import CachedSplit, CacheError
+from mmllm.data.cache import CachedSplit, CacheError, read_cache_card
 from mmllm.tokenizers.base import PAD_CODE, TokenizerConfig, pad_batch
 from mmllm.tokenizers.registry import build_tokenizer
 from mmllm.tokenizers.vocoder import (
@@ -22,7 +22,6 @@ from mmllm.tokenizers.vocoder import (
     save_vocoder,
     tokenizer_signature,
 )
-from mmllm.vocoder.data import check_cache
 from mmllm.vocoder.train import make_optimizer, train_vocoder, vocoder_losses
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -232,9 +231,11 @@ def test_resume_after_a_stop_gives_the_same_losses(tiny_tokens, trained, tmp_pat
 
 def test_training_refuses_a_cache_of_another_tokenizer(tiny_tokens):
     cache, cfg = tiny_tokens["cache_dir"] / "mfcc-kmeans", tiny_tokens["tokenizer"]
-    assert check_cache(cache, dataclasses.replace(cfg, vocoder="x", device="cuda"))  # same codes
+    assert read_cache_card(
+        cache, dataclasses.replace(cfg, vocoder="x", device="cuda")
+    )  # same codes
     with pytest.raises(CacheError, match="another tokenizer config"):
-        check_cache(cache, dataclasses.replace(cfg, codebook_size=16))
+        read_cache_card(cache, dataclasses.replace(cfg, codebook_size=16))
 
 
 # ----------------------------------------------------------------------------- decode

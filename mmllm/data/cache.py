@@ -80,6 +80,29 @@ def codes_hash(cfg: TokenizerConfig) -> str:
     return config_hash(dataclasses.replace(cfg, vocoder=None, device="cpu"))
 
 
+def check_card_tokenizer(card: dict, cfg: TokenizerConfig, where: str | Path) -> None:
+    """Refuse a cache card written for a tokenizer config whose codes differ from `cfg`'s
+    (the decode-side `vocoder` and the `device` aside: they do not change the codes)."""
+    built = from_dict(TokenizerConfig, card["tokenizer"], source=str(Path(where) / CACHE_CARD))
+    if codes_hash(built) != codes_hash(cfg):
+        raise CacheError(
+            f"{where}: token cache was built with another tokenizer config "
+            f"({config_to_dict(built)} != {config_to_dict(cfg)}); use another --out or delete it"
+        )
+
+
+def read_cache_card(cache_dir: str | Path, cfg: TokenizerConfig) -> dict:
+    """The card of the token cache in `cache_dir`, checked against `cfg`."""
+    path = Path(cache_dir) / CACHE_CARD
+    if not path.is_file():
+        raise CacheError(
+            f"{cache_dir}: no token cache here (missing {CACHE_CARD}); run mmllm extract"
+        )
+    card = json.loads(path.read_text())
+    check_card_tokenizer(card, cfg, cache_dir)
+    return card
+
+
 def check_or_write_card(
     out: Path, cfg: TokenizerConfig, tokenizer: AudioTokenizer, corpus: dict
 ) -> None:
@@ -93,12 +116,7 @@ def check_or_write_card(
     path = out / CACHE_CARD
     if path.is_file():
         found = json.loads(path.read_text())
-        built = from_dict(TokenizerConfig, found["tokenizer"], source=str(path))
-        if codes_hash(built) != codes_hash(cfg):
-            raise CacheError(
-                f"{out}: token cache was built with a different tokenizer config "
-                f"({config_to_dict(built)} != {config_to_dict(cfg)}); use another --out or delete it"
-            )
+        check_card_tokenizer(found, cfg, out)
         if found.get("corpus") != corpus:
             raise CacheError(
                 f"{out}: token cache was built with a different corpus "

@@ -1,45 +1,16 @@
-"""The vocoder's training data: the token cache checked against the tokenizer it claims,
-and random aligned segments of (codes, audio, speaker) drawn from it.
+"""The vocoder's training data: random aligned segments of (codes, audio, speaker) drawn
+from a token cache (checked against its tokenizer by `mmllm.data.cache.read_cache_card`).
 """
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
-from mmllm.config import config_to_dict, from_dict
 from mmllm.tokenizers.vocoder import UNKNOWN_SPEAKER, VocoderConfig
-
-if TYPE_CHECKING:
-    pass
-
-
-def check_cache(cache_dir: str | Path, tokenizer_cfg: Any) -> dict[str, Any]:
-    """The card of a token cache built by `tokenizer_cfg` (vocoder and device aside: they
-    do not change the codes); a cache of another tokenizer config is refused."""
-    from mmllm.data.cache import CACHE_CARD, CacheError, codes_hash
-    from mmllm.tokenizers.base import TokenizerConfig
-
-    path = Path(cache_dir) / CACHE_CARD
-    if not path.is_file():
-        raise CacheError(
-            f"{cache_dir}: no token cache here (missing {CACHE_CARD}); run tokenizers/extract.py"
-        )
-    card = json.loads(path.read_text())
-
-    built = from_dict(TokenizerConfig, card["tokenizer"], source=str(path))
-    if codes_hash(built) != codes_hash(tokenizer_cfg):
-        raise CacheError(
-            f"{cache_dir}: token cache was built with another tokenizer config "
-            f"({config_to_dict(built)}), not {config_to_dict(tokenizer_cfg)}"
-        )
-    return card
-
 
 # Code frames a tokenizer may give below ceil(samples / hop): the SSL k-means tokenizers
 # give floor((T - 400) / 320) + 1 (mmllm.tokenizers.backends.ssl), 1 or 2 below.

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from mmllm.config import config_hash
+from mmllm.data.cache import read_cache_card
 from mmllm.fileio import (
     state_dict_bytes,
     truncate_jsonl,
@@ -31,7 +32,7 @@ from mmllm.tokenizers.vocoder import (
 from mmllm.training.checkpoints import check_run, latest_checkpoint, load_trainer_state
 from mmllm.training.checkpoints import save_checkpoint as save_checkpoint_dir
 from mmllm.training.optim import lr_multiplier, make_adamw
-from mmllm.vocoder.data import SegmentSampler, check_cache
+from mmllm.vocoder.data import SegmentSampler
 from mmllm.vocoder.losses import vocoder_losses
 
 if TYPE_CHECKING:
@@ -127,7 +128,7 @@ def train_vocoder(
             f"python or accelerate launch --num_processes 1"
         )
     out = Path(out_dir)
-    card = check_cache(cache_dir, tokenizer_cfg)
+    card = read_cache_card(cache_dir, tokenizer_cfg)
     signature = tokenizer_signature(tokenizer_cfg, card["tokenizer_properties"])
     hop = signature["sample_rate"] / signature["frame_rate_hz"]
     if signature["sample_rate"] != cfg.sample_rate or hop != cfg.hop:
