@@ -156,8 +156,25 @@ def save_config(cfg: Any, directory: str | Path, filename: str = CONFIG_FILENAME
     return path
 
 
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Every mmllm command's --help: option defaults shown, descriptions and epilogs as written."""
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Every mmllm command's --help: each option's default shown (unless it is unset or its
+    help already says it), descriptions and epilogs as written."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        unset = action.default is None or action.default is False
+        if "default" in text or unset or action.default == argparse.SUPPRESS:
+            return text
+        if action.option_strings or action.nargs in (argparse.OPTIONAL, argparse.ZERO_OR_MORE):
+            text += " (default: %(default)s)"
+        return text.strip()
+
+
+def command_parser(name: str, description: str) -> argparse.ArgumentParser:
+    """The parser of `mmllm NAME` (and of the script that runs the same command)."""
+    return argparse.ArgumentParser(
+        prog=f"mmllm {name}", description=description, formatter_class=HelpFormatter
+    )
 
 
 def add_config_arguments(

@@ -376,8 +376,9 @@ def test_summed_input_run_trains_exports_loads_and_generates(tiny_tokens, tmp_pa
     """audio_input: summed on a 2-codebook mel-rvq (fitted here): train, export the codebook
     weights, load the checkpoint, evaluate and prompt it."""
     from mmllm.audio.io import write_wav
+    from mmllm.cli.evaluate import generate as main
     from mmllm.eval.dasb import evaluate_checkpoint
-    from mmllm.eval.prompting import Checkpoint, build_prompt, main
+    from mmllm.eval.prompting import Checkpoint, build_prompt
     from mmllm.modeling.continuous import CodebookSum, ContinuousInputLM, codebook_weights
 
     run_dir = tmp_path / "summed"

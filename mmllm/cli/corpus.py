@@ -2,22 +2,26 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from mmllm.config import ConfigError, HelpFormatter, add_config_arguments, load_config, save_config
+from mmllm.config import (
+    ConfigError,
+    add_config_arguments,
+    command_parser,
+    load_config,
+    save_config,
+)
 
 
 def synth(argv: Sequence[str] | None = None) -> int:
     """Build SynthDASB (`--size tiny|small|full` presets, or a config) into --out."""
     from mmllm.synth.build import SIZES, SynthConfig, build
 
-    parser = argparse.ArgumentParser(
-        prog="mmllm synth",
-        description="Build the offline SynthDASB corpus (every DASB task, rendered with eSpeak NG).",
-        formatter_class=HelpFormatter,
+    parser = command_parser(
+        "synth",
+        "Build the offline SynthDASB corpus (every DASB task, rendered with eSpeak NG).",
     )
     parser.add_argument("--size", choices=list(SIZES), default=None, help="preset (default: small)")
     parser.add_argument("--out", type=Path, required=True, help="output directory")
@@ -45,9 +49,9 @@ def convert(argv: Sequence[str] | None = None) -> int:
     from mmllm.corpora.convert import CorpusConfig, load_corpus
     from mmllm.fileio import atomic_directory
 
-    parser = argparse.ArgumentParser(
-        prog="mmllm convert",
-        description="Convert a public corpus to the mmllm schema (datasets save_to_disk).",
+    parser = command_parser(
+        "convert",
+        "Convert a public corpus to the mmllm schema (datasets save_to_disk).",
     )
     add_config_arguments(parser, CorpusConfig)
     parser.add_argument("--out", type=Path, required=True, help="directory for save_to_disk")

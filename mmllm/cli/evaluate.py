@@ -7,20 +7,19 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from mmllm.config import HelpFormatter
+from mmllm.config import HelpFormatter, command_parser
 from mmllm.corpus.schema import TASKS
 
 
 def dasb(argv: Sequence[str] | None = None) -> int:
     """Run the DASB tasks as prompts to a checkpoint; DIR/<task>.json(l) and DIR/dasb.json."""
-    parser = argparse.ArgumentParser(
-        prog="mmllm eval",
-        description="Run the DASB tasks as prompts to a trained checkpoint and score them.",
-        formatter_class=HelpFormatter,
+    parser = command_parser(
+        "eval",
+        "Run the DASB tasks as prompts to a trained checkpoint and score them.",
     )
     parser.add_argument("--checkpoint", type=Path, required=True, help="checkpoint (final/)")
     parser.add_argument("--tasks", default=",".join(TASKS), help="comma-separated tasks")
-    parser.add_argument("--split", default="test")
+    parser.add_argument("--split", default="test", help="corpus split")
     parser.add_argument(
         "--limit", type=int, default=None, help="rows per task (default: all; 40 for audio tasks)"
     )
@@ -34,8 +33,8 @@ def dasb(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--vocoder", type=Path, default=None, help="decode audio answers with this token vocoder"
     )
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--max-new-tokens", type=int, default=96, help="for text answers")
+    parser.add_argument("--batch-size", type=int, default=32, help="prompts per batch")
+    parser.add_argument("--max-new-tokens", type=int, default=96, help="length cap of text answers")
     args = parser.parse_args(argv)
     tasks = [t for t in args.tasks.split(",") if t]
     unknown = [t for t in tasks if t not in TASKS]
@@ -61,10 +60,9 @@ def dasb(argv: Sequence[str] | None = None) -> int:
 
 def compare(argv: Sequence[str] | None = None) -> int:
     """comparison.md (also printed), comparison.json and plots of evaluated runs."""
-    parser = argparse.ArgumentParser(
-        prog="mmllm compare",
-        description="DASB-style comparison of runs: a markdown table, JSON and plots.",
-        formatter_class=HelpFormatter,
+    parser = command_parser(
+        "compare",
+        "DASB-style comparison of runs: a markdown table, JSON and plots.",
     )
     parser.add_argument("runs", nargs="+", type=Path, help="run directories with eval/dasb.json")
     parser.add_argument("--out", type=Path, default=None, help="default: RUN0/../report")
@@ -109,13 +107,15 @@ def generate(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--speaker", help="tts: speaker id")
     parser.add_argument("--out", help="tts/se/ss: output WAV (ss writes OUT-1 and OUT-2)")
     parser.add_argument("--allowed", nargs="+", help="restrict a text answer to these strings")
-    parser.add_argument("--max-new-tokens", type=int, default=None)
+    parser.add_argument(
+        "--max-new-tokens", type=int, default=None, help="answer length cap (default: the task's)"
+    )
     parser.add_argument("--sample", action="store_true", help="sample instead of greedy")
-    parser.add_argument("--temperature", type=float, default=1.0)
-    parser.add_argument("--top-k", type=int, default=0)
-    parser.add_argument("--top-p", type=float, default=1.0)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--temperature", type=float, default=1.0, help="sampling temperature")
+    parser.add_argument("--top-k", type=int, default=0, help="sample from the k likeliest (0: all)")
+    parser.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass")
+    parser.add_argument("--seed", type=int, default=0, help="sampling seed")
+    parser.add_argument("--device", default="cpu", help="torch device")
     try:
         args = parser.parse_args(argv)
         from transformers.utils import logging as hf_logging

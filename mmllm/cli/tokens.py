@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from mmllm.config import ConfigError, HelpFormatter, add_config_arguments, load_config, save_config
+from mmllm.config import (
+    ConfigError,
+    add_config_arguments,
+    command_parser,
+    load_config,
+    save_config,
+)
 from mmllm.corpus.schema import TASKS
 from mmllm.tokenizers.base import TokenizerConfig
 
@@ -21,9 +26,9 @@ def fit(argv: Sequence[str] | None = None) -> int:
 
     Writes OUT/centroids.safetensors, OUT/card.json and OUT/config.yaml: the resolved
     tokenizer config, with `centroids: OUT`, loadable as is."""
-    parser = argparse.ArgumentParser(
-        prog="mmllm fit",
-        description="Fit the k-means centroids of a k-means tokenizer on a corpus.",
+    parser = command_parser(
+        "fit",
+        "Fit the k-means centroids of a k-means tokenizer on a corpus.",
     )
     add_config_arguments(
         parser, TokenizerConfig, aliases=("--tokenizer",), required=True, help=TOKENIZER_CONFIG_HELP
@@ -35,7 +40,7 @@ def fit(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--max-frames", type=int, default=500_000, help="frames sampled for k-means"
     )
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="random seed")
     parser.add_argument("--splits", default="train", help="comma-separated splits")
     parser.add_argument("--tasks", default=",".join(TASKS), help="comma-separated tasks")
     args = parser.parse_args(argv)
@@ -83,16 +88,14 @@ def extract(argv: Sequence[str] | None = None) -> int:
     """Encode every row's audio into the token cache, once (resumable, sharded)."""
     from mmllm.data.cache import CacheError, extract_corpus
 
-    parser = argparse.ArgumentParser(
-        prog="mmllm extract", description="Encode a corpus into a token cache."
-    )
+    parser = command_parser("extract", "Encode a corpus into a token cache.")
     add_config_arguments(
         parser, TokenizerConfig, aliases=("--tokenizer",), required=True, help=TOKENIZER_CONFIG_HELP
     )
     parser.add_argument("--data", type=Path, required=True, help="corpus directory (task folders)")
     parser.add_argument("--out", type=Path, required=True, help="cache directory")
     parser.add_argument("--tasks", default=None, help="comma-separated tasks (default: all found)")
-    parser.add_argument("--splits", default="train,valid,test")
+    parser.add_argument("--splits", default="train,valid,test", help="comma-separated splits")
     parser.add_argument("--rows-per-part", type=int, default=256, help="rows per resumable part")
     parser.add_argument(
         "--batch-seconds",
@@ -122,17 +125,16 @@ def stats(argv: Sequence[str] | None = None) -> int:
     """stats.json and stats.png of a cache's task/split (or --out)."""
     from mmllm.data.token_stats import save_report, token_statistics
 
-    parser = argparse.ArgumentParser(
-        prog="mmllm stats",
-        description="Per-codebook usage, perplexity and word purity of a token cache.",
-        formatter_class=HelpFormatter,
+    parser = command_parser(
+        "stats",
+        "Per-codebook usage, perplexity and word purity of a token cache.",
     )
     parser.add_argument("--cache", type=Path, required=True, help="token cache (mmllm extract)")
     parser.add_argument(
         "--data", type=Path, required=True, help="corpus directory the cache was built from"
     )
-    parser.add_argument("--task", default="asr")
-    parser.add_argument("--split", default="test")
+    parser.add_argument("--task", default="asr", help="task folder")
+    parser.add_argument("--split", default="test", help="corpus split")
     parser.add_argument("--out", type=Path, default=None, help="default: CACHE/TASK/SPLIT")
     args = parser.parse_args(argv)
     report = token_statistics(args.cache, args.data, args.task, args.split)
@@ -149,16 +151,17 @@ def stats(argv: Sequence[str] | None = None) -> int:
 
 def text_tokenizer(argv: Sequence[str] | None = None) -> int:
     """Train the SentencePiece text tokenizer on a corpus's train-split texts."""
-    parser = argparse.ArgumentParser(
-        prog="mmllm text-tokenizer",
-        description="Train the small SentencePiece text tokenizer on a corpus's transcripts.",
-        formatter_class=HelpFormatter,
+    parser = command_parser(
+        "text-tokenizer",
+        "Train the small SentencePiece text tokenizer on a corpus's transcripts.",
     )
     parser.add_argument("--data", type=Path, required=True, help="corpus directory")
     parser.add_argument("--out", type=Path, required=True, help="output tokenizer directory")
     parser.add_argument("--vocab-size", type=int, default=1024, help="upper bound on pieces")
-    parser.add_argument("--model-type", choices=("unigram", "bpe"), default="unigram")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--model-type", choices=("unigram", "bpe"), default="unigram", help="SentencePiece model"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="random seed")
     parser.add_argument("--tasks", default=",".join(TASKS), help="comma-separated tasks")
     parser.add_argument(
         "--columns", default="text,label,speaker", help="comma-separated row columns to train on"

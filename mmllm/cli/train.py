@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from mmllm.config import ConfigError, add_config_arguments, load_config
+from mmllm.config import ConfigError, add_config_arguments, command_parser, load_config
 from mmllm.tokenizers.base import TokenizerConfig
 
 
@@ -27,9 +26,9 @@ def vocoder(argv: Sequence[str] | None = None) -> int:
     """Train a token vocoder on a token cache and export it to --out."""
     from mmllm.tokenizers.vocoder import VocoderConfig
 
-    parser = argparse.ArgumentParser(
-        prog="mmllm vocoder",
-        description="Train a token vocoder (codes -> waveform) for a tokenizer without a decoder.",
+    parser = command_parser(
+        "vocoder",
+        "Train a token vocoder (codes -> waveform) for a tokenizer without a decoder.",
     )
     add_config_arguments(parser, VocoderConfig, help="vocoder config YAML")
     parser.add_argument("--tokenizer", type=Path, required=True, help="tokenizer config YAML")

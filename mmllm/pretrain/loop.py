@@ -11,7 +11,6 @@ AutoTokenizer loadable), loss_curves.png.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -23,7 +22,14 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("DS_ACCELERATOR", "cpu")  # before anything imports deepspeed
 
-from mmllm.config import ConfigError, add_config_arguments, config_hash, load_config, save_config
+from mmllm.config import (
+    ConfigError,
+    add_config_arguments,
+    command_parser,
+    config_hash,
+    load_config,
+    save_config,
+)
 from mmllm.fileio import append_jsonl, atomic_write_text, truncate_jsonl
 from mmllm.pretrain.build import apply_lora, build_model, make_optimizer, wrap_audio_input
 from mmllm.pretrain.config import PretrainConfig, check_pretrain_config
@@ -45,9 +51,9 @@ from mmllm.training.optim import lr_multiplier
 
 
 def parse_config(argv: list[str] | None) -> PretrainConfig:
-    parser = argparse.ArgumentParser(
-        prog="mmllm pretrain",
-        description="Pretrain a causal LM on interleaved text and audio tokens (the main job).",
+    parser = command_parser(
+        "pretrain",
+        "Pretrain a causal LM on interleaved text and audio tokens (the main job).",
     )
     add_config_arguments(parser, PretrainConfig)
     args = parser.parse_args(argv)
