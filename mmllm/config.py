@@ -17,6 +17,7 @@ import argparse
 import dataclasses
 import hashlib
 import json
+import typing
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -56,27 +57,57 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
-    """Apply `a.b.c=value` overrides (value parsed as YAML) to a nested dict, in place."""
+def _section_type(cls: type | None, parts: Sequence[str]) -> type | None:
+    """The config dataclass at dotted `parts` below `cls` (None: not a section, or unknown)."""
+    for part in parts:
+        if cls is None or not dataclasses.is_dataclass(cls):
+            return None
+        hints = typing.get_type_hints(cls)
+        if part not in hints:
+            return None
+        candidates = [hints[part], *typing.get_args(hints[part])]  # X, or X | None
+        cls = next((c for c in candidates if dataclasses.is_dataclass(c)), None)
+    return cls
+
+
+def apply_overrides(
+    data: dict[str, Any], overrides: Sequence[str], cls: type | None = None
+) -> dict[str, Any]:
+    """Apply `a.b.c=value` overrides (value parsed as YAML) to a nested dict, in place.
+
+    A mapping given to a config section of `cls` (`train={steps: 3}`) is merged into it key
+    by key, as the dotted keys would be; any other value (a plain dict field such as
+    `data.mixture`, a list, a scalar) replaces what was there."""
     for item in overrides:
         key, sep, raw = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"command-line override {item!r}: expected key=value (dotted key)")
-        node = data
         parts = key.split(".")
+        if not sep or not key or not all(parts):
+            raise ConfigError(f"command-line override {item!r}: expected key=value (dotted key)")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError as err:
+            problem = str(err).replace("\n", " ")
+            raise ConfigError(
+                f"command-line override {item!r}: invalid YAML value: {problem}"
+            ) from None
+        node = data
         for part in parts[:-1]:
             child = node.setdefault(part, {})
             if not isinstance(child, dict):
                 raise ConfigError(f"command-line override {item!r}: key {part!r} is not a section")
             node = child
-        node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else ""
+        current = node.get(parts[-1])
+        if isinstance(value, dict) and isinstance(current, dict) and _section_type(cls, parts):
+            apply_overrides(current, [f"{k}={yaml.safe_dump(v).strip()}" for k, v in value.items()])
+        else:
+            node[parts[-1]] = value
     return data
 
 
 def load_config(cls: type[T], path: str | Path | None = None, overrides: Sequence[str] = ()) -> T:
     """Build `cls` from an optional YAML file plus dotted overrides, validating every key."""
     data = read_yaml(path) if path is not None else {}
-    apply_overrides(data, overrides)
+    apply_overrides(data, overrides, cls)
     return from_dict(
         cls, data, source=str(path) if path is not None else "<defaults>", overrides=overrides
     )

@@ -6,6 +6,7 @@ so a crash (or kill -9) leaves either the old file or the new one, never a torn 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -59,6 +60,88 @@ def atomic_directory(path: str | Path) -> Iterator[Path]:
         os.replace(path, old)
     os.replace(tmp, path)
     shutil.rmtree(old, ignore_errors=True)
+
+
+# ---- one writer per output
+
+
+class LockedError(RuntimeError):
+    """An output directory another live process is writing."""
+
+
+@contextmanager
+def exclusive_lock(path: str | Path) -> Iterator[None]:
+    """Hold an exclusive lock on the output `path` (a directory, existing or not) while the
+    block runs: a second writer raises LockedError naming the holder's pid, at once.
+
+    The lock is `.NAME.lock` beside `path` (so a directory replaced by rename keeps it), an
+    `fcntl.flock` that the kernel drops when the holder exits, even killed: a stale lock file
+    never blocks anyone."""
+    import fcntl
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = path.with_name(f".{path.name}.lock")
+    handle = open(lock, "a+")  # noqa: SIM115 (held open for the whole block)
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "unknown"
+            raise LockedError(
+                f"{path}: another process (pid {holder}) is writing it; wait for it to finish "
+                "or use another directory"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        yield
+    finally:
+        handle.close()  # releases the flock
+
+
+# ---- integrity manifests of saved directories (checkpoints, exported models)
+
+MANIFEST = "manifest.sha256.json"
+
+
+class IntegrityError(ValueError):
+    """A saved directory whose files are not the ones its manifest recorded."""
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_manifest(directory: str | Path) -> None:
+    """Record the SHA-256 of every file below `directory` in MANIFEST (written last)."""
+    directory = Path(directory)
+    files = sorted(p for p in directory.rglob("*") if p.is_file() and p.name != MANIFEST)
+    digests = {str(p.relative_to(directory)): file_sha256(p) for p in files}
+    atomic_write_text(directory / MANIFEST, json.dumps(digests, indent=1))
+
+
+def verify_manifest(directory: str | Path) -> None:
+    """Raise IntegrityError naming the first file of `directory` that is missing or differs
+    from its recorded SHA-256 (or the manifest itself when it is missing or unreadable)."""
+    directory = Path(directory)
+    path = directory / MANIFEST
+    try:
+        digests = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise IntegrityError(f"{path}: no readable integrity manifest ({err})") from None
+    for name, expected in digests.items():
+        file = directory / name
+        if not file.is_file():
+            raise IntegrityError(f"{file}: missing (listed in {MANIFEST})")
+        if file_sha256(file) != expected:
+            raise IntegrityError(f"{file}: contents differ from {MANIFEST} (corrupted or edited)")
 
 
 # ---- run logs and checkpoint pointers (the trainer and the vocoder trainer share them)

@@ -137,3 +137,32 @@ def test_every_deepspeed_config_fills_from_the_pretrain_config(path):
     ds = deepspeed_config(path, train, grad_clip=1.0, bf16=False)
     assert "auto" not in json.dumps(ds), ds
     assert ds["train_micro_batch_size_per_gpu"] == train.micro_batch_size
+
+
+@config_dataclass
+class Job:
+    name: str = "job"
+    optimizer: Optimizer = dataclasses.field(default_factory=Optimizer)
+    weights: dict[str, float] = dataclasses.field(default_factory=lambda: {"a": 1.0})
+
+
+def test_a_section_override_merges_key_by_key(tmp_path):
+    path = write(
+        tmp_path, "optimizer:\n  lr: 0.5\n  betas: [0.1, 0.2]\nweights: {a: 2.0, b: 3.0}\n"
+    )
+    cfg = load_config(Job, path, ["optimizer={lr: 0.25}", "weights={c: 1.0}"])
+    assert cfg.optimizer == Optimizer(lr=0.25, betas=[0.1, 0.2])  # betas kept from the file
+    assert cfg.weights == {"c": 1.0}  # a plain dict field is replaced, as written
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("optimizer={lr: 1", "command-line override 'optimizer={lr: 1': invalid YAML value"),
+        ("optimizer..lr=1", "command-line override 'optimizer..lr=1': expected key=value"),
+    ],
+)
+def test_malformed_override_is_named(override, message):
+    with pytest.raises(ConfigError) as err:
+        load_config(Job, None, [override])
+    assert str(err.value).startswith(message)

@@ -428,3 +428,25 @@ def test_cli_errors_are_one_line_and_exit_2(checkpoint, capsys, tmp_path):
     assert code == 2 and "'mfcc-kmeans' cannot decode audio" in err and "\n" not in err
     code, _, err = run_cli(capsys, "asr", checkpoint / "a.wav")
     assert code == 2 and "--checkpoint" in err
+
+
+def test_cli_refuses_flipped_checkpoint_bytes_naming_the_file(checkpoint, tmp_path):
+    """4 KB of model.safetensors flipped: the checkpoint loaded and answered garbage before;
+    now the prompting CLI (a subprocess, as a user runs it) exits 2 naming the file."""
+    import shutil
+    import subprocess
+    import sys
+
+    final = shutil.copytree(checkpoint / "final", tmp_path / "final")
+    weights = final / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-8192:-4096] = bytes(b ^ 0xFF for b in data[-8192:-4096])
+    weights.write_bytes(bytes(data))
+    result = subprocess.run(
+        [sys.executable, "-m", "mmllm", "generate", "--checkpoint", str(final), "asr"]
+        + [str(checkpoint / "a.wav")],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 2 and "Traceback" not in result.stderr + result.stdout
+    assert f"{weights}: contents differ" in result.stderr

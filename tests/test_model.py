@@ -8,6 +8,7 @@ from tiny_models import tiny_llama as tiny_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from mmllm.data.vocab import MultimodalVocab, extend_hf_tokenizer
+from mmllm.fileio import IntegrityError
 from mmllm.modeling.model import (
     load_pretrained_multimodal,
     resize_model,
@@ -142,3 +143,11 @@ def test_save_pretrained_multimodal_round_trip(text_tok_dir, tmp_path):
     with pytest.raises(ValueError, match="differ"):
         save_pretrained_multimodal(tiny_llama(vocab.text_size, True), tok, vocab, tmp_path / "bad")
     assert not (tmp_path / "bad").exists()
+
+    # 4 KB of the weights flipped: refused, naming the file (it would load and answer garbage)
+    weights = out / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-8192:-4096] = bytes(b ^ 0xFF for b in data[-8192:-4096])
+    weights.write_bytes(bytes(data))
+    with pytest.raises(IntegrityError, match=r"model\.safetensors: contents differ"):
+        load_pretrained_multimodal(out)

@@ -13,6 +13,7 @@ from mmllm.config import (
     load_config,
     save_config,
 )
+from mmllm.fileio import LockedError, exclusive_lock
 
 
 def synth(argv: Sequence[str] | None = None) -> int:
@@ -30,7 +31,9 @@ def synth(argv: Sequence[str] | None = None) -> int:
         "--preview", type=int, default=0, metavar="N", help="write N WAVs per task to OUT/preview"
     )
     parser.add_argument(
-        "--force", action="store_true", help="rebuild even if OUT holds another build"
+        "--force",
+        action="store_true",
+        help="replace OUT even if it holds another build or other files",
     )
     add_config_arguments(parser, SynthConfig)
     args = parser.parse_args(argv)
@@ -38,7 +41,7 @@ def synth(argv: Sequence[str] | None = None) -> int:
     try:
         cfg = load_config(SynthConfig, args.config, overrides)
         build(cfg, args.out, workers=args.workers, preview=args.preview, force=args.force)
-    except ConfigError as err:
+    except (ConfigError, LockedError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0
@@ -55,16 +58,29 @@ def convert(argv: Sequence[str] | None = None) -> int:
     )
     add_config_arguments(parser, CorpusConfig)
     parser.add_argument("--out", type=Path, required=True, help="directory for save_to_disk")
+    parser.add_argument(
+        "--force", action="store_true", help="replace OUT even if it holds other files"
+    )
     args = parser.parse_args(argv)
+    out = args.out
     try:
-        cfg = load_config(CorpusConfig, args.config, args.overrides)
-        corpus = load_corpus(cfg)
-    except ValueError as err:  # CorpusError, ConfigError
+        with exclusive_lock(out):
+            ours = (out / "dataset_dict.json").is_file() and (out / "config.yaml").is_file()
+            if out.exists() and not out.is_dir():
+                raise ConfigError(f"{out}: is a file, not a corpus directory; use another --out")
+            if out.is_dir() and any(out.iterdir()) and not ours and not args.force:
+                raise ConfigError(
+                    f"{out}: a non-empty directory that is not a converted corpus; refusing to "
+                    "replace it (use another --out, or --force to replace it)"
+                )
+            cfg = load_config(CorpusConfig, args.config, args.overrides)
+            corpus = load_corpus(cfg)
+            # Written beside its resolved config, and atomically: a failed run leaves no half corpus.
+            with atomic_directory(out) as tmp:
+                corpus.save_to_disk(str(tmp))
+                save_config(cfg, tmp)
+    except (ValueError, LockedError) as err:  # CorpusError, ConfigError
         print(f"error: {err}", file=sys.stderr)
-        return 1
-    # Written beside its resolved config, and atomically: a failed run leaves no half corpus.
-    with atomic_directory(args.out) as tmp:
-        corpus.save_to_disk(str(tmp))
-        save_config(cfg, tmp)
-    print({split: len(ds) for split, ds in corpus.items()}, "->", args.out)
+        return 2
+    print({split: len(ds) for split, ds in corpus.items()}, "->", out)
     return 0

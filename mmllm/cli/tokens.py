@@ -16,6 +16,7 @@ from mmllm.config import (
     save_config,
 )
 from mmllm.corpus.schema import TASKS
+from mmllm.fileio import LockedError
 from mmllm.tokenizers.base import TokenizerConfig
 
 TOKENIZER_CONFIG_HELP = "tokenizer config YAML (configs/tokenizers/*.yaml)"
@@ -115,7 +116,7 @@ def extract(argv: Sequence[str] | None = None) -> int:
             args.rows_per_part,
             args.batch_seconds,
         )
-    except (ConfigError, CacheError, FileNotFoundError) as err:
+    except (ConfigError, CacheError, FileNotFoundError, LockedError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0

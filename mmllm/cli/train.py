@@ -49,7 +49,7 @@ def vocoder(argv: Sequence[str] | None = None) -> int:
         records = train_vocoder(
             cfg, tokenizer_cfg, args.data, args.cache, args.out, progress=not args.no_progress
         )
-    except (ValueError, FileNotFoundError, KeyError, RuntimeError) as err:
+    except (ValueError, FileNotFoundError, KeyError, RuntimeError) as err:  # LockedError too
         print(f"error: {err}", file=sys.stderr)
         return 1
     if records:

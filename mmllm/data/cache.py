@@ -29,6 +29,7 @@ import io
 import json
 import time
 from collections.abc import Iterator
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,7 +41,7 @@ from tqdm import tqdm
 
 from mmllm.audio.io import AudioError, decode_audio_value
 from mmllm.config import config_hash, config_to_dict, from_dict, save_config
-from mmllm.fileio import atomic_write_bytes, atomic_write_text
+from mmllm.fileio import atomic_write_bytes, atomic_write_text, exclusive_lock
 from mmllm.runtime import keep_freed_memory
 from mmllm.tokenizers.base import AudioTokenizer, TokenizerConfig, pad_batch
 from mmllm.tokenizers.registry import build_tokenizer
@@ -314,12 +315,28 @@ def extract_corpus(
     """Encode every task/split of a corpus directory (task subfolders of DatasetDicts) once.
 
     Runs sharded when launched with `accelerate launch --num_processes N`; safe to kill and
-    rerun at any moment. Returns `out`.
+    rerun at any moment; one launch at a time (the main process holds `out`'s lock: a second
+    one raises LockedError). Returns `out`.
     """
     # cpu=True lets torchrun's processes form a gloo group on machines without a GPU.
     state = PartialState(cpu=not torch.cuda.is_available())
+    with exclusive_lock(out) if state.is_main_process else nullcontext():
+        return _extract(
+            state, cfg, Path(data_dir), Path(out), tasks, splits, rows_per_part, max_batch_seconds
+        )
+
+
+def _extract(
+    state: PartialState,
+    cfg: TokenizerConfig,
+    data_dir: Path,
+    out: Path,
+    tasks: list[str] | None,
+    splits: tuple[str, ...],
+    rows_per_part: int,
+    max_batch_seconds: float | None,
+) -> Path:
     keep_freed_memory()  # large activations without page faults (see mmllm/runtime.py)
-    data_dir, out = Path(data_dir), Path(out)
     tasks = tasks or sorted(
         p.name for p in data_dir.iterdir() if (p / "dataset_dict.json").is_file()
     )

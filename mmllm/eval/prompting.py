@@ -33,6 +33,7 @@ from mmllm.eval.generation import (
     decode_text,
     generate,
 )
+from mmllm.fileio import IntegrityError, verify_manifest
 from mmllm.pretrain.config import PRETRAIN_CONFIG_FILENAME, load_run_config
 from mmllm.tokenizers.base import TokenizerConfig
 
@@ -86,6 +87,10 @@ class Checkpoint:
         for name in (VOCAB_FILENAME, PRETRAIN_CONFIG_FILENAME):
             if not (directory / name).is_file():
                 raise GenerateError(f"checkpoint {directory}: no {name} (not an mmllm checkpoint?)")
+        try:
+            verify_manifest(directory)
+        except IntegrityError as err:
+            raise GenerateError(f"checkpoint {err}") from None
         try:
             vocab = MultimodalVocab.load(directory)
             pretrain = load_run_config(directory / PRETRAIN_CONFIG_FILENAME)
@@ -157,7 +162,7 @@ class Checkpoint:
     def load_model(self, device: str | torch.device = "cpu") -> Any:
         from mmllm.modeling.model import load_pretrained_multimodal
 
-        model, _, _ = load_pretrained_multimodal(self.directory)
+        model, _, _ = load_pretrained_multimodal(self.directory, verify=False)  # open() did
         if self.audio_input != "discrete":
             from mmllm.modeling.continuous import ContinuousInputLM, load_projector
 

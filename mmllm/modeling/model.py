@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from mmllm.data.vocab import MultimodalVocab, _check_hf_ids
-from mmllm.fileio import atomic_directory
+from mmllm.fileio import atomic_directory, verify_manifest, write_manifest
 
 INIT_MODES = ("mean", "random", "centroids")
 
@@ -232,16 +232,20 @@ def save_pretrained_multimodal(
         vocab.save(tmp)
         if extra is not None:
             extra(Path(tmp))
+        write_manifest(tmp)
     return Path(directory)
 
 
 def load_pretrained_multimodal(
-    directory: str | Path, trust_remote_code: bool = False, **model_kwargs: Any
+    directory: str | Path, trust_remote_code: bool = False, verify: bool = True, **model_kwargs: Any
 ) -> tuple[Any, Any, MultimodalVocab]:
-    """(model, tokenizer, vocab) from a `save_pretrained_multimodal` directory, checked
+    """(model, tokenizer, vocab) from a `save_pretrained_multimodal` directory, its files
+    checked against their SHA-256 manifest (IntegrityError names one that differs), checked
     to agree in size."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    if verify:
+        verify_manifest(directory)
     vocab = MultimodalVocab.load(directory)
     tokenizer = AutoTokenizer.from_pretrained(directory, trust_remote_code=trust_remote_code)
     model = AutoModelForCausalLM.from_pretrained(

@@ -15,7 +15,9 @@ import json
 import os
 import sys
 import time
+from contextlib import nullcontext
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -30,7 +32,13 @@ from mmllm.config import (
     load_config,
     save_config,
 )
-from mmllm.fileio import append_jsonl, atomic_write_text, truncate_jsonl
+from mmllm.fileio import (
+    LockedError,
+    append_jsonl,
+    atomic_write_text,
+    exclusive_lock,
+    truncate_jsonl,
+)
 from mmllm.pretrain.build import apply_lora, build_model, make_optimizer, wrap_audio_input
 from mmllm.pretrain.config import PretrainConfig, check_pretrain_config
 from mmllm.pretrain.distributed import (
@@ -103,6 +111,18 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    # one writer per run directory: the main process holds its lock for the whole run
+    lock = exclusive_lock(cfg.run_dir) if accelerator.is_main_process else nullcontext()
+    try:
+        with lock:
+            return train(cfg, accelerator, ds_path, dtype)
+    except LockedError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+def train(cfg: PretrainConfig, accelerator: Any, ds_path: str | None, dtype: torch.dtype) -> int:
+    """Prepare, train, evaluate and export one run (the caller holds the run's lock)."""
     from mmllm.pretrain.pipeline import prepare_run
 
     run_dir = Path(cfg.run_dir)
@@ -114,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     # ---- data, vocabulary, model; every check that can fail runs before training starts
     try:
         run = prepare_run(cfg, accelerator)
-    except (ConfigError, ValueError, FileNotFoundError) as err:
+    except (ConfigError, ValueError, FileNotFoundError, LockedError) as err:
         say(f"error: {err}")
         return 2
     vocab = run.vocab
@@ -158,10 +178,10 @@ def main(argv: list[str] | None = None) -> int:
     start_step, state = 0, {}
     try:
         check_run(run_dir, {"config_hash": config_hash(cfg)})
-    except ValueError as err:
+        checkpoint = latest_checkpoint(run_dir, clean=is_main)
+    except (ValueError, FileNotFoundError) as err:  # another run's directory, corrupt files
         say(f"error: {err}")
         return 2
-    checkpoint = latest_checkpoint(run_dir, clean=is_main)
     if checkpoint is not None:
         state = load_trainer_state(checkpoint)
         accelerator.load_state(str(checkpoint))

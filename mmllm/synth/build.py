@@ -48,7 +48,7 @@ from mmllm.config import (
 from mmllm.corpus.labels import KS_LABELS, KS_SILENCE, KS_UNKNOWN
 from mmllm.corpus.reader import load_task
 from mmllm.corpus.schema import SPLITS, TASKS, make_row, rows_to_dataset
-from mmllm.fileio import atomic_directory, atomic_write_text
+from mmllm.fileio import atomic_directory, atomic_write_text, exclusive_lock
 from mmllm.synth import noise as noise_lib
 from mmllm.synth.espeak import OUTPUT_SAMPLE_RATE, Voice, get_espeak
 from mmllm.synth.grammar import asr_sentence, grid_sentence
@@ -462,9 +462,25 @@ MANIFEST = "manifest.json"
 def build(
     cfg: SynthConfig, out: str | Path, workers: int = 2, preview: int = 0, force: bool = False
 ) -> Path:
-    """Build the corpus into `out` (atomically) and return it; reuse a matching build."""
+    """Build the corpus into `out` (atomically) and return it; reuse a matching build.
+
+    One writer at a time (a second build into `out` raises LockedError); an `out` that is a
+    file, or a non-empty directory that is not a SynthDASB build, is refused unless `force`."""
     out = Path(out)
+    with exclusive_lock(out):
+        return _build(cfg, out, workers, preview, force)
+
+
+def _build(cfg: SynthConfig, out: Path, workers: int, preview: int, force: bool) -> Path:
     wanted = config_hash(cfg)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"{out}: is a file, not a corpus directory; use another --out")
+    foreign = out.is_dir() and any(out.iterdir()) and not (out / MANIFEST).is_file()
+    if foreign and not force:
+        raise ConfigError(
+            f"{out}: a non-empty directory that is not a SynthDASB build; refusing to replace "
+            "it (use another --out, or --force to replace it)"
+        )
     if (out / MANIFEST).is_file() and not force:
         found = json.loads((out / MANIFEST).read_text()).get("config_hash")
         if found == wanted:

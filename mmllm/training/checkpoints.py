@@ -3,7 +3,8 @@
     run_dir/run.json                   what the run is (config hash, tokenizer...): checked on
                                        every start, so a run directory never mixes two runs
     run_dir/checkpoints/step-000200/   one complete training state per saved step
-        trainer_state.json             written last: its presence marks the step complete
+        trainer_state.json             its presence marks the step complete
+        manifest.sha256.json           SHA-256 of every file, checked before a resume
     run_dir/checkpoints/latest         the name of the newest complete step (written last)
 
 A save writes into `.tmp-step-...`, renames it into place, then points `latest` at it and
@@ -23,7 +24,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from mmllm.fileio import LATEST, atomic_write_text, publish_checkpoint, read_latest, step_dir
+from mmllm.fileio import (
+    LATEST,
+    atomic_write_text,
+    publish_checkpoint,
+    read_latest,
+    step_dir,
+    verify_manifest,
+    write_manifest,
+)
 
 CHECKPOINTS = "checkpoints"
 TRAINER_STATE = "trainer_state.json"
@@ -85,6 +94,7 @@ def save_checkpoint(
     barrier()
     if is_main:
         atomic_write_text(tmp / TRAINER_STATE, json.dumps({**state, "step": step}, indent=1))
+        write_manifest(tmp)
         fault_point("checkpoint-save", saves)  # tests: die with a complete tmp, before rename
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
@@ -95,8 +105,9 @@ def save_checkpoint(
 
 def latest_checkpoint(run_dir: str | Path, clean: bool = False) -> Path | None:
     """The checkpoint `latest` names, or None. Half-written `.tmp-*` directories (what a
-    kill during a save leaves behind) are never returned; `clean` removes them (only the
-    main process may)."""
+    kill during a save leaves behind) are never returned; `clean` removes them and checks
+    every file against the checkpoint's SHA-256 manifest (only the main process may: the
+    others read what it checked). Raises IntegrityError naming a file that differs."""
     root = Path(run_dir) / CHECKPOINTS
     if clean:
         for stale in root.glob(".tmp-*"):
@@ -106,6 +117,8 @@ def latest_checkpoint(run_dir: str | Path, clean: bool = False) -> Path | None:
         raise FileNotFoundError(
             f"{path.parent / LATEST} names {path.name}, which is not a complete checkpoint"
         )
+    if path is not None and clean:
+        verify_manifest(path)
     return path
 
 

@@ -18,6 +18,7 @@ from torch import nn
 from mmllm.config import config_hash
 from mmllm.data.cache import read_cache_card
 from mmllm.fileio import (
+    exclusive_lock,
     state_dict_bytes,
     truncate_jsonl,
 )
@@ -114,8 +115,32 @@ def train_vocoder(
     RNG, step, and the discriminators with their optimizer when `cfg.adversarial` is set):
     the losses of a resumed run equal those of one that never stopped.
     `stop_after` (tests) returns after that step without exporting, like a kill would.
+    One writer per out_dir (a second raises LockedError).
     Returns the per-step records of the steps run by this call (also in metrics.jsonl).
     """
+    with exclusive_lock(out_dir):
+        return _train_vocoder(
+            cfg,
+            tokenizer_cfg,
+            data_dir,
+            cache_dir,
+            out_dir,
+            progress=progress,
+            stop_after=stop_after,
+        )
+
+
+def _train_vocoder(
+    cfg: VocoderConfig,
+    tokenizer_cfg: Any,
+    data_dir: str | Path,
+    cache_dir: str | Path,
+    out_dir: str | Path,
+    *,
+    progress: bool = True,
+    stop_after: int | None = None,
+) -> list[dict[str, float]]:
+
     from accelerate import PartialState
     from tqdm import tqdm
 

@@ -129,7 +129,7 @@ def test_cli_writes_dataset_dict(tmp_path, capsys):
     saved = datasets.load_from_disk(str(out))
     assert list(saved) == ["train"] and saved["train"][0]["text"] == "hi there"
     assert load_config(CorpusConfig, out / "config.yaml").path == str(path)
-    assert main(["name=librispeech", "path=x", "splits.dev=a", "--out", str(out)]) == 1
+    assert main(["name=librispeech", "path=x", "splits.dev=a", "--out", str(out)]) == 2
     assert "unknown split" in capsys.readouterr().err
 
 
