@@ -201,6 +201,33 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
         return text.strip()
 
 
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (a count, a size, a limit)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {value}")
+    return value
+
+
+def comma_list(choices: Sequence[str]):
+    """argparse type: comma-separated names, each one of `choices`, at least one."""
+
+    def parse(text: str) -> list[str]:
+        names = [name for name in text.split(",") if name]
+        unknown = [name for name in names if name not in choices]
+        if unknown or not names:
+            raise argparse.ArgumentTypeError(
+                f"unknown {', '.join(map(repr, unknown)) or 'empty list'}; "
+                f"expected some of {','.join(choices)}"
+            )
+        return names
+
+    return parse
+
+
 def command_parser(name: str, description: str) -> argparse.ArgumentParser:
     """The parser of `mmllm NAME` (and of the script that runs the same command)."""
     return argparse.ArgumentParser(

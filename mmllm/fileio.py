@@ -153,14 +153,39 @@ def append_jsonl(path: str | Path, record: dict) -> None:
         handle.write(json.dumps(record) + "\n")
 
 
-def truncate_jsonl(path: str | Path, last_step: int) -> None:
-    """Drop records past `last_step` (a resumed run logs those steps again), atomically."""
+def read_jsonl(path: str | Path) -> list[dict]:
+    """The records of a JSON-lines log. A torn last line (what a kill during a write leaves)
+    is dropped; an unreadable line before it raises ValueError naming file and line."""
     path = Path(path)
     if not path.is_file():
-        return
+        return []
     lines = [line for line in path.read_text().splitlines() if line.strip()]
-    kept = [line for line in lines if json.loads(line)["step"] <= last_step]
-    atomic_write_text(path, "".join(line + "\n" for line in kept))
+    records = []
+    for number, line in enumerate(lines, 1):
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            if number == len(lines):
+                break  # torn by a kill: the step it belonged to runs again
+            raise ValueError(f"{path}:{number}: not a JSON record ({line[:60]!r})") from None
+    return records
+
+
+def truncate_jsonl(path: str | Path, last_step: int) -> None:
+    """Keep only records up to `last_step` (a resumed run logs later steps again), atomically;
+    a torn last line is dropped."""
+    path = Path(path)
+    if path.is_file():
+        kept = [r for r in read_jsonl(path) if r["step"] <= last_step]
+        atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
+
+
+def log_at_step(path: str | Path, record: dict) -> None:
+    """Log `record` as the one entry of its step: entries of that step or later (left by an
+    earlier attempt of a rerun) are dropped first, so a rerun never duplicates an entry."""
+    path = Path(path)
+    kept = [r for r in read_jsonl(path) if r["step"] < record["step"]]
+    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in [*kept, record]))
 
 
 LATEST = "latest"

@@ -15,6 +15,7 @@ from mmllm.audio.io import (
     load_audio,
     prepare_waveform,
     resample,
+    write_wav,
 )
 
 
@@ -152,3 +153,19 @@ def test_mfcc_is_orthonormal_dct_of_log_mel():
     reference = dct(log_mel(wav, n_mels=40).numpy(), type=2, norm="ortho", axis=0)[:13]
     assert ours.shape == (13, 31)
     np.testing.assert_allclose(ours.numpy(), reference, atol=1e-3)
+
+
+def test_truncated_wav_is_refused_with_frames_found_and_declared(tmp_path):
+    """Half a WAV's bytes (a partial copy): libsndfile decodes the half silently; we refuse
+    it naming the file, the frames found and the frames its header declares."""
+    path = tmp_path / "half.wav"
+    write_wav(path, np.zeros(16000, np.float32), 16000)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(AudioError, match=r"half\.wav: truncated audio file: 79\d\d frames found"):
+        load_audio(path)
+    # the same bytes in a corpus row
+    with pytest.raises(AudioError, match="row-7: truncated audio file"):
+        decode_audio_value({"bytes": path.read_bytes(), "path": None}, name="row-7")
+    write_wav(path, np.zeros(16000, np.float32), 16000)  # complete: read as before
+    assert load_audio(path)[0].shape == (16000,)

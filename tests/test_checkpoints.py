@@ -84,3 +84,20 @@ def test_manifest_names_a_missing_file_and_a_missing_manifest(tmp_path):
     (tmp_path / "a.json").unlink()
     with pytest.raises(IntegrityError, match=r"a\.json: missing"):
         verify_manifest(tmp_path)
+
+
+def test_logs_drop_a_torn_last_line_and_never_duplicate_a_step(tmp_path):
+    from mmllm.fileio import log_at_step, read_jsonl, truncate_jsonl
+
+    log = tmp_path / "metrics.jsonl"
+    log.write_text('{"step": 1, "loss": 2.0}\n{"step": 2, "loss": 1.5}\n{"step": 3, "lo')
+    assert read_jsonl(log) == [{"step": 1, "loss": 2.0}, {"step": 2, "loss": 1.5}]
+    truncate_jsonl(log, 1)  # resumed from step 1: the torn line goes too
+    assert log.read_text() == '{"step": 1, "loss": 2.0}\n'
+    evals = tmp_path / "evals.jsonl"
+    for step in (0, 5, 10, 10, 0):  # a rerun logs step 10, then a fresh start logs step 0
+        log_at_step(evals, {"step": step})
+    assert read_jsonl(evals) == [{"step": 0}]
+    log.write_text('{"step": 1}\nnot json\n{"step": 3}\n')
+    with pytest.raises(ValueError, match=r"metrics\.jsonl:2: not a JSON record"):
+        read_jsonl(log)

@@ -7,6 +7,7 @@ grammar by `check_answer`, written here independently of the processor's state m
 """
 
 import inspect
+import json
 import random
 import shutil
 import warnings
@@ -361,6 +362,8 @@ def checkpoint(tmp_path_factory, text_tokenizer):
     directory = save_pretrained_multimodal(model, tokenizer, vocab, root / "final")
     section = TokenizerSection(input=str(root / "in.yaml"), output=str(root / "out.yaml"))
     save_config(PretrainConfig(tokenizers=section), directory, "mmllm_pretrain.yaml")
+    answers = {"labels": {"ks": ["down", "up", "yes"]}, "tts_speakers": ["spk1", "spk2"]}
+    (directory / "mmllm_answers.json").write_text(json.dumps(answers))
     wav = np.random.default_rng(0).uniform(-0.3, 0.3, 8000).astype(np.float32)
     write_wav(root / "a.wav", wav, 16000)
     write_wav(root / "b.wav", wav[::-1].copy(), 16000)
@@ -416,6 +419,19 @@ def test_cli_errors_are_one_line_and_exit_2(checkpoint, capsys, tmp_path):
         (["tts", "hi", "--out", tmp_path / "o.wav"], "--speaker is required", ""),
         (["sv", checkpoint / "a.wav"], "ENROLLMENT.wav TRIAL.wav", ""),
         (["se", checkpoint / "a.wav"], "--out FILE.wav is required", ""),
+        (["asr", checkpoint], "is a directory, not an audio file", ""),
+        (["tts", "hi", "--speaker", "nobody", "--out", tmp_path / "o.wav"], "'nobody'", "spk1"),
+        (["ks", checkpoint / "a.wav", "--allowed", "up", "zzz"], "['zzz']: not ks labels", ""),
+        (["asr", checkpoint / "a.wav", "--allowed", ""], "--allowed: empty answer", ""),
+        (["asr", checkpoint / "a.wav", "--device", "banana"], "--device 'banana'", ""),
+        (["asr", checkpoint / "a.wav", "--sample", "--temperature", "0"], "temperature > 0", ""),
+        (["asr", checkpoint / "a.wav", "--max-new-tokens", "0"], "--max-new-tokens", ">= 1"),
+        (["tts", "x", "--speaker", "spk1", "--out", tmp_path], "is a directory", ""),
+        (
+            ["tts", "the dog " * 600, "--speaker", "spk1", "--out", tmp_path / "o.wav"],
+            "the text (4800 characters) makes a prompt of",
+            "the model's context is 256 tokens",
+        ),
     ]
     for argv, *expected in cases:
         code, out, err = run_cli(capsys, "--checkpoint", final, *argv)

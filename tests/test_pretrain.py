@@ -181,6 +181,18 @@ def test_resume_after_kill_matches_uninterrupted_run(plain_run, tiny_tokens, tmp
     resumed = run_pretrain(tiny_tokens, run_dir)
     assert "resumed from" in resumed.stdout and "step 2" in resumed.stdout
     assert losses(run_dir) == losses(plain_run[0])
+    # the logs of a killed-and-resumed run equal those of the run that never stopped, and a
+    # rerun of the finished run adds no duplicate entries
+    evals = (run_dir / "evals.jsonl").read_text()
+    assert [json.loads(x)["step"] for x in evals.splitlines()] == [
+        json.loads(x)["step"] for x in (plain_run[0] / "evals.jsonl").read_text().splitlines()
+    ]
+    metrics = (run_dir / "metrics.jsonl").read_text()
+    run_pretrain(tiny_tokens, run_dir)
+    assert (run_dir / "metrics.jsonl").read_text() == metrics
+    assert [json.loads(x)["step"] for x in (run_dir / "evals.jsonl").read_text().splitlines()] == [
+        json.loads(x)["step"] for x in evals.splitlines()
+    ]
 
 
 def test_kill_during_checkpoint_save_keeps_last_good_one(plain_run, tiny_tokens, tmp_path):
@@ -218,6 +230,8 @@ def test_lora_run_trains_and_exports_merged(tiny_tokens, tmp_path):
         (["data.block_size=64"], "data.block_size 64: document"),
         (["tokenizers.input_overrides=[name=nope]"], "unknown tokenizer 'nope'"),
         (["data.mixture={asr: 1, podcasts: 1}"], "unknown source(s) ['podcasts']"),
+        (["optim.lr=-1"], "optim.lr and optim.mixing_lr_scale: must be > 0, got -1"),
+        (["model.lora={r: 16"], "command-line override 'model.lora={r: 16': invalid YAML"),
         (
             ["train.deepspeed=configs/deepspeed/zero9.json"],
             "zero9.json: DeepSpeed config not found",

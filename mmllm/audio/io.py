@@ -7,7 +7,9 @@ the file (or row) name and the problem, so a corpus with one broken file says wh
 from __future__ import annotations
 
 import io
+import re
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import soundfile as sf
@@ -64,11 +66,37 @@ def load_audio(
             raise AudioError(f"{name}: file not found")
         handle = str(source)
     try:
+        _check_complete(sf.info(handle), name)
+        if isinstance(handle, io.BytesIO):
+            handle.seek(0)
         wav, sample_rate = sf.read(handle, dtype="float32", always_2d=False)
     except (sf.LibsndfileError, RuntimeError, TypeError) as err:
-        raise AudioError(f"{name}: cannot decode audio ({err})") from err
+        # libsndfile's message names the file object ("<_io.BytesIO object at 0x7f...>"): the
+        # address would make two identical extractions record different errors
+        reason = re.sub(r"<[^>]* at 0x[0-9a-f]+>", "the audio bytes", str(err))
+        raise AudioError(f"{name}: cannot decode audio ({reason})") from err
     wav = to_mono(np.asarray(wav, dtype=np.float32))
     return _validated(wav, sample_rate, target_sr, name), int(target_sr or sample_rate)
+
+
+# libsndfile notes a WAV whose data chunk is shorter than its header says as
+# "data : DECLARED (should be FOUND)"; streaming writers leave 0 or 0xFFFFFFFF there.
+_SHORT_DATA = re.compile(r"^data\s*:\s*(\d+) \(should be (\d+)\)", re.MULTILINE)
+_STREAMING_SIZES = (0, 0xFFFFFFFF)
+
+
+def _check_complete(info: Any, name: str) -> None:
+    """Refuse a WAV cut short (a partial copy or download): libsndfile would silently decode
+    the part that is there."""
+    short = _SHORT_DATA.search(info.extra_info or "")
+    if short is None or int(short.group(1)) in _STREAMING_SIZES:
+        return
+    declared, found = int(short.group(1)), int(short.group(2))
+    if found < declared:
+        raise AudioError(
+            f"{name}: truncated audio file: {info.frames} frames found, the header declares "
+            f"{info.frames * declared // max(found, 1)} ({found} of {declared} data bytes)"
+        )
 
 
 def decode_audio_value(

@@ -7,8 +7,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from mmllm.config import HelpFormatter, command_parser
-from mmllm.corpus.schema import TASKS
+from mmllm.config import HelpFormatter, comma_list, command_parser, positive_int
+from mmllm.corpus.schema import SPLITS, TASKS
 
 
 def dasb(argv: Sequence[str] | None = None) -> int:
@@ -18,10 +18,15 @@ def dasb(argv: Sequence[str] | None = None) -> int:
         "Run the DASB tasks as prompts to a trained checkpoint and score them.",
     )
     parser.add_argument("--checkpoint", type=Path, required=True, help="checkpoint (final/)")
-    parser.add_argument("--tasks", default=",".join(TASKS), help="comma-separated tasks")
-    parser.add_argument("--split", default="test", help="corpus split")
     parser.add_argument(
-        "--limit", type=int, default=None, help="rows per task (default: all; 40 for audio tasks)"
+        "--tasks", type=comma_list(TASKS), default=list(TASKS), help="comma-separated tasks"
+    )
+    parser.add_argument("--split", choices=SPLITS, default="test", help="corpus split")
+    parser.add_argument(
+        "--limit",
+        type=positive_int,
+        default=None,
+        help="rows per task (default: all; 40 for audio tasks)",
     )
     parser.add_argument("--out", type=Path, default=None, help="default: the run's eval/")
     parser.add_argument(
@@ -33,14 +38,12 @@ def dasb(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--vocoder", type=Path, default=None, help="decode audio answers with this token vocoder"
     )
-    parser.add_argument("--batch-size", type=int, default=32, help="prompts per batch")
-    parser.add_argument("--max-new-tokens", type=int, default=96, help="length cap of text answers")
+    parser.add_argument("--batch-size", type=positive_int, default=32, help="prompts per batch")
+    parser.add_argument(
+        "--max-new-tokens", type=positive_int, default=96, help="length cap of text answers"
+    )
     args = parser.parse_args(argv)
-    tasks = [t for t in args.tasks.split(",") if t]
-    unknown = [t for t in tasks if t not in TASKS]
-    if unknown:
-        print(f"error: unknown task(s) {unknown}; known: {list(TASKS)}", file=sys.stderr)
-        return 2
+    tasks = args.tasks
     from mmllm.eval.dasb import evaluate_checkpoint
     from mmllm.eval.generation import GenerationConfig
     from mmllm.eval.prompting import GenerateError
@@ -76,7 +79,11 @@ def compare(argv: Sequence[str] | None = None) -> int:
         print("error: no run with eval/dasb.json among the arguments", file=sys.stderr)
         return 2
     out = args.out or runs[0].parent / "report"
-    report = compare_runs(runs, out)
+    try:
+        report = compare_runs(runs, out)
+    except (ValueError, KeyError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     print(report["markdown"])
     plots = "tasks.png, score_vs_bitrate.png"
     if any("codebook_weights" in row for row in report["runs"].values()):
@@ -108,7 +115,10 @@ def generate(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", help="tts/se/ss: output WAV (ss writes OUT-1 and OUT-2)")
     parser.add_argument("--allowed", nargs="+", help="restrict a text answer to these strings")
     parser.add_argument(
-        "--max-new-tokens", type=int, default=None, help="answer length cap (default: the task's)"
+        "--max-new-tokens",
+        type=positive_int,
+        default=None,
+        help="answer length cap (default: the task's)",
     )
     parser.add_argument("--sample", action="store_true", help="sample instead of greedy")
     parser.add_argument("--temperature", type=float, default=1.0, help="sampling temperature")

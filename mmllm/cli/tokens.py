@@ -11,11 +11,13 @@ from pathlib import Path
 from mmllm.config import (
     ConfigError,
     add_config_arguments,
+    comma_list,
     command_parser,
     load_config,
+    positive_int,
     save_config,
 )
-from mmllm.corpus.schema import TASKS
+from mmllm.corpus.schema import SPLITS, TASKS
 from mmllm.fileio import LockedError
 from mmllm.tokenizers.base import TokenizerConfig
 
@@ -95,9 +97,18 @@ def extract(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--data", type=Path, required=True, help="corpus directory (task folders)")
     parser.add_argument("--out", type=Path, required=True, help="cache directory")
-    parser.add_argument("--tasks", default=None, help="comma-separated tasks (default: all found)")
-    parser.add_argument("--splits", default="train,valid,test", help="comma-separated splits")
-    parser.add_argument("--rows-per-part", type=int, default=256, help="rows per resumable part")
+    parser.add_argument(
+        "--tasks",
+        type=comma_list(TASKS),
+        default=None,
+        help="comma-separated tasks (default: all found)",
+    )
+    parser.add_argument(
+        "--splits", type=comma_list(SPLITS), default=list(SPLITS), help="comma-separated splits"
+    )
+    parser.add_argument(
+        "--rows-per-part", type=positive_int, default=256, help="rows per resumable part"
+    )
     parser.add_argument(
         "--batch-seconds",
         type=float,
@@ -105,14 +116,20 @@ def extract(argv: Sequence[str] | None = None) -> int:
         help="padded audio per batch (default: 120 on GPU, 8 on CPU)",
     )
     args = parser.parse_args(argv)
+    if not args.data.is_dir():
+        print(f"error: --data {args.data}: not a corpus directory", file=sys.stderr)
+        return 2
+    if args.out.exists() and not args.out.is_dir():
+        print(f"error: --out {args.out}: is a file, not a cache directory", file=sys.stderr)
+        return 2
     try:
         cfg = load_config(TokenizerConfig, args.config, args.overrides)
         extract_corpus(
             cfg,
             args.data,
             args.out,
-            args.tasks.split(",") if args.tasks else None,
-            tuple(args.splits.split(",")),
+            args.tasks,
+            tuple(args.splits),
             args.rows_per_part,
             args.batch_seconds,
         )

@@ -118,7 +118,8 @@ def check_or_write_card(
     if path.is_file():
         found = json.loads(path.read_text())
         check_card_tokenizer(found, cfg, out)
-        if found.get("corpus") != corpus:
+        # the corpus's content (fingerprints), not its path: a moved project keeps its caches
+        if found.get("corpus", {}).get("fingerprints") != corpus["fingerprints"]:
             raise CacheError(
                 f"{out}: token cache was built with a different corpus "
                 f"({found.get('corpus')} != {corpus}); use another --out or delete it"

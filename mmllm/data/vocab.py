@@ -413,7 +413,13 @@ class MultimodalVocab:
         path = Path(directory) / VOCAB_FILENAME
         if not path.is_file():
             raise FileNotFoundError(f"{directory}: no {VOCAB_FILENAME} (not an mmllm checkpoint?)")
-        return cls.from_dict(json.loads(path.read_text()), source=str(path))
+        try:
+            data = json.loads(path.read_text())
+        except ValueError as err:
+            raise ValueError(f"{path}: not valid JSON ({err})") from None
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: expected a JSON object, got {type(data).__name__}")
+        return cls.from_dict(data, source=str(path))
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, MultimodalVocab) and self.to_dict() == other.to_dict()

@@ -54,7 +54,12 @@ def load_result(path: str | Path) -> dict:
     file = path if path.suffix == ".json" else path / "eval" / "dasb.json"
     if not file.is_file():
         raise FileNotFoundError(f"{path}: no {file.name} (run eval/dasb.py on its checkpoint)")
-    result = json.loads(file.read_text())
+    try:
+        result = json.loads(file.read_text())
+    except ValueError as err:
+        raise ValueError(f"{file}: not valid JSON ({err}); rerun mmllm eval for it") from None
+    if not isinstance(result, dict) or "tasks" not in result:
+        raise ValueError(f"{file}: not an mmllm eval report (no 'tasks'); rerun mmllm eval for it")
     result["run"] = str(path if path.suffix != ".json" else path.parent)
     return result
 

@@ -12,6 +12,7 @@ Prompting CLI (thin: `main` parses, `run_cli` calls `Checkpoint`, `build_prompt`
 from __future__ import annotations
 
 import argparse
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +35,7 @@ from mmllm.eval.generation import (
     generate,
 )
 from mmllm.fileio import IntegrityError, verify_manifest
-from mmllm.pretrain.config import PRETRAIN_CONFIG_FILENAME, load_run_config
+from mmllm.pretrain.config import ANSWERS_FILENAME, PRETRAIN_CONFIG_FILENAME, load_run_config
 from mmllm.tokenizers.base import TokenizerConfig
 
 
@@ -76,6 +77,7 @@ class Checkpoint:
     output_config: TokenizerConfig
     audio_input: str = "discrete"  # discrete | continuous | summed (mmllm.modeling.continuous)
     feature_stack: int = 1
+    answers: dict | None = None  # the run's answer sets (mmllm.pretrain.pipeline.answer_sets)
 
     @classmethod
     def open(cls, directory: str | Path) -> Checkpoint:
@@ -102,6 +104,8 @@ class Checkpoint:
                     TokenizerConfig, section.output, section.output_overrides
                 )
             tokenizer = AutoTokenizer.from_pretrained(directory)
+            answers_file = directory / ANSWERS_FILENAME
+            answers = json.loads(answers_file.read_text()) if answers_file.is_file() else None
         except (ConfigError, ValueError, OSError) as err:
             raise GenerateError(f"checkpoint {directory}: {one_line(err)}") from None
         continuous = pretrain.audio_input == "continuous"  # its input tokenizer gives features
@@ -120,7 +124,28 @@ class Checkpoint:
             output_config,
             pretrain.audio_input,
             pretrain.continuous.stack,
+            answers,
         )
+
+    def check_request(self, task: str, speaker: str | None, allowed: Sequence[str] | None) -> None:
+        """Refuse a TTS speaker or allowed labels the run never trained on (checkpoints
+        exported before answer sets were recorded are not checked)."""
+        if self.answers is None:
+            return
+        speakers = self.answers.get("tts_speakers", [])
+        if task == "tts" and speakers and speaker not in speakers:
+            shown = ", ".join(speakers[:8]) + (", ..." if len(speakers) > 8 else "")
+            raise GenerateError(
+                f"--speaker {speaker!r}: not a speaker this checkpoint was trained to speak as "
+                f"({len(speakers)} known: {shown})"
+            )
+        labels = self.answers.get("labels", {}).get(task)
+        unknown = [a for a in allowed or () if labels and a not in labels]
+        if unknown:
+            raise GenerateError(
+                f"--allowed {unknown}: not {task} labels of this checkpoint (known: "
+                f"{', '.join(labels)})"
+            )
 
     def renderer(self) -> TemplateRenderer:
         return TemplateRenderer(
@@ -132,6 +157,17 @@ class Checkpoint:
             audio_input=self.audio_input,
             feature_stack=self.feature_stack,
         )
+
+    def context_length(self) -> int:
+        """The model's context in tokens (config.json's max_position_embeddings; 1024 when
+        the architecture does not say), read without loading the model."""
+        try:
+            config = json.loads((self.directory / "config.json").read_text())
+        except (OSError, ValueError) as err:
+            raise GenerateError(
+                f"checkpoint {self.directory}/config.json: {one_line(err)}"
+            ) from None
+        return int(config.get("max_position_embeddings", 1024))
 
     def grammar(self) -> AnswerGrammar:
         return AnswerGrammar(self.vocab, self.tokenizer, self.output_config.name, self.pattern)
@@ -232,10 +268,41 @@ def _check_arguments(args: argparse.Namespace) -> None:
             raise GenerateError("tts: --speaker is required (a speaker id seen in training)")
     else:
         for path in args.inputs:
+            if Path(path).is_dir():
+                raise GenerateError(f"input audio {path}: is a directory, not an audio file")
             if not Path(path).is_file():
                 raise GenerateError(f"input audio {path}: file not found")
     if task in AUDIO_ANSWER_SPANS and args.out is None:
         raise GenerateError(f"task {task} writes audio: --out FILE.wav is required")
+    if args.out is not None and Path(args.out).is_dir():
+        raise GenerateError(f"--out {args.out}: is a directory; give a FILE.wav")
+    if args.allowed is not None and not all(a.strip() for a in args.allowed):
+        raise GenerateError("--allowed: empty answer among the allowed strings")
+    try:
+        device = torch.device(args.device)
+    except RuntimeError as err:
+        raise GenerateError(f"--device {args.device!r}: {one_line(err)}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise GenerateError(f"--device {args.device}: CUDA is not available on this machine")
+    generation_config(args, max_new_tokens=1)  # sampling options, checked before any loading
+
+
+def generation_config(args: argparse.Namespace, max_new_tokens: int) -> GenerationConfig:
+    """The CLI's generation settings (one prompt); a bad sampling option raises GenerateError."""
+    try:
+        return GenerationConfig(
+            max_new_tokens=max_new_tokens,
+            batch_size=1,
+            do_sample=args.sample,
+            temperature=args.temperature,
+            top_k=args.top_k,
+            top_p=args.top_p,
+            seed=args.seed,
+        )
+    except ValueError as err:  # pydantic's ValidationError: keep its messages only
+        errors = err.errors() if hasattr(err, "errors") else [{"msg": str(err)}]
+        problems = "; ".join(e["msg"].removeprefix("Value error, ") for e in errors)
+        raise GenerateError(f"generation options: {one_line(problems)}") from None
 
 
 def _write_audio(spans: list[torch.Tensor], tokenizer: Any, out: Path) -> list[str]:
@@ -273,25 +340,25 @@ def run_cli(args: argparse.Namespace) -> list[str]:
                 f"output tokenizer {checkpoint.output_config.name!r} cannot decode audio "
                 "(train a vocoder with tokenizers/train_vocoder.py and set `vocoder:` in its config)"
             )
+    checkpoint.check_request(task, args.speaker, args.allowed)
     rendered = build_prompt(checkpoint, task, args.inputs, args.speaker)
     prompt = rendered.prompt
+    context = checkpoint.context_length()
+    if len(prompt) >= context:  # before loading the model: nothing would fit an answer
+        what = (
+            f"the text ({len(args.inputs[0])} characters)"
+            if task == "tts"
+            else ("the input audio " + " + ".join(args.inputs))
+        )
+        raise GenerateError(
+            f"{what} makes a prompt of {len(prompt)} tokens; the model's context is {context} "
+            "tokens, with room for the answer: give a shorter input"
+        )
     model = checkpoint.load_model(args.device)
     max_new = args.max_new_tokens
     if max_new is None:  # text: a sentence; audio: what the model's context still holds
-        context = getattr(model.config, "max_position_embeddings", 1024)
         max_new = 128 if task in TEXT_ANSWER_TASKS else max(context - len(prompt), 1)
-    try:
-        config = GenerationConfig(
-            max_new_tokens=max_new,
-            batch_size=1,
-            do_sample=args.sample,
-            temperature=args.temperature,
-            top_k=args.top_k,
-            top_p=args.top_p,
-            seed=args.seed,
-        )
-    except ValueError as err:
-        raise GenerateError(f"generation options: {one_line(err)}") from None
+    config = generation_config(args, max_new)
     allowed = args.allowed or (sorted(SV_ANSWERS.values()) if task == "sv" else None)
     [ids] = generate(
         model,

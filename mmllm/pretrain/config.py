@@ -25,6 +25,7 @@ PRECISIONS = ("auto", "fp32", "bf16")
 
 
 PRETRAIN_CONFIG_FILENAME = "mmllm_pretrain.yaml"  # a run's resolved config, in every checkpoint
+ANSWERS_FILENAME = "mmllm_answers.json"  # what a run trained to answer, in every export
 
 
 AUDIO_INPUTS = ("discrete", "continuous", "summed")
@@ -287,6 +288,22 @@ def check_pretrain_config(cfg: PretrainConfig) -> None:
     for key in ("steps", "micro_batch_size", "grad_accum", "log_every"):
         if getattr(cfg.train, key) < 1:
             problems.append(f"train.{key}: must be >= 1, got {getattr(cfg.train, key)}")
+    optim = cfg.optim
+    if optim.lr <= 0 or optim.mixing_lr_scale <= 0:
+        problems.append(
+            f"optim.lr and optim.mixing_lr_scale: must be > 0, got {optim.lr}, "
+            f"{optim.mixing_lr_scale}"
+        )
+    if not 0 <= optim.min_lr_ratio <= 1 or optim.warmup_steps < 0 or optim.weight_decay < 0:
+        problems.append(
+            "optim: min_lr_ratio must be in [0, 1], warmup_steps and weight_decay >= 0 "
+            f"(got {optim.min_lr_ratio}, {optim.warmup_steps}, {optim.weight_decay})"
+        )
+    if not (0 <= optim.beta1 < 1 and 0 <= optim.beta2 < 1) or optim.grad_clip < 0:
+        problems.append(
+            f"optim: beta1 and beta2 must be in [0, 1), grad_clip >= 0 (got {optim.beta1}, "
+            f"{optim.beta2}, {optim.grad_clip})"
+        )
     if cfg.data.block_size < 8:
         problems.append(f"data.block_size: must be >= 8, got {cfg.data.block_size}")
     if cfg.model.hidden_size % cfg.model.num_heads:

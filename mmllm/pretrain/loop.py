@@ -37,6 +37,8 @@ from mmllm.fileio import (
     append_jsonl,
     atomic_write_text,
     exclusive_lock,
+    log_at_step,
+    read_jsonl,
     truncate_jsonl,
 )
 from mmllm.pretrain.build import apply_lora, build_model, make_optimizer, wrap_audio_input
@@ -286,7 +288,7 @@ def train(cfg: PretrainConfig, accelerator: Any, ds_path: str | None, dtype: tor
 def log_eval(accelerator, run_dir: Path, step: int, losses: dict[str, float]) -> None:
     accelerator.log({f"eval/{source}": loss for source, loss in losses.items()}, step)
     if accelerator.is_main_process:
-        append_jsonl(run_dir / "evals.jsonl", {"step": step, "loss": losses})
+        log_at_step(run_dir / "evals.jsonl", {"step": step, "loss": losses})
 
 
 def summarize(start: dict[str, float], end: dict[str, float]) -> dict:
@@ -311,8 +313,8 @@ def plot_curves(run_dir: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    metrics = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x]
-    evals = [json.loads(x) for x in (run_dir / "evals.jsonl").read_text().splitlines() if x]
+    metrics = read_jsonl(run_dir / "metrics.jsonl")
+    evals = read_jsonl(run_dir / "evals.jsonl")
     figure, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
     left.plot([m["step"] for m in metrics], [m["loss"] for m in metrics], lw=0.8)
     left.set(xlabel="step", ylabel="train loss (nats/token)", title="training loss")

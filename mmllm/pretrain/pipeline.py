@@ -15,6 +15,7 @@ longer than the block.
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +24,7 @@ from typing import Any
 import torch
 
 from mmllm.config import load_config, save_config
+from mmllm.corpus.reader import load_task
 from mmllm.corpus.schema import AUDIO_ANSWER_TASKS
 from mmllm.data.augment import AudioAugment
 from mmllm.data.mixture import (
@@ -38,10 +40,11 @@ from mmllm.data.templates import TemplateRenderer
 from mmllm.data.vocab import VOCAB_FILENAME, MultimodalVocab, extend_hf_tokenizer
 from mmllm.modeling.continuous import feature_statistics
 from mmllm.modeling.model import save_pretrained_multimodal
-from mmllm.pretrain.config import PRETRAIN_CONFIG_FILENAME, PretrainConfig
+from mmllm.pretrain.config import ANSWERS_FILENAME, PRETRAIN_CONFIG_FILENAME, PretrainConfig
 from mmllm.tokenizers.base import TokenizerConfig
 
 TEXT_TOKENIZER_DIR = "text_tokenizer"
+LABEL_TASKS = ("ks", "ic", "er", "sid")
 
 
 @dataclass
@@ -56,6 +59,7 @@ class PreparedRun:
     skipped: Counter = field(default_factory=Counter)
     # continuous input with input_norm corpus: mean, sd [stack * D] of the training rows
     feature_stats: tuple[torch.Tensor, torch.Tensor] | None = None
+    answers: dict = field(default_factory=dict)  # `answer_sets`, exported beside the model
 
     def train_documents(self, epoch: int) -> list[Document]:
         documents, _ = mixture_documents(
@@ -92,6 +96,7 @@ class PreparedRun:
 
             def extra(tmp: Path) -> None:
                 save_config(self.cfg, tmp, PRETRAIN_CONFIG_FILENAME)
+                (tmp / ANSWERS_FILENAME).write_text(json.dumps(self.answers, indent=1))
                 if projector is not None:
                     save_projector(projector, tmp, projector_state)
 
@@ -312,5 +317,28 @@ def prepare_run(cfg: PretrainConfig, accelerator: Any) -> PreparedRun:
         for source, docs in held_out.items()
     }
     return PreparedRun(
-        cfg, vocab, hf_tokenizer, renderer, caches, eval_blocks, centroids, skipped, feature_stats
+        cfg,
+        vocab,
+        hf_tokenizer,
+        renderer,
+        caches,
+        eval_blocks,
+        centroids,
+        skipped,
+        feature_stats,
+        answer_sets(corpus, sources),
     )
+
+
+def answer_sets(corpus: Path, sources: list[str]) -> dict:
+    """What a run trains the model to answer, for the prompting CLI to check requests
+    against: {"labels": {task: the training rows' labels}, "tts_speakers": [...]}."""
+    labels = {
+        task: sorted(load_task(corpus, task)["train"].unique("label"))
+        for task in LABEL_TASKS
+        if task in sources
+    }
+    speakers = (
+        sorted(load_task(corpus, "tts")["train"].unique("speaker")) if "tts" in sources else []
+    )
+    return {"labels": labels, "tts_speakers": speakers}

@@ -202,7 +202,8 @@ class VocoderConfig:
             )
         if self.speaker_conditioning and self.num_speakers < 1:
             raise ValueError("key 'num_speakers': must be >= 1 with speaker_conditioning")
-        for name in ("hidden_size", "intermediate_size", "hop", "segment_frames", "batch_size"):
+        positive = ("hidden_size", "intermediate_size", "hop", "segment_frames", "batch_size")
+        for name in (*positive, "steps", "checkpoint_every", "log_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"key {name!r}: must be >= 1, got {getattr(self, name)}")
         if any(len(pair) != 2 for pair in self.stft_resolutions):
