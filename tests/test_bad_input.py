@@ -109,3 +109,32 @@ def test_pretrain_second_writer_is_refused_naming_the_holder(tmp_path, holder):
     refused(result, str(run_dir), f"pid {pid}")
     assert time.perf_counter() - started < 60  # refused before any data work
     assert not run_dir.exists()
+
+
+@pytest.mark.parametrize(
+    "argv, named",
+    [
+        (["eval", "--checkpoint", "x", "--limit", "0"], "--limit: expected a whole number >= 1"),
+        (["eval", "--checkpoint", "x", "--batch-size", "0"], "--batch-size"),
+        (["eval", "--checkpoint", "x", "--split", "trian"], "invalid choice: 'trian'"),
+        (["eval", "--checkpoint", "x", "--tasks", "asr,kws"], "unknown 'kws'"),
+        (["extract", "--config", "c.yaml", "--data", "README.md", "--out", "o"], "README.md: not"),
+        (["extract", "--config", "c.yaml", "--data", "mmllm", "--out", "README.md"], "is a file"),
+        (["extract", "--config", "c", "--data", "mmllm", "--out", "o", "--splits", "trian"], "'trian'"),
+        (["extract", "--config", "c", "--data", "mmllm", "--out", "o", "--rows-per-part", "0"], ">= 1"),
+        (["vocoder", "--tokenizer", "c", "--data", "d", "--cache", "c", "--out", "o", "steps=0"], "'steps'"),
+        (["pretrain", "--config", "configs/pretrain/tiny.yaml", "train..steps=5"], "'train..steps=5'"),
+    ],
+)  # fmt: skip
+def test_bad_arguments_exit_2_with_one_named_line(argv, named):
+    result = run("-m", "mmllm", *argv)
+    refused(result, named)
+    assert not (ROOT / "o").exists()
+
+
+def test_compare_names_a_corrupt_report(tmp_path):
+    run_dir = tmp_path / "run"
+    (run_dir / "eval").mkdir(parents=True)
+    report = run_dir / "eval" / "dasb.json"
+    report.write_text('{"tasks": {"ks": {"accuracy"')
+    refused(run("-m", "mmllm", "compare", run_dir, "--out", tmp_path / "r"), str(report))

@@ -6,11 +6,13 @@ forbidden id (an output-layer bias makes it so); every answer is checked against
 grammar by `check_answer`, written here independently of the processor's state machine.
 """
 
+import dataclasses
 import inspect
 import json
 import random
 import shutil
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -466,3 +468,38 @@ def test_cli_refuses_flipped_checkpoint_bytes_naming_the_file(checkpoint, tmp_pa
     )
     assert result.returncode == 2 and "Traceback" not in result.stderr + result.stdout
     assert f"{weights}: contents differ" in result.stderr
+
+
+def test_checkpoint_prompts_from_anywhere_with_its_packaged_tokenizers(checkpoint, tmp_path):
+    """An export carries its tokenizer configs and fitted files (mmllm.tokenizers.portable):
+    the checkpoint copied elsewhere answers from another working directory, through its
+    own copies, even with the run's tokenizer files gone."""
+    import subprocess
+    import sys
+
+    from mmllm.config import load_config
+    from mmllm.eval.prompting import Checkpoint
+    from mmllm.tokenizers.base import TokenizerConfig
+    from mmllm.tokenizers.portable import package_tokenizer
+
+    run = shutil.copytree(checkpoint, tmp_path / "run")  # the run's own files, to delete
+    final = run / "final"
+    for role, name in (("input", "in"), ("output", "out")):
+        cfg = load_config(TokenizerConfig, checkpoint / f"{name}.yaml")
+        cfg = dataclasses.replace(cfg, centroids=str(run / Path(cfg.centroids).name))
+        package_tokenizer(cfg, final, role)
+    (tmp_path / "elsewhere").mkdir()
+    moved = shutil.move(str(final), str(tmp_path / "elsewhere" / "final"))
+    shutil.rmtree(run)
+    opened = Checkpoint.open(moved)
+    assert opened.input_config.centroids == str(Path(moved) / "tokenizers" / "input-centroids")
+    elsewhere = tmp_path / "cwd"
+    elsewhere.mkdir()
+    result = subprocess.run(
+        [sys.executable, "-m", "mmllm", "generate", "--checkpoint", str(moved), "asr"]
+        + [str(checkpoint / "a.wav")],
+        cwd=elsewhere,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr

@@ -51,7 +51,7 @@ def vocoder(argv: Sequence[str] | None = None) -> int:
         )
     except (ValueError, FileNotFoundError, KeyError, RuntimeError) as err:  # LockedError too
         print(f"error: {err}", file=sys.stderr)
-        return 1
+        return 2
     if records:
         last = records[-1]
         print(

@@ -235,7 +235,12 @@ def extract_split(
 
 
 def merge_split(
-    split_dir: Path, num_rows: int, rows_per_part: int, num_codebooks: int, dtype: np.dtype
+    split_dir: Path,
+    num_rows: int,
+    rows_per_part: int,
+    num_codebooks: int,
+    dtype: np.dtype,
+    codebook_size: int | None = None,
 ) -> dict:
     """Merge complete parts into codes.bin + index.json (atomically), then drop the parts."""
     num_parts = (num_rows + rows_per_part - 1) // rows_per_part
@@ -259,6 +264,7 @@ def merge_split(
         "num_rows": num_rows,
         "num_codebooks": num_codebooks,
         "dtype": dtype.name,
+        "codebook_size": codebook_size,  # reads check codes against it (corruption)
         "entries": entries,
         "skipped": skipped,
     }
@@ -289,6 +295,15 @@ class CachedSplit:
         self.entries = self.index["entries"]
         self.by_key = {e["key"]: e for e in self.entries}
         self.skipped = self.index["skipped"]
+        self.codebook_size = self.index.get("codebook_size")  # None: features, or older caches
+        last = max(self.entries, key=lambda e: e["offset"], default=None)
+        expected = 0 if last is None else last["offset"] + last["frames"] * self.num_codebooks
+        expected *= np.dtype(self.index["dtype"]).itemsize
+        if size != expected:
+            raise CacheError(
+                f"{split_dir / CODES}: {size} bytes, its {INDEX} says {expected} (truncated or "
+                "replaced); delete the split's folder and extract it again"
+            )
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -299,9 +314,19 @@ class CachedSplit:
             raise MissingCodes(f"{self.split_dir}: no codes for {key!r}")
         entry = self.by_key[key]
         size = entry["frames"] * self.num_codebooks
-        return np.asarray(self.codes[entry["offset"] : entry["offset"] + size]).reshape(
+        codes = np.asarray(self.codes[entry["offset"] : entry["offset"] + size]).reshape(
             self.num_codebooks, entry["frames"]
         )
+        if (
+            self.codebook_size
+            and codes.size
+            and (codes.min() < 0 or codes.max() >= self.codebook_size)
+        ):
+            raise CacheError(
+                f"{self.split_dir / CODES}: codes of {key!r} outside [0, {self.codebook_size}) "
+                "(corrupted); delete the split's folder and extract it again"
+            )
+        return codes
 
 
 def extract_corpus(
@@ -386,6 +411,7 @@ def _extract(
                     rows_per_part,
                     tokenizer.num_codebooks,
                     storage_dtype(tokenizer),
+                    None if tokenizer.continuous else tokenizer.codebook_size,
                 )
                 totals["skipped"] += len(index["skipped"])
                 for bad in index["skipped"]:

@@ -37,6 +37,7 @@ from mmllm.eval.generation import (
 from mmllm.fileio import IntegrityError, verify_manifest
 from mmllm.pretrain.config import ANSWERS_FILENAME, PRETRAIN_CONFIG_FILENAME, load_run_config
 from mmllm.tokenizers.base import TokenizerConfig
+from mmllm.tokenizers.portable import load_packaged_tokenizer
 
 
 def answer_rendered(
@@ -97,12 +98,16 @@ class Checkpoint:
             vocab = MultimodalVocab.load(directory)
             pretrain = load_run_config(directory / PRETRAIN_CONFIG_FILENAME)
             section = pretrain.tokenizers
-            input_config = load_config(TokenizerConfig, section.input, section.input_overrides)
-            output_config = input_config
-            if section.output:
-                output_config = load_config(
-                    TokenizerConfig, section.output, section.output_overrides
-                )
+            input_config = load_packaged_tokenizer(directory, "input")  # exports carry them
+            output_config = load_packaged_tokenizer(directory, "output")
+            if input_config is None:  # exported before they did: the run's own paths
+                input_config = load_config(TokenizerConfig, section.input, section.input_overrides)
+            if output_config is None:
+                output_config = input_config
+                if section.output:
+                    output_config = load_config(
+                        TokenizerConfig, section.output, section.output_overrides
+                    )
             tokenizer = AutoTokenizer.from_pretrained(directory)
             answers_file = directory / ANSWERS_FILENAME
             answers = json.loads(answers_file.read_text()) if answers_file.is_file() else None

@@ -42,6 +42,7 @@ from mmllm.modeling.continuous import feature_statistics
 from mmllm.modeling.model import save_pretrained_multimodal
 from mmllm.pretrain.config import ANSWERS_FILENAME, PRETRAIN_CONFIG_FILENAME, PretrainConfig
 from mmllm.tokenizers.base import TokenizerConfig
+from mmllm.tokenizers.portable import package_tokenizer
 
 TEXT_TOKENIZER_DIR = "text_tokenizer"
 LABEL_TASKS = ("ks", "ic", "er", "sid")
@@ -60,6 +61,8 @@ class PreparedRun:
     # continuous input with input_norm corpus: mean, sd [stack * D] of the training rows
     feature_stats: tuple[torch.Tensor, torch.Tensor] | None = None
     answers: dict = field(default_factory=dict)  # `answer_sets`, exported beside the model
+    # the resolved tokenizer configs, packaged into every export (mmllm.tokenizers.portable)
+    tokenizer_configs: dict[str, TokenizerConfig] = field(default_factory=dict)
 
     def train_documents(self, epoch: int) -> list[Document]:
         documents, _ = mixture_documents(
@@ -97,6 +100,8 @@ class PreparedRun:
             def extra(tmp: Path) -> None:
                 save_config(self.cfg, tmp, PRETRAIN_CONFIG_FILENAME)
                 (tmp / ANSWERS_FILENAME).write_text(json.dumps(self.answers, indent=1))
+                for role, tokenizer_cfg in self.tokenizer_configs.items():
+                    package_tokenizer(tokenizer_cfg, tmp, role)
                 if projector is not None:
                     save_projector(projector, tmp, projector_state)
 
@@ -327,6 +332,7 @@ def prepare_run(cfg: PretrainConfig, accelerator: Any) -> PreparedRun:
         skipped,
         feature_stats,
         answer_sets(corpus, sources),
+        {"input": input_cfg, "output": output_cfg},
     )
 
 

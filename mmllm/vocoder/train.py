@@ -119,131 +119,111 @@ def train_vocoder(
     Returns the per-step records of the steps run by this call (also in metrics.jsonl).
     """
     with exclusive_lock(out_dir):
-        return _train_vocoder(
-            cfg,
-            tokenizer_cfg,
-            data_dir,
-            cache_dir,
-            out_dir,
-            progress=progress,
-            stop_after=stop_after,
+        from accelerate import PartialState
+        from tqdm import tqdm
+
+        from mmllm.config import save_config
+
+        state = PartialState(cpu=not torch.cuda.is_available())
+        if state.num_processes > 1:
+            raise RuntimeError(
+                f"train_vocoder runs in one process, got {state.num_processes}; launch it with "
+                f"python or accelerate launch --num_processes 1"
+            )
+        out = Path(out_dir)
+        card = read_cache_card(cache_dir, tokenizer_cfg)
+        signature = tokenizer_signature(tokenizer_cfg, card["tokenizer_properties"])
+        hop = signature["sample_rate"] / signature["frame_rate_hz"]
+        if signature["sample_rate"] != cfg.sample_rate or hop != cfg.hop:
+            raise ValueError(
+                f"vocoder config: sample_rate {cfg.sample_rate} / hop {cfg.hop} do not match "
+                f"tokenizer {signature['name']!r} ({signature['sample_rate']} Hz, {hop:g} samples per frame)"
+            )
+        if signature["deduplicate"]:
+            raise ValueError("a vocoder needs one code per frame; the tokenizer sets `deduplicate`")
+        sampler = SegmentSampler(data_dir, cache_dir, card, cfg)
+        if cfg.speaker_conditioning and len(sampler.speakers) > cfg.num_speakers:
+            raise ValueError(
+                f"key 'num_speakers': {cfg.num_speakers}, but the training rows have "
+                f"{len(sampler.speakers)} speakers"
+            )
+        out.mkdir(parents=True, exist_ok=True)
+        check_run(
+            out,
+            {"vocoder_config_hash": config_hash(cfg), "tokenizer": signature},
+            what="vocoder config or tokenizer",
         )
+        save_config(cfg, out, "vocoder_config.yaml")
+        if (out / CARD_FILENAME).is_file() and read_card(out).get("trained_steps") == cfg.steps:
+            print(f"{out}: vocoder already trained ({cfg.steps} steps)")
+            return []
 
+        device = state.device
+        torch.manual_seed(cfg.seed)
+        model = TokenVocoder(cfg, signature["num_codebooks"], signature["codebook_size"]).to(device)
+        optimizer = make_optimizer(model, cfg)
+        adversarial = None
+        if cfg.adversarial is not None:
+            from mmllm.vocoder.gan import AdversarialTraining
 
-def _train_vocoder(
-    cfg: VocoderConfig,
-    tokenizer_cfg: Any,
-    data_dir: str | Path,
-    cache_dir: str | Path,
-    out_dir: str | Path,
-    *,
-    progress: bool = True,
-    stop_after: int | None = None,
-) -> list[dict[str, float]]:
-
-    from accelerate import PartialState
-    from tqdm import tqdm
-
-    from mmllm.config import save_config
-
-    state = PartialState(cpu=not torch.cuda.is_available())
-    if state.num_processes > 1:
-        raise RuntimeError(
-            f"train_vocoder runs in one process, got {state.num_processes}; launch it with "
-            f"python or accelerate launch --num_processes 1"
+            adversarial = AdversarialTraining(cfg, device)
+        generator = torch.Generator().manual_seed(cfg.seed)  # batches: CPU, saved with checkpoints
+        step = load_checkpoint(out, model, optimizer, generator, adversarial)
+        truncate_jsonl(out / METRICS, step)
+        records: list[dict[str, float]] = []
+        model.train()
+        with (
+            tqdm(total=cfg.steps, initial=step, unit="step", disable=not progress) as bar,
+            open(out / METRICS, "a") as log,
+        ):
+            while step < cfg.steps:
+                step += 1
+                multiplier = lr_multiplier(step - 1, cfg, cfg.steps)  # the trainer's schedule
+                lr = cfg.lr * multiplier
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                if adversarial is not None:
+                    adversarial.set_lr(multiplier)
+                codes, wav, speakers = sampler.sample(cfg.batch_size, generator)
+                frame_lengths = torch.full((cfg.batch_size,), cfg.segment_frames, device=device)
+                speakers = speakers.to(device) if cfg.speaker_conditioning else None
+                predicted = model(codes.to(device), frame_lengths, speakers)
+                wav = wav.to(device)
+                losses = vocoder_losses(predicted, wav, cfg)
+                if adversarial is not None and adversarial.active(step):  # D update, + G terms
+                    losses = adversarial.train_step(wav, predicted, losses)
+                optimizer.zero_grad(set_to_none=True)
+                losses["loss"].backward()
+                clip = cfg.grad_clip if cfg.grad_clip > 0 else math.inf
+                grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+                optimizer.step()
+                record = {"step": step, "lr": lr, "grad_norm": float(grad_norm)}
+                record |= {name: float(value.detach()) for name, value in losses.items()}
+                records.append(record)
+                log.write(json.dumps(record) + "\n")
+                log.flush()
+                bar.update()
+                if step % cfg.log_every == 0 or step == cfg.steps:
+                    shown = {
+                        k: f"{record[k]:.3f}" for k in ("loss", "mel", "d_loss") if k in record
+                    }
+                    bar.set_postfix(shown)
+                if step % cfg.checkpoint_every == 0 and step < cfg.steps:
+                    save_checkpoint(
+                        out, step, model, optimizer, generator, cfg.keep_checkpoints, adversarial
+                    )
+                if stop_after is not None and step >= stop_after:
+                    return records
+        model.eval()
+        extra = {
+            "trained_steps": step,
+            "data": str(data_dir),
+            "final_loss": records[-1] if records else None,
+        }
+        save_vocoder(
+            model, out, signature, sampler.speakers if cfg.speaker_conditioning else None, extra
         )
-    out = Path(out_dir)
-    card = read_cache_card(cache_dir, tokenizer_cfg)
-    signature = tokenizer_signature(tokenizer_cfg, card["tokenizer_properties"])
-    hop = signature["sample_rate"] / signature["frame_rate_hz"]
-    if signature["sample_rate"] != cfg.sample_rate or hop != cfg.hop:
-        raise ValueError(
-            f"vocoder config: sample_rate {cfg.sample_rate} / hop {cfg.hop} do not match "
-            f"tokenizer {signature['name']!r} ({signature['sample_rate']} Hz, {hop:g} samples per frame)"
-        )
-    if signature["deduplicate"]:
-        raise ValueError("a vocoder needs one code per frame; the tokenizer sets `deduplicate`")
-    sampler = SegmentSampler(data_dir, cache_dir, card, cfg)
-    if cfg.speaker_conditioning and len(sampler.speakers) > cfg.num_speakers:
-        raise ValueError(
-            f"key 'num_speakers': {cfg.num_speakers}, but the training rows have "
-            f"{len(sampler.speakers)} speakers"
-        )
-    out.mkdir(parents=True, exist_ok=True)
-    check_run(
-        out,
-        {"vocoder_config_hash": config_hash(cfg), "tokenizer": signature},
-        what="vocoder config or tokenizer",
-    )
-    save_config(cfg, out, "vocoder_config.yaml")
-    if (out / CARD_FILENAME).is_file() and read_card(out).get("trained_steps") == cfg.steps:
-        print(f"{out}: vocoder already trained ({cfg.steps} steps)")
-        return []
-
-    device = state.device
-    torch.manual_seed(cfg.seed)
-    model = TokenVocoder(cfg, signature["num_codebooks"], signature["codebook_size"]).to(device)
-    optimizer = make_optimizer(model, cfg)
-    adversarial = None
-    if cfg.adversarial is not None:
-        from mmllm.vocoder.gan import AdversarialTraining
-
-        adversarial = AdversarialTraining(cfg, device)
-    generator = torch.Generator().manual_seed(cfg.seed)  # batches: CPU, saved with checkpoints
-    step = load_checkpoint(out, model, optimizer, generator, adversarial)
-    truncate_jsonl(out / METRICS, step)
-    records: list[dict[str, float]] = []
-    model.train()
-    with (
-        tqdm(total=cfg.steps, initial=step, unit="step", disable=not progress) as bar,
-        open(out / METRICS, "a") as log,
-    ):
-        while step < cfg.steps:
-            step += 1
-            multiplier = lr_multiplier(step - 1, cfg, cfg.steps)  # the trainer's schedule
-            lr = cfg.lr * multiplier
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            if adversarial is not None:
-                adversarial.set_lr(multiplier)
-            codes, wav, speakers = sampler.sample(cfg.batch_size, generator)
-            frame_lengths = torch.full((cfg.batch_size,), cfg.segment_frames, device=device)
-            speakers = speakers.to(device) if cfg.speaker_conditioning else None
-            predicted = model(codes.to(device), frame_lengths, speakers)
-            wav = wav.to(device)
-            losses = vocoder_losses(predicted, wav, cfg)
-            if adversarial is not None and adversarial.active(step):  # D update, + G terms
-                losses = adversarial.train_step(wav, predicted, losses)
-            optimizer.zero_grad(set_to_none=True)
-            losses["loss"].backward()
-            clip = cfg.grad_clip if cfg.grad_clip > 0 else math.inf
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
-            optimizer.step()
-            record = {"step": step, "lr": lr, "grad_norm": float(grad_norm)}
-            record |= {name: float(value.detach()) for name, value in losses.items()}
-            records.append(record)
-            log.write(json.dumps(record) + "\n")
-            log.flush()
-            bar.update()
-            if step % cfg.log_every == 0 or step == cfg.steps:
-                shown = {k: f"{record[k]:.3f}" for k in ("loss", "mel", "d_loss") if k in record}
-                bar.set_postfix(shown)
-            if step % cfg.checkpoint_every == 0 and step < cfg.steps:
-                save_checkpoint(
-                    out, step, model, optimizer, generator, cfg.keep_checkpoints, adversarial
-                )
-            if stop_after is not None and step >= stop_after:
-                return records
-    model.eval()
-    extra = {
-        "trained_steps": step,
-        "data": str(data_dir),
-        "final_loss": records[-1] if records else None,
-    }
-    save_vocoder(
-        model, out, signature, sampler.speakers if cfg.speaker_conditioning else None, extra
-    )
-    return records
+        return records
 
 
 def make_optimizer(

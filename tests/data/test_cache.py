@@ -58,6 +58,13 @@ def test_cached_codes_equal_direct_encoding(synth_tiny, tmp_path):
     # naming a vocoder (decode side only) keeps the cache valid
     with_vocoder = dataclasses.replace(ENERGY, vocoder="runs/vocoders/x")
     check_or_write_card(out, with_vocoder, EnergyTokenizer(ENERGY), card["corpus"])
+    # a copied project (corpus and cache elsewhere) keeps its cache: the card compares the
+    # corpus's content (fingerprints), not its path
+    moved_corpus = shutil.copytree(synth_tiny, tmp_path / "moved" / "corpus")
+    moved_cache = shutil.copytree(out, tmp_path / "moved" / "cache")
+    index = (moved_cache / "se" / "test" / "index.json").read_bytes()
+    extract_corpus(ENERGY, moved_corpus, moved_cache, tasks=["se", "ks"], rows_per_part=5)
+    assert (moved_cache / "se" / "test" / "index.json").read_bytes() == index
     # a cache made for another tokenizer config is refused
     with pytest.raises(CacheError, match="another tokenizer config"):
         extract_corpus(
@@ -82,6 +89,7 @@ def test_bad_rows_are_skipped_counted_and_named(tmp_path, capsys):
     assert [s["id"] for s in cached.skipped] == [
         "ks-2"
     ] and "cannot decode audio" in cached.skipped[0]["error"]
+    assert " at 0x" not in cached.skipped[0]["error"]  # no memory address: identical reruns
     printed = capsys.readouterr().out
     assert "skipped ks/train row ks-2" in printed and "1 rows skipped" in printed
 
@@ -173,3 +181,21 @@ def test_stats_report_from_a_cache(synth_tiny, tmp_path):
     assert 0 < index["purity"] <= 1 and level["frames_in_words"] > 0.5 * level["frames"]
     json_path, png_path = save_report(report, tmp_path / "report")
     assert json_path.is_file() and png_path.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_damaged_codes_file_is_named(tiny_tokens, tmp_path):
+    """codes.bin cut short is refused on open; bytes flipped into impossible codes are
+    refused on read, naming the file and the row (training used to stop without either)."""
+    split = shutil.copytree(
+        tiny_tokens["cache_dir"] / "mfcc-kmeans" / "ks" / "train", tmp_path / "s"
+    )
+    codes = split / "codes.bin"
+    data = bytearray(codes.read_bytes())
+    first = CachedSplit(split).entries[0]["key"]
+    data[:8] = b"\xff\x7f" * 4  # uint16 32767 in the first row: no codebook of 32 has it
+    codes.write_bytes(bytes(data))
+    with pytest.raises(CacheError, match=rf"codes\.bin: codes of '{first}' outside \[0, 32\)"):
+        CachedSplit(split).get(first)
+    codes.write_bytes(bytes(data[:-10]))
+    with pytest.raises(CacheError, match=r"codes\.bin: \d+ bytes, its index\.json says \d+"):
+        CachedSplit(split)
