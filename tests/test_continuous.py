@@ -362,3 +362,22 @@ def test_codebook_sum_save_load_round_trip(tmp_path):
     )
     with pytest.raises(ValueError, match="needs the LLM's input embeddings"):
         load_projector(tmp_path)
+
+
+@pytest.mark.parametrize("kwargs", [{"input_norm": "corpus"}, {"layers": [1, 3], "layer_dim": 2}])
+def test_projector_runs_in_bf16_as_deepspeed_casts_it(kwargs):
+    """DeepSpeed bf16 casts the module and applies no autocast: fp32 frames into a bf16
+    projector must work (it died with "mat1 and mat2 must have the same dtype") and keep its
+    feature statistics in float32."""
+    torch.manual_seed(0)
+    projector = AudioProjector(4, 16, 8, **kwargs)
+    if "input_norm" in kwargs:
+        projector.set_feature_statistics(torch.tensor([0.5, -1.0, 2.0, 0.0]), torch.full((4,), 3.0))
+    frames = torch.randn(5, 4) * 3
+    reference = projector(frames)
+    projector.to(torch.bfloat16)
+    out = projector(frames)
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), reference, rtol=0.05, atol=0.05)
+    if "input_norm" in kwargs:
+        assert projector.feature_mean.dtype == projector.feature_std.dtype == torch.float32

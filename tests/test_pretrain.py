@@ -212,11 +212,14 @@ def test_lora_run_trains_and_exports_merged(tiny_tokens, tmp_path):
     from transformers import AutoModelForCausalLM
 
     run_dir = tmp_path / "lora"
-    result = run_pretrain(
+    result = run_pretrain(  # the default launch: DeepSpeed ZeRO-2 (crashed at step 1 before)
         tiny_tokens,
         run_dir,
-        ["model.lora={r: 4, alpha: 8}", "train.checkpoint_every=0", "optim.lr=3e-2"],
+        ["model.lora={r: 4, alpha: 8}", "train.checkpoint_every=0", "optim.lr=3e-2"]
+        + ["train.deepspeed=configs/deepspeed/zero2.json"],
+        launcher="accelerate",
     )
+    assert "DeepSpeed configs/deepspeed/zero2.json" in result.stdout
     assert "trainable)" in result.stdout
     curve = losses(run_dir)
     assert curve[-1] < curve[0]
@@ -311,6 +314,31 @@ def test_continuous_input_run_trains_and_exports_projector(tiny_tokens, tmp_path
     assert report["audio_input"] == "continuous" and report["input_tokenizer"] == "mfcc-features"
     assert report["input_settings"] == {"input_norm": "corpus", "output_rms": 1.0}
     assert set(report["tasks"]) == {"ks", "sv", "asr", "se"}
+
+
+def test_continuous_input_trains_in_bf16_under_deepspeed(tiny_tokens, tmp_path):
+    """The default launch (DeepSpeed ZeRO-2) in bf16 casts the projector with the LM and
+    applies no autocast; it died at the first forward ("mat1 and mat2 must have the same
+    dtype") before the projector ran in the dtype of its weights."""
+    from mmllm.modeling.continuous import load_projector
+
+    run_dir = tmp_path / "continuous-bf16"
+    overrides = [
+        "audio_input=continuous",
+        f"tokenizers.input={ROOT / 'configs/tokenizers/mfcc-features.yaml'}",
+        "tokenizers.input_overrides=[]",
+        f"tokenizers.output={ROOT / 'configs/tokenizers/mfcc-kmeans.yaml'}",
+        f"tokenizers.output_overrides={json.dumps([str(x) for x in tiny_tokens['overrides']])}",
+        "data.mixture={asr: 1, ks: 1, tts: 1}",
+        "train.precision=bf16",
+        "train.steps=2",
+        "train.checkpoint_every=0",
+        "train.deepspeed=configs/deepspeed/zero2.json",
+    ]
+    result = run_pretrain(tiny_tokens, run_dir, overrides, launcher="accelerate")
+    assert "torch.bfloat16" in result.stdout and len(losses(run_dir)) == 2
+    projector = load_projector(run_dir / "final")
+    assert projector.feature_mean.dtype == torch.float32
 
 
 def test_ssl_layer_features_train_their_layer_weights_and_evaluate(tiny_tokens, tmp_path):

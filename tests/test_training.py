@@ -124,7 +124,16 @@ def test_lora_trains_adapters_and_new_rows_only(freeze_audio):
     model = resize_model(tiny_llama(), VOCAB, init="random")
     before = {k: v.clone() for k, v in model.state_dict().items()}
     model = apply_lora(model, LoraSection(r=2, alpha=4), VOCAB, freeze_audio=freeze_audio)
-    optimizer = make_optimizer(model, OptimSection(lr=0.1))
+    optimizer = make_optimizer(model, OptimSection(lr=0.1, weight_decay=0.1))
+    # no empty group (DeepSpeed drops them, and the LR schedule then fails), and the new rows
+    # peft trains in full are embedding rows: no weight decay on them
+    assert all(group["params"] for group in optimizer.param_groups)
+    new_rows = {id(p) for n, p in model.named_parameters() if "trainable_tokens_delta" in n}
+    assert new_rows and all(
+        group["weight_decay"] == 0.0
+        for group in optimizer.param_groups
+        if new_rows & {id(p) for p in group["params"]}
+    )
     ids = torch.arange(VOCAB.size)[None]  # every text, special and audio id once
     for _ in range(3):
         model(input_ids=ids, labels=ids).loss.backward()

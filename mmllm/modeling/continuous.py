@@ -145,16 +145,35 @@ class AudioProjector(nn.Module):
         self.down.bias.mul_(target_rms / measured)
         self.config["output_rms"] = target_rms  # how it was initialised, saved with it
 
+    def _apply(self, fn, recurse=True):  # noqa: ANN001 (torch's signature)
+        """Moves follow the module; casts leave the feature statistics in float32 (DeepSpeed
+        casts the whole model to bf16, and bf16 means and sds lose the small differences
+        normalisation divides by)."""
+        stats = {
+            name: self._buffers[name]
+            for name in ("feature_mean", "feature_std")
+            if self._buffers.get(name) is not None
+        }
+        super()._apply(fn, recurse)
+        for name, kept in stats.items():
+            self._buffers[name] = kept.to(device=self._buffers[name].device, dtype=torch.float32)
+        return self
+
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        """frames [n, in_dim] (any float dtype) -> [n, out_dim] in the projector's dtype:
+        normalisation and layer mixing in float32, the layers in the weights' dtype (under
+        DeepSpeed bf16 there is no autocast: each module runs in the dtype of its weights)."""
         x = frames.float()
         if self.input_norm == "corpus":
-            x = (x - self.feature_mean) / self.feature_std
+            x = (x - self.feature_mean.float()) / self.feature_std.float()
         if self.layers:
             n = x.shape[0]
             blocks = x.reshape(n, -1, len(self.layers), self.layer_dim)  # [n, stack, L, D_l]
             if self.input_norm == "layer":
                 blocks = nn.functional.layer_norm(blocks, (self.layer_dim,))
-            x = torch.einsum("l,nsld->nsd", self.layer_weights.softmax(0), blocks).reshape(n, -1)
+            weights = self.layer_weights.float().softmax(0)
+            x = torch.einsum("l,nsld->nsd", weights, blocks).reshape(n, -1)
+        x = x.to(self.up.weight.dtype)
         return self.down(nn.functional.gelu(self.up(self.norm(x))))
 
 

@@ -172,6 +172,8 @@ def make_optimizer(model: Any, optim: OptimSection) -> torch.optim.Optimizer:
     no_decay = [base.get_input_embeddings().weight]
     if base.get_output_embeddings() is not None:
         no_decay.append(base.get_output_embeddings().weight)
+    # LoRA: the new rows peft trains in full (trainable_token_indices) are embedding rows too
+    no_decay += [p for name, p in model.named_parameters() if "trainable_tokens_delta" in name]
     return make_adamw(
         model.parameters(),
         lr=optim.lr,

@@ -31,9 +31,9 @@ def make_adamw(
     scaled: Iterable[torch.nn.Parameter] = (),
     scaled_lr: float | None = None,
 ) -> torch.optim.AdamW:
-    """AdamW over the trainable `parameters` in up to three groups: decayed matrices, the
-    rest without decay, and `scaled` (without decay, at `scaled_lr`) when there are any.
-    Groups are always in this order, so a saved optimizer state loads back into them."""
+    """AdamW over the trainable `parameters` in up to three groups, in this order (so a
+    saved optimizer state loads back into them), each only when it has parameters: decayed
+    matrices, the rest without decay, and `scaled` (without decay, at `scaled_lr`)."""
     skip = {id(p) for p in no_decay}
     special = {id(p) for p in scaled}
     decay, other, mixed = [], [], []
@@ -49,10 +49,11 @@ def make_adamw(
     groups = [
         {"params": decay, "weight_decay": weight_decay},
         {"params": other, "weight_decay": 0.0},
+        {"params": mixed, "weight_decay": 0.0, "lr": scaled_lr or lr},
     ]
-    if mixed:
-        groups.append({"params": mixed, "weight_decay": 0.0, "lr": scaled_lr or lr})
-    return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas))
+    # DeepSpeed's optimizer drops empty groups, and a schedule built for more groups than it
+    # keeps fails at its first step: never make an empty one (LoRA leaves "other" empty)
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr, betas=tuple(betas))
 
 
 def lr_multiplier(step: int, schedule: ScheduleConfig, total_steps: int) -> float:
