@@ -11,6 +11,7 @@ from mmllm.audio.features import mfcc
 from mmllm.audio.io import resample
 from mmllm.corpus.labels import KS_LABELS
 from mmllm.eval.metrics import (
+    PesqRefused,
     accuracy,
     cer,
     confusions,
@@ -300,6 +301,13 @@ def test_stoi_identical_and_degraded(speech):
 def test_pesq_identical_and_noisy(speech):
     assert pesq(speech, speech, SAMPLE_RATE) > 4.0  # wideband maximum is about 4.64
     assert pesq(speech, with_noise(speech, 5), SAMPLE_RATE) < 2.5
+
+
+def test_pesq_refusal_is_its_own_error(speech):
+    """Silence has no utterance: PesqRefused (counted as pesq_failed by the evaluation);
+    anything else, e.g. a missing package, is not swallowed."""
+    with pytest.raises(PesqRefused, match="No utterances"):
+        pesq(np.zeros_like(speech), speech, SAMPLE_RATE)
 
 
 def test_pesq_narrowband_and_resampled(speech):

@@ -195,6 +195,19 @@ def test_resume_after_kill_matches_uninterrupted_run(plain_run, tiny_tokens, tmp
     ]
 
 
+def test_resume_may_change_run_length_but_not_the_model(plain_run, tiny_tokens, tmp_path):
+    """train.steps and the eval / checkpoint intervals may change on resume (it refused every
+    change before); a change of the model or the data is refused, naming what differs."""
+    run_dir = tmp_path / "longer"
+    run_pretrain(tiny_tokens, run_dir, ["train.steps=4"])
+    resumed = run_pretrain(tiny_tokens, run_dir, ["train.eval_every=2"])  # steps: 6
+    assert "resumed from" in resumed.stdout and "step 4" in resumed.stdout
+    assert len(losses(run_dir)) == 6
+    assert losses(run_dir)[:4] == losses(plain_run[0])[:4]  # the same data order
+    refused = run_pretrain(tiny_tokens, run_dir, ["model.hidden_size=64"], check=False)
+    assert refused.returncode == 2 and "differs in config_hash" in refused.stdout + refused.stderr
+
+
 def test_kill_during_checkpoint_save_keeps_last_good_one(plain_run, tiny_tokens, tmp_path):
     run_dir = tmp_path / "killed-in-save"
     killed = run_pretrain(tiny_tokens, run_dir, fault="checkpoint-save:2", check=False)

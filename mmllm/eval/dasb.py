@@ -326,7 +326,7 @@ def _signal_metrics(task, row, wavs, sample_rate, load, signal) -> tuple[dict, l
         }
         try:
             values["pesq"] = metrics.pesq(clean, estimate, sample_rate)
-        except Exception:  # pesq refuses signals it finds no speech in: counted, not averaged
+        except metrics.PesqRefused:  # no speech found in the signal: counted, not averaged
             signal.setdefault("pesq_failed", []).append(1.0)
         pairs = [(clean, wavs[0])]
     elif task == "ss":

@@ -366,6 +366,11 @@ def stoi(clean: Signal, processed: Signal, sample_rate: int, extended: bool = Fa
     return float(pystoi_stoi(ref, deg, int(sample_rate), extended=extended))
 
 
+class PesqRefused(ValueError):
+    """PESQ declined a pair of signals (no utterance found, too short): a counted outcome,
+    not an error of the evaluation. A missing `pesq` package is an ImportError instead."""
+
+
 def pesq(clean: Signal, processed: Signal, sample_rate: int) -> float:
     """Perceptual evaluation of speech quality (ITU-T P.862), MOS-LQO about 1..4.6.
 
@@ -373,7 +378,8 @@ def pesq(clean: Signal, processed: Signal, sample_rate: int) -> float:
     PESQ is defined at 16 kHz (wideband mode, P.862.2) and 8 kHz (narrowband mode) only:
     8 kHz input is scored narrowband, 16 kHz wideband, and any other rate is first resampled
     to 16 kHz with `mmllm.audio.resample` (soxr) and scored wideband. Computed by the `pesq`
-    package; raises its `pesq.NoUtterancesError` when the clean signal holds no speech.
+    package; raises PesqRefused when the pesq package declines the pair (no speech in the clean
+    signal, too short).
     """
     try:
         from pesq import pesq as pesq_score
@@ -389,7 +395,12 @@ def pesq(clean: Signal, processed: Signal, sample_rate: int) -> float:
     if sample_rate not in PESQ_MODES:
         ref, deg = resample(ref, sample_rate, 16000), resample(deg, sample_rate, 16000)
         sample_rate = 16000
-    return float(pesq_score(sample_rate, ref, deg, PESQ_MODES[sample_rate]))
+    from pesq import PesqError
+
+    try:
+        return float(pesq_score(sample_rate, ref, deg, PESQ_MODES[sample_rate]))
+    except PesqError as err:  # e.g. NoUtterancesError: a signal it finds no speech in
+        raise PesqRefused(str(err)) from err
 
 
 def mcd_from_cepstra(reference: Signal, estimate: Signal) -> float:

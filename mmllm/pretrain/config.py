@@ -13,7 +13,7 @@ import dataclasses
 from pathlib import Path
 from typing import Literal
 
-from mmllm.config import OMIT_WHEN_NONE, config_dataclass, from_dict, read_yaml
+from mmllm.config import OMIT_WHEN_NONE, config_dataclass, config_hash, from_dict, read_yaml
 from mmllm.corpus.schema import AUDIO_ANSWER_TASKS
 from mmllm.data.augment import AudioAugment
 from mmllm.data.mixture import SOURCES, weighted_sources
@@ -229,6 +229,18 @@ def load_run_config(path: str | Path) -> PretrainConfig:
         if isinstance(data.get(section, {}), dict):
             data.setdefault(section, {}).setdefault(key, value)
     return from_dict(PretrainConfig, data, source=str(path))
+
+
+def resume_identity(cfg: PretrainConfig, num_processes: int) -> dict:
+    """What a run directory's later starts must share with its first (checked by
+    `mmllm.training.checkpoints.check_run`): the config's hash without the keys that change
+    neither the data nor the model (train.steps, so a finished run can train longer, eval,
+    log and checkpoint intervals, CPU threads), and the number of processes (the global batch
+    order is laid out per process)."""
+    free = {"steps": 1, "eval_every": 0, "log_every": 1, "checkpoint_every": 0}
+    free |= {"keep_checkpoints": 0, "cpu_threads": None}
+    fixed = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, **free))
+    return {"config_hash": config_hash(fixed), "num_processes": num_processes}
 
 
 def check_pretrain_config(cfg: PretrainConfig) -> None:

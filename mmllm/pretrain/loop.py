@@ -28,7 +28,6 @@ from mmllm.config import (
     ConfigError,
     add_config_arguments,
     command_parser,
-    config_hash,
     load_config,
     save_config,
 )
@@ -42,7 +41,7 @@ from mmllm.fileio import (
     truncate_jsonl,
 )
 from mmllm.pretrain.build import apply_lora, build_model, make_optimizer, wrap_audio_input
-from mmllm.pretrain.config import PretrainConfig, check_pretrain_config
+from mmllm.pretrain.config import PretrainConfig, check_pretrain_config, resume_identity
 from mmllm.pretrain.distributed import (
     deepspeed_config,
     deepspeed_config_path,
@@ -179,7 +178,7 @@ def train(cfg: PretrainConfig, accelerator: Any, ds_path: str | None, dtype: tor
     # ---- resume, or start fresh
     start_step, state = 0, {}
     try:
-        check_run(run_dir, {"config_hash": config_hash(cfg)})
+        check_run(run_dir, resume_identity(cfg, world))
         checkpoint = latest_checkpoint(run_dir, clean=is_main)
     except (ValueError, FileNotFoundError) as err:  # another run's directory, corrupt files
         say(f"error: {err}")

@@ -8,6 +8,8 @@ from __future__ import annotations
 import re
 import unicodedata
 
+from mmllm.text.numbers import spell_numbers
+
 _CURLY_APOSTROPHES = str.maketrans({"\u2019": "'", "\u2018": "'", "\u02bc": "'", "`": "'"})
 
 
@@ -17,10 +19,13 @@ _NOT_ALLOWED = re.compile(r"[^a-z' ]+")
 def normalize_text(text: str) -> str:
     """The one normalizer for SynthDASB transcripts and model outputs before scoring.
 
-    Lowercases, folds accents ("café" -> "cafe") and typographic apostrophes, turns every
-    other character (punctuation, digits, hyphens, newlines) into a word break, drops
-    apostrophes that are quotes rather than part of a word, and collapses whitespace.
+    Spells digits out the way SynthDASB speaks them (`spell_numbers`: a recogniser that
+    writes "25" is scored against "twenty five"), lowercases, folds accents ("café" ->
+    "cafe") and typographic apostrophes, turns every other character (punctuation,
+    hyphens, newlines) into a word break, drops apostrophes that are quotes rather than
+    part of a word, and collapses whitespace.
     """
+    text = spell_numbers(text)
     text = unicodedata.normalize("NFKD", text.translate(_CURLY_APOSTROPHES))
     text = "".join(c for c in text if not unicodedata.combining(c)).lower()
     text = _NOT_ALLOWED.sub(" ", text)

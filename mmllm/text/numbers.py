@@ -4,6 +4,8 @@
 
 from __future__ import annotations
 
+import re
+
 
 def _words(text: str) -> tuple[str, ...]:
     return tuple(text.split())
@@ -63,3 +65,31 @@ def year_words(year: int) -> str:
     if lo == 0:
         return number_words(hi) + " hundred"
     return f"{number_words(hi)} {'oh ' if lo < 10 else ''}{number_words(lo)}"
+
+
+_NUMBER = re.compile(r"(?<![\w.])(\d{1,3}(?:,\d{3})+|\d+)(?:\.(\d+))?(st|nd|rd|th)?(?!\w)")
+
+
+def _number_as_words(match: re.Match) -> str:
+    whole, decimals, ordinal = match.group(1), match.group(2), match.group(3)
+    n = int(whole.replace(",", ""))
+    if ordinal and 1 <= n <= 31 and not decimals:
+        return ordinal_words(n)
+    if n >= 1_000_000:
+        return " ".join(ONES[int(d)] for d in whole if d.isdigit())  # digit by digit
+    # four digits without a comma read as a year, as SynthDASB (and people) say them
+    spoken = (
+        year_words(n)
+        if 1100 <= n <= 2099 and whole.isdigit() and not decimals
+        else (number_words(n))
+    )
+    if decimals:
+        spoken += " point " + " ".join(ONES[int(d)] for d in decimals)
+    return f" {spoken} "
+
+
+def spell_numbers(text: str) -> str:
+    """Digits in `text` as the words SynthDASB speaks: "25" -> "twenty five", "3rd" ->
+    "third", "1984" -> "nineteen eighty four", "2.5" -> "two point five", "1,200" -> "one
+    thousand two hundred"; a number of a million or more is read digit by digit."""
+    return _NUMBER.sub(_number_as_words, text)

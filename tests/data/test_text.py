@@ -299,7 +299,13 @@ def test_emotion_sentences():
         ("Hello, World!", "hello world"),
         ("  the   train\tleaves\nat SEVEN.  ", "the train leaves at seven"),
         ("Don\u2019t stop", "don't stop"),
-        ("it's 7 o'clock", "it's o'clock"),
+        ("it's 7 o'clock", "it's seven o'clock"),  # digits spelled out, as SynthDASB speaks
+        ("25 cats on the 3rd", "twenty five cats on the third"),
+        (
+            "in 1984, 2005 and 2.5",
+            "in nineteen eighty four two thousand and five and two point five",
+        ),
+        ("1,200 people", "one thousand two hundred people"),
         ("twenty-three", "twenty three"),
         ("'quoted' words", "quoted words"),
         ("Café NAÏVE", "cafe naive"),
