@@ -44,6 +44,7 @@ from mmllm.config import config_hash, config_to_dict, from_dict, save_config
 from mmllm.fileio import atomic_write_bytes, atomic_write_text, exclusive_lock
 from mmllm.runtime import keep_freed_memory
 from mmllm.tokenizers.base import AudioTokenizer, TokenizerConfig, pad_batch
+from mmllm.tokenizers.kmeans import centroids_digest
 from mmllm.tokenizers.registry import build_tokenizer
 
 CACHE_CARD = "cache.json"
@@ -77,19 +78,29 @@ def storage_dtype(tokenizer: AudioTokenizer) -> np.dtype:
 
 def codes_hash(cfg: TokenizerConfig) -> str:
     """Hash of what determines the codes: the tokenizer config without its decode-side
-    `vocoder` and the `device` it ran on (naming a vocoder keeps a cache valid)."""
-    return config_hash(dataclasses.replace(cfg, vocoder=None, device="cpu"))
+    `vocoder` and the `device` it ran on (naming a vocoder keeps a cache valid), with the
+    k-means centroids' content in place of their path (a refit into the same directory
+    makes other codes; a moved project keeps its caches)."""
+    centroids = centroids_digest(cfg.centroids) if cfg.centroids else None
+    return config_hash(dataclasses.replace(cfg, vocoder=None, device="cpu", centroids=centroids))
 
 
 def check_card_tokenizer(card: dict, cfg: TokenizerConfig, where: str | Path) -> None:
-    """Refuse a cache card written for a tokenizer config whose codes differ from `cfg`'s
-    (the decode-side `vocoder` and the `device` aside: they do not change the codes)."""
+    """Refuse a cache card written for a tokenizer whose codes differ from `cfg`'s: another
+    config (the decode-side `vocoder` and the `device` aside) or other centroids."""
+    if card.get("codes_hash") == codes_hash(cfg):
+        return
     built = from_dict(TokenizerConfig, card["tokenizer"], source=str(Path(where) / CACHE_CARD))
-    if codes_hash(built) != codes_hash(cfg):
-        raise CacheError(
-            f"{where}: token cache was built with another tokenizer config "
-            f"({config_to_dict(built)} != {config_to_dict(cfg)}); use another --out or delete it"
-        )
+    same_config = config_to_dict(dataclasses.replace(built, vocoder=None, device="cpu")) == (
+        config_to_dict(dataclasses.replace(cfg, vocoder=None, device="cpu"))
+    )
+    if same_config and "codes_hash" not in card:  # a card from before content hashes
+        return
+    what = "other k-means centroids (refitted?)" if same_config else "another tokenizer config"
+    raise CacheError(
+        f"{where}: token cache was built with {what} ({config_to_dict(built)}, not "
+        f"{config_to_dict(cfg)}); use another --out or delete it"
+    )
 
 
 def read_cache_card(cache_dir: str | Path, cfg: TokenizerConfig) -> dict:
@@ -110,6 +121,7 @@ def check_or_write_card(
     """Refuse a cache directory made for another tokenizer config or corpus; else record ours."""
     card = {
         "tokenizer_hash": config_hash(cfg),
+        "codes_hash": codes_hash(cfg),  # what check_card_tokenizer compares
         "tokenizer": config_to_dict(cfg),
         "tokenizer_properties": tokenizer.describe(),
         "corpus": corpus,

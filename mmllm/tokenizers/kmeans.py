@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from mmllm.fileio import atomic_write_bytes, atomic_write_text
+from mmllm.fileio import atomic_write_bytes, atomic_write_text, file_sha256
 
 CENTROIDS_FILENAME = "centroids.safetensors"
 CARD_FILENAME = "card.json"
@@ -297,3 +297,14 @@ def load_centroids(directory: str | Path) -> tuple[dict[str, torch.Tensor], dict
     except json.JSONDecodeError as err:
         raise ValueError(f"{directory}: {CARD_FILENAME} is not valid JSON ({err})") from err
     return load_file(str(directory / CENTROIDS_FILENAME)), card
+
+
+def centroids_digest(centroids: str | None) -> str | None:
+    """sha256 of a k-means tokenizer's centroids.safetensors (None without centroids): two
+    k-means fits with the same k give unrelated codes, so a vocoder is tied to one fit."""
+    if not centroids:
+        return None
+    path = Path(centroids) / CENTROIDS_FILENAME
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: centroids not found (needed to identify the codes)")
+    return file_sha256(path)

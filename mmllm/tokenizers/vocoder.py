@@ -30,7 +30,6 @@ for, codebook weights, speakers); loaded with safetensors only.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -45,6 +44,7 @@ from mmllm.fileio import (
     atomic_write_text,
     state_dict_bytes,
 )
+from mmllm.tokenizers.kmeans import centroids_digest
 
 if TYPE_CHECKING:
     pass
@@ -360,19 +360,6 @@ class TokenVocoder(nn.Module):
         spk = None if speakers is None else speakers.to(device)
         wav = self(codes.to(device).long(), frame_lengths.to(device), spk)
         return wav.to(codes.device), frame_lengths.to(codes.device) * self.cfg.hop
-
-
-def centroids_digest(centroids: str | None) -> str | None:
-    """sha256 of a k-means tokenizer's centroids.safetensors (None without centroids): two
-    k-means fits with the same k give unrelated codes, so a vocoder is tied to one fit."""
-    if not centroids:
-        return None
-    from mmllm.tokenizers.kmeans import CENTROIDS_FILENAME
-
-    path = Path(centroids) / CENTROIDS_FILENAME
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: centroids not found (needed to identify the codes)")
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def tokenizer_signature(tokenizer_cfg: Any, properties: dict[str, Any]) -> dict[str, Any]:

@@ -199,3 +199,19 @@ def test_a_damaged_codes_file_is_named(tiny_tokens, tmp_path):
     codes.write_bytes(bytes(data[:-10]))
     with pytest.raises(CacheError, match=r"codes\.bin: \d+ bytes, its index\.json says \d+"):
         CachedSplit(split)
+
+
+def test_a_refit_into_the_same_directory_is_not_served_stale_codes(tiny_tokens, tmp_path):
+    """The cache is keyed by the centroids' content, not their path: refitting k-means into
+    the same directory used to reuse the old codes silently."""
+    centroids = shutil.copytree(tiny_tokens["centroids"], tmp_path / "centroids")
+    cfg = dataclasses.replace(tiny_tokens["tokenizer"], centroids=str(centroids))
+    cache = tmp_path / "cache"
+    extract_corpus(cfg, tiny_tokens["corpus"], cache, tasks=["ks"], splits=("test",))
+    extract_corpus(cfg, tiny_tokens["corpus"], cache, tasks=["ks"], splits=("test",))  # reused
+    from mmllm.tokenizers.kmeans import CENTROIDS_FILENAME
+
+    weights = centroids / CENTROIDS_FILENAME
+    weights.write_bytes(weights.read_bytes()[:-4] + b"\x00\x00\x80\x3f")  # "refitted"
+    with pytest.raises(CacheError, match=r"other k-means centroids \(refitted\?\)"):
+        extract_corpus(cfg, tiny_tokens["corpus"], cache, tasks=["ks"], splits=("test",))
