@@ -170,6 +170,22 @@ def test_two_process_ddp_matches_one_process(tiny_tokens, tmp_path):
     assert double == pytest.approx(single, rel=1e-4)
 
 
+def test_two_process_ddp_with_summed_input_and_text_only_batches(tiny_tokens, tmp_path):
+    """A micro-batch of text LM documents only never calls the input's mixing module; DDP
+    without find_unused_parameters stopped there ("Expected to have finished reduction")."""
+    run_dir = tmp_path / "summed-ddp"
+    overrides = [
+        "audio_input=summed",
+        "data.mixture={text: 2, ks: 1}",
+        "train.steps=3",
+        "train.micro_batch_size=1",
+        "train.checkpoint_every=0",
+        "train.eval_every=0",
+    ]
+    run_pretrain(tiny_tokens, run_dir, overrides, launcher="torchrun-2")
+    assert len(losses(run_dir)) == 3
+
+
 def test_resume_after_kill_matches_uninterrupted_run(plain_run, tiny_tokens, tmp_path):
     """Killed (SIGKILL) right after step 3, the last checkpoint is step 2; rerunning resumes
     there and every logged loss equals the run that never stopped."""

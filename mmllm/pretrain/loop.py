@@ -73,7 +73,7 @@ def parse_config(argv: list[str] | None) -> PretrainConfig:
 
 def make_accelerator(cfg: PretrainConfig):
     from accelerate import Accelerator
-    from accelerate.utils import DeepSpeedPlugin
+    from accelerate.utils import DeepSpeedPlugin, DistributedDataParallelKwargs
 
     cuda = torch.cuda.is_available()
     if not cuda:
@@ -93,7 +93,13 @@ def make_accelerator(cfg: PretrainConfig):
         prepare_deepspeed_environment()
         ds = deepspeed_config(ds_path, cfg.train, cfg.optim.grad_clip, bf16)
         plugin = DeepSpeedPlugin(hf_ds_config=ds)
+    handlers = []
+    if cfg.audio_input != "discrete" and plugin is None:
+        # a micro-batch of text documents only never calls the input's projector / mixing
+        # weights: DDP must expect parameters without gradients
+        handlers.append(DistributedDataParallelKwargs(find_unused_parameters=True))
     accelerator = Accelerator(
+        kwargs_handlers=handlers,
         cpu=not cuda and plugin is None,  # cpu=True makes torchrun's processes a gloo group
         deepspeed_plugin=plugin,
         mixed_precision="bf16" if bf16 else "no",
