@@ -157,6 +157,56 @@ def test_deepspeed_zero2_and_zero3_match_plain(plain_run, tiny_tokens, tmp_path)
     torch.testing.assert_close(zero3(ids).logits, plain(ids).logits, rtol=1e-3, atol=1e-3)
 
 
+@pytest.fixture(scope="module")
+def pretrained_base(plain_run, tmp_path_factory) -> Path:
+    """A "pretrained" base as a user brings one: a tiny random Llama and its text tokenizer
+    saved with save_pretrained to a local directory."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    base = tmp_path_factory.mktemp("base") / "tiny-llama"
+    tokenizer = AutoTokenizer.from_pretrained(plain_run[0] / "text_tokenizer")
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        tie_word_embeddings=False,
+    )
+    LlamaForCausalLM(config).save_pretrained(base)
+    tokenizer.save_pretrained(base)
+    return base
+
+
+@pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
+def test_pretrained_base_under_zero3_matches_plain_and_exports(
+    pretrained_base, tiny_tokens, tmp_path, lora
+):
+    """ZeRO-3 loads a pretrained base sharded (empty parameters): resizing it read 0 rows
+    ("model has 0 embedding rows"); with LoRA the merge ran on shards. The ZeRO-3 run must
+    train like the same run without DeepSpeed and export the same model."""
+    from transformers import AutoModelForCausalLM
+
+    common = [f"model.base={pretrained_base}", "train.steps=3", "train.checkpoint_every=0"]
+    if lora:
+        common.append("model.lora={r: 4, alpha: 8}")
+    run_pretrain(tiny_tokens, tmp_path / "plain", common)
+    # every parameter partitioned, as a real model's are (tiny ones stay whole by default)
+    ds = json.loads((ROOT / "configs/deepspeed/zero3.json").read_text())
+    ds["zero_optimization"]["stage3_param_persistence_threshold"] = 0
+    (tmp_path / "zero3.json").write_text(json.dumps(ds))
+    zero3 = [f"train.deepspeed={tmp_path / 'zero3.json'}"]
+    run_pretrain(tiny_tokens, tmp_path / "zero3", [*common, *zero3], launcher="accelerate")
+    assert losses(tmp_path / "zero3") == pytest.approx(losses(tmp_path / "plain"), rel=1e-4)
+    plain = AutoModelForCausalLM.from_pretrained(tmp_path / "plain" / "final")
+    sharded = AutoModelForCausalLM.from_pretrained(tmp_path / "zero3" / "final")
+    ids = torch.arange(60)[None]
+    torch.testing.assert_close(sharded(ids).logits, plain(ids).logits, rtol=1e-3, atol=1e-3)
+
+
 def test_two_process_ddp_matches_one_process(tiny_tokens, tmp_path):
     """torchrun with 2 processes x 1 block per micro-batch == 1 process x 2 blocks: the same
     global batch of 4 blocks per step, so the same step-1 loss (and close ones after)."""

@@ -147,6 +147,24 @@ def apply_lora(model: Any, lora: LoraSection, vocab: MultimodalVocab, freeze_aud
     return get_peft_model(model, config)
 
 
+def merged_lora_copy(peft_model: Any, state_dict: dict[str, torch.Tensor]) -> Any:
+    """The LoRA model with its adapters and trainable rows folded in, built on the CPU from
+    `state_dict` (the gathered weights of `peft_model`, which under ZeRO-3 holds only shards:
+    merging in place would read empty tensors). Call it where the model is built whole
+    (`mmllm.pretrain.distributed.whole_model_loading`)."""
+    from peft import get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    config = peft_model.get_base_model().config
+    dtype = next(iter(state_dict.values())).dtype
+    copy = get_peft_model(
+        AutoModelForCausalLM.from_config(config, torch_dtype=dtype),
+        peft_model.peft_config["default"],
+    )
+    copy.load_state_dict(state_dict, strict=True)
+    return copy.merge_and_unload()
+
+
 def mixing_weights(model: Any) -> list[torch.nn.Parameter]:
     """The input's softmax mixing logits: CodebookSum.weights [K] and
     AudioProjector.layer_weights [L] (empty for a plain LM or a projector without layers)."""

@@ -8,7 +8,10 @@ from __future__ import annotations
 import json
 import os
 import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -68,3 +71,23 @@ def prepare_deepspeed_environment() -> None:
             RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
         )
     os.environ["ACCELERATE_USE_DEEPSPEED"] = "true"
+
+
+@contextmanager
+def whole_model_loading(accelerator: Any) -> Iterator[None]:
+    """Where the model is built: under DeepSpeed ZeRO-3, load a pretrained base whole (not
+    partitioned as it loads, which transformers does while a ZeRO-3 DeepSpeed config is
+    registered), so that resizing the embeddings and initialising the new rows see real
+    tensors; `accelerator.prepare` partitions it afterwards. Each process holds the whole
+    base in CPU memory once, while it is built."""
+    plugin = getattr(accelerator.state, "deepspeed_plugin", None)
+    if plugin is None or not plugin.hf_ds_config.is_zero3():
+        yield
+        return
+    from transformers.integrations import unset_hf_deepspeed_config
+
+    unset_hf_deepspeed_config()
+    try:
+        yield
+    finally:
+        plugin.set_deepspeed_weakref()  # registered again for prepare and the export

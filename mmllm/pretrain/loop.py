@@ -46,6 +46,7 @@ from mmllm.pretrain.distributed import (
     deepspeed_config,
     deepspeed_config_path,
     prepare_deepspeed_environment,
+    whole_model_loading,
 )
 from mmllm.pretrain.schedule import BlockSchedule, count_targets, micro_batches
 from mmllm.pretrain.steps import evaluate, token_loss_sum
@@ -146,20 +147,21 @@ def train(cfg: PretrainConfig, accelerator: Any, ds_path: str | None, dtype: tor
         return 2
     vocab = run.vocab
     packed = cfg.train.attention == "packed"
-    model = build_model(
-        cfg.model, vocab, cfg.data.block_size, cfg.train.seed, run.centroids, packed
-    )
-    if cfg.model.lora is not None:
-        model = apply_lora(model, cfg.model.lora, vocab, cfg.model.freeze_audio)
-    model = wrap_audio_input(
-        model,
-        vocab,
-        cfg.audio_input,
-        run.caches.input.num_codebooks,
-        cfg.continuous,
-        run.caches.input.feature_layers,
-        run.feature_stats,
-    )
+    with whole_model_loading(accelerator):
+        model = build_model(
+            cfg.model, vocab, cfg.data.block_size, cfg.train.seed, run.centroids, packed
+        )
+        if cfg.model.lora is not None:
+            model = apply_lora(model, cfg.model.lora, vocab, cfg.model.freeze_audio)
+        model = wrap_audio_input(
+            model,
+            vocab,
+            cfg.audio_input,
+            run.caches.input.num_codebooks,
+            cfg.continuous,
+            run.caches.input.feature_layers,
+            run.feature_stats,
+        )
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     say(

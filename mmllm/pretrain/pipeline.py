@@ -40,7 +40,9 @@ from mmllm.data.templates import TemplateRenderer
 from mmllm.data.vocab import VOCAB_FILENAME, MultimodalVocab, extend_hf_tokenizer
 from mmllm.modeling.continuous import feature_statistics
 from mmllm.modeling.model import save_pretrained_multimodal
+from mmllm.pretrain.build import merged_lora_copy
 from mmllm.pretrain.config import ANSWERS_FILENAME, PRETRAIN_CONFIG_FILENAME, PretrainConfig
+from mmllm.pretrain.distributed import whole_model_loading
 from mmllm.tokenizers.base import TokenizerConfig
 from mmllm.tokenizers.portable import package_tokenizer
 
@@ -94,7 +96,8 @@ class PreparedRun:
                 projector_state = _sub_state(state_dict, "projector.")
                 state_dict = _sub_state(state_dict, "lm.")
             if hasattr(unwrapped, "merge_and_unload"):  # peft: fold the adapters in
-                unwrapped, state_dict = unwrapped.merge_and_unload(), None
+                with whole_model_loading(accelerator):  # a whole copy, from gathered weights
+                    unwrapped, state_dict = merged_lora_copy(unwrapped, state_dict), None
             unwrapped.set_attn_implementation("sdpa")  # loadable without mmllm imported
 
             def extra(tmp: Path) -> None:
