@@ -47,6 +47,7 @@ from tqdm import tqdm
 
 from mmllm.config import config_to_dict
 from mmllm.corpus.reader import load_task
+from mmllm.data.cache import CacheError, read_cache_card
 from mmllm.data.mixture import TokenCaches, source_rows
 from mmllm.data.templates import SV_ANSWERS
 from mmllm.eval import metrics
@@ -57,7 +58,7 @@ from mmllm.eval.generation import (
     decode_audio,
     decode_text,
 )
-from mmllm.eval.prompting import Checkpoint, answer_rendered
+from mmllm.eval.prompting import Checkpoint, GenerateError, answer_rendered
 from mmllm.fileio import atomic_write_text
 from mmllm.pretrain.config import PRETRAIN_CONFIG_FILENAME, load_run_config
 
@@ -75,9 +76,14 @@ class EvalData:
         self.pretrain = load_run_config(checkpoint.directory / PRETRAIN_CONFIG_FILENAME)
         self.corpus = Path(self.pretrain.corpus.path)
         cache_dir = Path(self.pretrain.tokenizers.cache_dir)
-        self.caches = TokenCaches.open(
-            cache_dir / checkpoint.input_config.name, cache_dir / checkpoint.output_config.name
-        )
+        inputs = cache_dir / checkpoint.input_config.name
+        outputs = cache_dir / checkpoint.output_config.name
+        try:  # the caches must hold the codes of the checkpoint's own tokenizers
+            read_cache_card(inputs, checkpoint.input_config)
+            read_cache_card(outputs, checkpoint.output_config)
+        except CacheError as err:
+            raise GenerateError(f"checkpoint {checkpoint.directory}: {err}") from None
+        self.caches = TokenCaches.open(inputs, outputs)
         self.split = split
         self.renderer = checkpoint.renderer()
 
