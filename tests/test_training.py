@@ -8,7 +8,13 @@ import torch
 from tiny_models import tiny_llama as tiny_model
 
 from mmllm.config import ConfigError
-from mmllm.data.packing import IGNORE_INDEX, Document, collate_blocks, pack_documents
+from mmllm.data.packing import (
+    IGNORE_INDEX,
+    Document,
+    block_attention_mask,
+    collate_blocks,
+    pack_documents,
+)
 from mmllm.data.vocab import MultimodalVocab
 from mmllm.modeling.model import resize_model
 from mmllm.pretrain.build import apply_lora, build_model, make_optimizer
@@ -292,3 +298,38 @@ def test_gradient_checkpointing_gives_the_same_gradients():
         loss.backward()
     for (name, a), b in zip(plain.named_parameters(), checkpointed.parameters(), strict=True):
         torch.testing.assert_close(b.grad, a.grad, rtol=1e-5, atol=1e-7, msg=name)
+
+
+def test_chunked_loss_over_target_positions_equals_the_full_logits_loss(monkeypatch):
+    """token_loss_sum computes logits only where some row has a target and the fp32 loss in
+    chunks: the same sum and the same gradients as cross-entropy over the full [B, L, V]."""
+    import mmllm.pretrain.steps as steps
+
+    monkeypatch.setattr(steps, "LOSS_CHUNK_POSITIONS", 3)  # several chunks, a ragged last one
+    model = tiny_llama()
+    docs = [  # prompts (no loss) and answers, in two rows
+        Document(list(range(3, 15)), [False] * 8 + [True] * 4),
+        Document(list(range(20, 27)), [False] * 5 + [True] * 2),
+        Document(list(range(30, 41)), [True] * 11),
+    ]
+    batch = collate_blocks(list(pack_documents(docs, 16, 0)))
+    loss, count = token_loss_sum(model, batch, torch.float32, packed=False)
+    loss.backward()
+    chunked = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    mask = block_attention_mask(batch["document_ids"], dtype=torch.float32)
+    logits = model(
+        input_ids=batch["input_ids"], position_ids=batch["position_ids"], attention_mask=mask
+    ).logits
+    labels = batch["labels"][:, 1:]
+    full = torch.nn.functional.cross_entropy(
+        logits[:, :-1].reshape(-1, logits.shape[-1]),
+        labels.reshape(-1),
+        ignore_index=IGNORE_INDEX,
+        reduction="sum",
+    )
+    full.backward()
+    assert count == int((labels != IGNORE_INDEX).sum()) == 4 + 2 + 10
+    torch.testing.assert_close(loss, full, rtol=1e-5, atol=1e-5)
+    for name, param in model.named_parameters():
+        torch.testing.assert_close(chunked[name], param.grad, rtol=1e-4, atol=1e-6, msg=name)

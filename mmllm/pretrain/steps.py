@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from mmllm.data.packing import (
     IGNORE_INDEX,
@@ -25,6 +26,8 @@ from mmllm.data.packing import (
 )
 from mmllm.modeling.attention import document_spans
 
+LOSS_CHUNK_POSITIONS = 1024  # positions per cross-entropy chunk (fp32 logits of one chunk)
+
 
 def token_loss_sum(
     model: Any, batch: dict[str, torch.Tensor], dtype: torch.dtype, packed: bool = True
@@ -32,7 +35,11 @@ def token_loss_sum(
     """Summed next-token cross-entropy of a packed batch [B, L] -> (sum, number of targets).
 
     Documents are kept apart by per-document attention (`packed`, the model must use
-    PACKED_ATTENTION) or by the 4D block mask; logits are upcast to fp32 for the loss."""
+    PACKED_ATTENTION) or by the 4D block mask. Never materialises [B, L, V] logits: the
+    model computes them only at positions some row has a target after (`logits_to_keep`;
+    prompts have none), and the fp32 cross-entropy runs over chunks of positions, each
+    recomputed in the backward pass instead of kept (at V = 152k and 16k positions the
+    full fp32 copy alone was ~10 GB per row)."""
     inputs = {"input_ids": batch["input_ids"], "position_ids": batch["position_ids"]}
     if "audio_features" in batch:  # continuous / summed input (mmllm.modeling.continuous)
         inputs["audio_features"] = batch["audio_features"]
@@ -40,15 +47,31 @@ def token_loss_sum(
         inputs["document_spans"] = document_spans(batch["document_ids"])
     else:
         inputs["attention_mask"] = block_attention_mask(batch["document_ids"], dtype=dtype)
-    logits = model(**inputs).logits
-    labels = batch["labels"][:, 1:]
-    loss = F.cross_entropy(
-        logits[:, :-1].float().reshape(-1, logits.shape[-1]),
+    labels = batch["labels"][:, 1:]  # the target after position t is labels[:, t + 1]
+    keep = (labels != IGNORE_INDEX).any(0).nonzero().squeeze(1)  # [n] positions
+    targets = int((labels != IGNORE_INDEX).sum())
+    if keep.numel() == 0:  # nothing to predict in this micro-batch
+        logits = model(**inputs, logits_to_keep=1).logits
+        return logits.sum() * 0.0, 0
+    logits = model(**inputs, logits_to_keep=keep.to(batch["input_ids"].device)).logits
+    kept_labels = labels[:, keep.to(labels.device)]  # [B, n]
+    loss = logits.new_zeros((), dtype=torch.float32)
+    for start in range(0, keep.numel(), LOSS_CHUNK_POSITIONS):
+        chunk = slice(start, start + LOSS_CHUNK_POSITIONS)
+        loss = loss + checkpoint(
+            _chunk_loss, logits[:, chunk], kept_labels[:, chunk], use_reentrant=False
+        )
+    return loss, targets
+
+
+def _chunk_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Summed fp32 cross-entropy of logits [B, n, V] against labels [B, n]."""
+    return F.cross_entropy(
+        logits.float().reshape(-1, logits.shape[-1]),
         labels.reshape(-1),
         ignore_index=IGNORE_INDEX,
         reduction="sum",
     )
-    return loss, int((labels != IGNORE_INDEX).sum())
 
 
 @torch.no_grad()
