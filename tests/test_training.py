@@ -305,7 +305,8 @@ def test_chunked_loss_over_target_positions_equals_the_full_logits_loss(monkeypa
     chunks: the same sum and the same gradients as cross-entropy over the full [B, L, V]."""
     import mmllm.pretrain.steps as steps
 
-    monkeypatch.setattr(steps, "LOSS_CHUNK_POSITIONS", 3)  # several chunks, a ragged last one
+    # 3 positions of the 2 rows per chunk: several chunks and a ragged last one
+    monkeypatch.setattr(steps, "LOSS_CHUNK_LOGITS", 3 * 2 * VOCAB.size)
     model = tiny_llama()
     docs = [  # prompts (no loss) and answers, in two rows
         Document(list(range(3, 15)), [False] * 8 + [True] * 4),

@@ -26,7 +26,7 @@ from mmllm.data.packing import (
 )
 from mmllm.modeling.attention import document_spans
 
-LOSS_CHUNK_POSITIONS = 1024  # positions per cross-entropy chunk (fp32 logits of one chunk)
+LOSS_CHUNK_LOGITS = 2**25  # logits per cross-entropy chunk: 128 MB in fp32, any vocabulary
 
 
 def token_loss_sum(
@@ -36,10 +36,10 @@ def token_loss_sum(
 
     Documents are kept apart by per-document attention (`packed`, the model must use
     PACKED_ATTENTION) or by the 4D block mask. Never materialises [B, L, V] logits: the
-    model computes them only at positions some row has a target after (`logits_to_keep`;
-    prompts have none), and the fp32 cross-entropy runs over chunks of positions, each
-    recomputed in the backward pass instead of kept (at V = 152k and 16k positions the
-    full fp32 copy alone was ~10 GB per row)."""
+    model returns its final hidden states, and the output layer and the fp32 cross-entropy
+    run over chunks of the positions that some row has a target after (prompts have none),
+    each chunk recomputed in the backward pass instead of kept (at V = 152k and 16k
+    positions the full fp32 logits alone were ~10 GB per row)."""
     inputs = {"input_ids": batch["input_ids"], "position_ids": batch["position_ids"]}
     if "audio_features" in batch:  # continuous / summed input (mmllm.modeling.continuous)
         inputs["audio_features"] = batch["audio_features"]
@@ -49,23 +49,36 @@ def token_loss_sum(
         inputs["attention_mask"] = block_attention_mask(batch["document_ids"], dtype=dtype)
     labels = batch["labels"][:, 1:]  # the target after position t is labels[:, t + 1]
     keep = (labels != IGNORE_INDEX).any(0).nonzero().squeeze(1)  # [n] positions
-    targets = int((labels != IGNORE_INDEX).sum())
-    if keep.numel() == 0:  # nothing to predict in this micro-batch
-        logits = model(**inputs, logits_to_keep=1).logits
-        return logits.sum() * 0.0, 0
-    logits = model(**inputs, logits_to_keep=keep.to(batch["input_ids"].device)).logits
+    outputs = model(**inputs, logits_to_keep=1, output_hidden_states=True)
+    hidden = outputs.hidden_states[-1]  # [B, L, H] after the final norm: the head's input
+    head = output_layer(model)
+    loss = hidden.sum() * 0.0  # in the graph even when this micro-batch has no target
     kept_labels = labels[:, keep.to(labels.device)]  # [B, n]
-    loss = logits.new_zeros((), dtype=torch.float32)
-    for start in range(0, keep.numel(), LOSS_CHUNK_POSITIONS):
-        chunk = slice(start, start + LOSS_CHUNK_POSITIONS)
+    kept_hidden = hidden[:, keep.to(hidden.device)]  # [B, n, H]
+    vocab_size = outputs.logits.shape[-1]  # the one position logits_to_keep asked for
+    per_chunk = max(1, LOSS_CHUNK_LOGITS // (kept_hidden.shape[0] * vocab_size))
+    for start in range(0, keep.numel(), per_chunk):
+        chunk = slice(start, start + per_chunk)
         loss = loss + checkpoint(
-            _chunk_loss, logits[:, chunk], kept_labels[:, chunk], use_reentrant=False
+            _chunk_loss, head, kept_hidden[:, chunk], kept_labels[:, chunk], use_reentrant=False
         )
-    return loss, targets
+    return loss.float(), int((labels != IGNORE_INDEX).sum())
 
 
-def _chunk_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Summed fp32 cross-entropy of logits [B, n, V] against labels [B, n]."""
+def output_layer(model: Any) -> torch.nn.Module:
+    """The LM head under any wrapper the trainer puts around it: DeepSpeed or DDP
+    (`.module`), the continuous-input LM (`.lm`), peft (delegates to its base model)."""
+    inner = getattr(model, "module", model)
+    inner = getattr(inner, "lm", inner)
+    head = inner.get_output_embeddings()
+    if head is None:
+        raise ValueError(f"{type(inner).__name__} has no output layer to compute the loss with")
+    return head
+
+
+def _chunk_loss(head: torch.nn.Module, hidden: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Summed fp32 cross-entropy of head(hidden [B, n, H]) against labels [B, n]."""
+    logits = head(hidden)
     return F.cross_entropy(
         logits.float().reshape(-1, logits.shape[-1]),
         labels.reshape(-1),
