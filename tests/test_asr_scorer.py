@@ -191,8 +191,9 @@ def test_se_dwer_hears_the_clean_reference_and_tts_dwer_reads_the_text():
 def test_eval_cli_passes_asr_spec_by_either_flag(flag, monkeypatch, tmp_path):
     seen = {}
 
-    def fake_evaluate(directory, tasks, out, split, limit, config, asr, vocoder):
+    def fake_evaluate(directory, tasks, out, split, limit, config, asr, vocoder, device, dtype):
         seen.update(tasks=tasks, asr=asr)
+        assert (device, dtype) == ("auto", "auto")  # the defaults: CUDA in bf16 where present
         return {"tasks": {}}
 
     monkeypatch.setattr(mmllm.eval.dasb, "evaluate_checkpoint", fake_evaluate)

@@ -23,7 +23,7 @@ SHOWN_DEFAULT = {
     "vocoder": "hidden_size: 192",
     "eval": "(default: 32)",
     "compare": "--out",
-    "generate": "(default: cpu)",
+    "generate": "(default: auto)",
 }
 
 

@@ -39,6 +39,10 @@ def dasb(argv: Sequence[str] | None = None) -> int:
         "--vocoder", type=Path, default=None, help="decode audio answers with this token vocoder"
     )
     parser.add_argument("--batch-size", type=positive_int, default=32, help="prompts per batch")
+    parser.add_argument("--device", default="auto", help="auto (CUDA where present), cpu, cuda")
+    parser.add_argument(
+        "--dtype", default="auto", help="auto (bf16 on CUDA, else fp32), fp32, bf16"
+    )
     parser.add_argument(
         "--max-new-tokens", type=positive_int, default=96, help="length cap of text answers"
     )
@@ -52,7 +56,16 @@ def dasb(argv: Sequence[str] | None = None) -> int:
     config = GenerationConfig(max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
     try:
         report = evaluate_checkpoint(
-            args.checkpoint, tasks, out, args.split, args.limit, config, args.asr, args.vocoder
+            args.checkpoint,
+            tasks,
+            out,
+            args.split,
+            args.limit,
+            config,
+            args.asr,
+            args.vocoder,
+            args.device,
+            args.dtype,
         )
     except (GenerateError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
@@ -125,7 +138,10 @@ def generate(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--top-k", type=int, default=0, help="sample from the k likeliest (0: all)")
     parser.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass")
     parser.add_argument("--seed", type=int, default=0, help="sampling seed")
-    parser.add_argument("--device", default="cpu", help="torch device")
+    parser.add_argument("--device", default="auto", help="auto (CUDA where present), cpu, cuda")
+    parser.add_argument(
+        "--dtype", default="auto", help="auto (bf16 on CUDA, else fp32), fp32, bf16"
+    )
     try:
         args = parser.parse_args(argv)
         from transformers.utils import logging as hf_logging

@@ -22,6 +22,7 @@ from mmllm.audio.io import resample
 from mmllm.data.vocab import VOCAB_FILENAME
 from mmllm.eval.generation import GenerationConfig, decode_text
 from mmllm.eval.prompting import Checkpoint, GenerateError, answer_rendered, one_line
+from mmllm.runtime import resolve_device
 from mmllm.text.normalize import normalize_text
 
 
@@ -33,9 +34,15 @@ class CheckpointAsr:
     """An mmllm checkpoint used as the ASR of dWER: encode audio with its input tokenizer,
     prompt `asr`, decode the transcript."""
 
-    def __init__(self, directory: str | Path, config: GenerationConfig) -> None:
+    def __init__(
+        self,
+        directory: str | Path,
+        config: GenerationConfig,
+        device: str = "auto",
+        dtype: str = "auto",
+    ) -> None:
         self.checkpoint = Checkpoint.open(directory)
-        self.model = self.checkpoint.load_model()
+        self.model = self.checkpoint.load_model(device, dtype)
         self.tokenizer = self.checkpoint.audio_tokenizer("input")
         self.config = config
         self.name = f"mmllm:{self.checkpoint.directory}"
@@ -88,18 +95,20 @@ class WhisperAsr:
         return [normalize_text(t) for t in texts]
 
 
-def load_asr(spec: str | Path, config: GenerationConfig) -> CheckpointAsr | WhisperAsr:
+def load_asr(
+    spec: str | Path, config: GenerationConfig, device: str = "auto", dtype: str = "auto"
+) -> CheckpointAsr | WhisperAsr:
     """`CheckpointAsr` for a directory holding mmllm_vocab.json, else `WhisperAsr` (hub id or
     transformers directory); `AsrError` naming `spec` when it does not load."""
     if (Path(spec) / VOCAB_FILENAME).is_file():
         try:
-            return CheckpointAsr(spec, config)
+            return CheckpointAsr(spec, config, device, dtype)
         except (GenerateError, OSError, ValueError) as err:
             raise AsrError(
                 f"ASR {spec}: the mmllm checkpoint does not load: {one_line(err)}"
             ) from None
     try:
-        return WhisperAsr(str(spec), batch_size=config.batch_size)
+        return WhisperAsr(str(spec), batch_size=config.batch_size, device=resolve_device(device))
     except (OSError, ValueError, KeyError) as err:
         raise AsrError(
             f"ASR {spec}: neither an mmllm checkpoint (no {VOCAB_FILENAME}) nor a transformers "

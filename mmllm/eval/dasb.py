@@ -124,12 +124,17 @@ def score_answers(
         frames = [f for f in features[start:stop] if f is not None]
         if frames:
             extra["audio_features"] = torch.from_numpy(np.concatenate(frames)).to(device)
+        # logits only where some row's answer is predicted (never the [B, L, V] window)
+        spans = [range(len(p) - 1, len(p) + len(a) - 1) for p, a in chunk]
+        keep = sorted(set().union(*spans))
+        column = {position: i for i, position in enumerate(keep)}
         with torch.no_grad():
-            logits = model(input_ids=ids.to(device), **extra).logits
-        logprobs = logits.float().log_softmax(-1).cpu()
-        for row, (prompt, answer) in enumerate(chunk):
-            positions = torch.arange(len(prompt) - 1, len(prompt) + len(answer) - 1)
-            scores.append(logprobs[row, positions, torch.tensor(answer)].sum())
+            logits = model(
+                input_ids=ids.to(device), logits_to_keep=torch.tensor(keep).to(device), **extra
+            ).logits
+        for row, ((_, answer), span) in enumerate(zip(chunk, spans, strict=True)):
+            picked = logits[row, [column[t] for t in span]].float().log_softmax(-1).cpu()
+            scores.append(picked[torch.arange(len(answer)), torch.tensor(answer)].sum())
     return torch.stack(scores)
 
 
@@ -393,14 +398,17 @@ def evaluate_checkpoint(
     config: GenerationConfig | None = None,
     asr: str | Path | None = None,
     vocoder: str | Path | None = None,
+    device: str = "auto",
+    dtype: str = "auto",
 ) -> dict:
     """Run `tasks` on a checkpoint; write per-task JSON + JSONL and `dasb.json` to out_dir.
     `asr`: the ASR of dWER for tts / se / ss (`mmllm.eval.asr_scorer.load_asr`: an mmllm checkpoint
-    directory or a Whisper hub id / directory)."""
+    directory or a Whisper hub id / directory). `device`, `dtype`: where the model and the
+    ASR run ("auto": CUDA in bf16 where present, else the CPU in fp32)."""
     config = config or GenerationConfig(max_new_tokens=96, batch_size=32)
     checkpoint = Checkpoint.open(directory)
     data = EvalData(checkpoint, split)
-    model = checkpoint.load_model()
+    model = checkpoint.load_model(device, dtype)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     decoder = None
@@ -413,7 +421,7 @@ def evaluate_checkpoint(
         decoder = output_tokenizer if output_tokenizer.can_decode else None
     scorer = None
     if asr is not None and any(t in AUDIO_ANSWER_SPANS for t in tasks):  # fails before tasks run
-        scorer = load_asr(asr, config)
+        scorer = load_asr(asr, config, device, dtype)
     report = {
         "checkpoint": str(directory),
         "split": split,

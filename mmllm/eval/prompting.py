@@ -36,6 +36,7 @@ from mmllm.eval.generation import (
 )
 from mmllm.fileio import IntegrityError, verify_manifest
 from mmllm.pretrain.config import ANSWERS_FILENAME, PRETRAIN_CONFIG_FILENAME, load_run_config
+from mmllm.runtime import resolve_device, resolve_dtype
 from mmllm.tokenizers.base import TokenizerConfig
 from mmllm.tokenizers.portable import load_packaged_tokenizer
 
@@ -183,7 +184,7 @@ class Checkpoint:
 
         config = self.input_config if which == "input" else self.output_config
         try:
-            tokenizer = build_tokenizer(config)
+            tokenizer = build_tokenizer(config)  # its `device` (default auto) says where
         except (ValueError, OSError) as err:
             raise GenerateError(f"{which} tokenizer {config.name!r}: {one_line(err)}") from None
         if which == "input" and self.audio_input == "continuous":
@@ -200,7 +201,14 @@ class Checkpoint:
             )
         return tokenizer
 
-    def load_model(self, device: str | torch.device = "cpu") -> Any:
+    def load_model(self, device: str = "auto", dtype: str = "auto") -> Any:
+        """The model, in eval mode, on `device` in `dtype` ("auto": CUDA in bf16 where
+        present, else the CPU in fp32; mmllm.runtime.resolve_device / resolve_dtype)."""
+        device = resolve_device(device)
+        model = self._load_model()
+        return model.to(device=device, dtype=resolve_dtype(dtype, device)).eval()
+
+    def _load_model(self) -> Any:
         from mmllm.modeling.model import load_pretrained_multimodal
 
         model, _, _ = load_pretrained_multimodal(self.directory, verify=False)  # open() did
@@ -209,7 +217,7 @@ class Checkpoint:
 
             projector = load_projector(self.directory, model.get_input_embeddings())
             model = ContinuousInputLM(model, projector, self.vocab.audio_embed_id)
-        return model.to(device).eval()
+        return model
 
 
 def render_prompt(renderer: TemplateRenderer, row: dict, input_codes: Any) -> Any:
@@ -284,8 +292,9 @@ def _check_arguments(args: argparse.Namespace) -> None:
     if args.allowed is not None and not all(a.strip() for a in args.allowed):
         raise GenerateError("--allowed: empty answer among the allowed strings")
     try:
-        device = torch.device(args.device)
-    except RuntimeError as err:
+        device = torch.device(resolve_device(args.device))
+        resolve_dtype(args.dtype, str(device))
+    except (RuntimeError, ValueError) as err:
         raise GenerateError(f"--device {args.device!r}: {one_line(err)}") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise GenerateError(f"--device {args.device}: CUDA is not available on this machine")
@@ -359,7 +368,7 @@ def run_cli(args: argparse.Namespace) -> list[str]:
             f"{what} makes a prompt of {len(prompt)} tokens; the model's context is {context} "
             "tokens, with room for the answer: give a shorter input"
         )
-    model = checkpoint.load_model(args.device)
+    model = checkpoint.load_model(args.device, args.dtype)
     max_new = args.max_new_tokens
     if max_new is None:  # text: a sentence; audio: what the model's context still holds
         max_new = 128 if task in TEXT_ANSWER_TASKS else max(context - len(prompt), 1)

@@ -43,7 +43,8 @@ class TokenizerConfig:
     centroids:       directory with centroids.safetensors + card.json (k-means backends)
     vocoder:         directory of a trained token vocoder (tokenizers/train_vocoder.py):
                      decode() runs it (k-means tokenizers; mel-rvq then skips Griffin-Lim)
-    device:          where encoding runs ("cpu", "cuda")
+    device:          where encoding runs: "auto" (CUDA where present, else the CPU), "cpu",
+                     "cuda", "cuda:1"
     trust_remote_code: only for hub models that need it; off unless asked for
     """
 
@@ -56,7 +57,7 @@ class TokenizerConfig:
     deduplicate: bool = False
     centroids: str | None = None
     vocoder: str | None = None
-    device: str = "cpu"
+    device: str = "auto"
     trust_remote_code: bool = False
     options: dict[str, Any] = dataclasses.field(default_factory=dict)
 

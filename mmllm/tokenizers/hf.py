@@ -29,6 +29,7 @@ from urllib.parse import urlparse
 import torch
 from torch import nn
 
+from mmllm.runtime import resolve_device
 from mmllm.tokenizers.base import TokenizerConfig
 
 OFFLINE_TOKENIZERS = ("mfcc-kmeans", "mel-rvq")
@@ -160,7 +161,7 @@ def load_pretrained(model_cls: type, cfg: TokenizerConfig, example: str) -> nn.M
             f"(saved model_type {getattr(model.config, 'model_type', '?')!r}); "
             f"{len(missing)} parameters missing: {shown}"
         )
-    return model.to(device=cfg.device, dtype=torch.float32).eval()
+    return model.to(device=resolve_device(cfg.device), dtype=torch.float32).eval()
 
 
 def read_json_file(cfg: TokenizerConfig, filename: str) -> dict[str, Any] | None:

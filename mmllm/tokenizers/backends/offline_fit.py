@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from mmllm.audio.features import FeatureStats
+from mmllm.runtime import resolve_device
 from mmllm.tokenizers.backends.offline import (
     DEFAULT_CMVN,
     DEFAULT_CODEBOOK_SIZE,
@@ -272,7 +273,7 @@ def fit_offline_from_config(
         seed,
         splits,
         tasks,
-        device=cfg.device,
+        device=resolve_device(cfg.device),
         progress=progress,
         cmvn=offline_cmvn(cfg),
         deltas=offline_deltas(cfg),

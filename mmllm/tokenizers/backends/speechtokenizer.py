@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from mmllm.runtime import resolve_device
 from mmllm.tokenizers.base import (
     PAD_CODE,
     AudioTokenizer,
@@ -106,7 +107,7 @@ class SpeechTokenizerTokenizer(AudioTokenizer):
         model_cls = _import_speechtokenizer()
         config_path, checkpoint = _checkpoint_files(cfg)
         self.model = model_cls.load_from_checkpoint(str(config_path), str(checkpoint))
-        self.model = self.model.to(device=cfg.device, dtype=torch.float32).eval()
+        self.model = self.model.to(device=resolve_device(cfg.device), dtype=torch.float32).eval()
         available = int(self.model.n_q)
         self.num_codebooks = cfg.num_codebooks if cfg.num_codebooks is not None else available
         if not 1 <= self.num_codebooks <= available:

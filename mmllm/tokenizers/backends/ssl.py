@@ -44,6 +44,7 @@ from typing import Any
 
 import torch
 
+from mmllm.runtime import resolve_device
 from mmllm.tokenizers.base import (
     PAD_CODE,
     AudioTokenizer,
@@ -120,7 +121,7 @@ class SSLFeatures:
 
         class_name, example = SSL_FAMILIES[SSL_MODELS[cfg.name]]
         self.layers = _check_layers(cfg)
-        self.device = torch.device(cfg.device)
+        self.device = torch.device(resolve_device(cfg.device))
         self.model = load_pretrained(getattr(transformers, class_name), cfg, example)
         config = self.model.config
         if getattr(config, "add_adapter", False):
