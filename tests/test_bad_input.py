@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -138,3 +139,14 @@ def test_compare_names_a_corrupt_report(tmp_path):
     report = run_dir / "eval" / "dasb.json"
     report.write_text('{"tasks": {"ks": {"accuracy"')
     refused(run("-m", "mmllm", "compare", run_dir, "--out", tmp_path / "r"), str(report))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA device")
+def test_device_check_fails_at_once_without_cuda():
+    result = subprocess.run(
+        ["bash", "bench/device_check.sh"], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip() == (
+        "device_check: no CUDA device on this machine (torch.cuda.is_available() is False)"
+    )

@@ -94,8 +94,10 @@ def check_card_tokenizer(card: dict, cfg: TokenizerConfig, where: str | Path) ->
     same_config = config_to_dict(dataclasses.replace(built, vocoder=None, device="cpu")) == (
         config_to_dict(dataclasses.replace(cfg, vocoder=None, device="cpu"))
     )
-    if same_config and "codes_hash" not in card:  # a card from before content hashes
-        return
+    if "codes_hash" not in card:  # a card from before content hashes: compare what it can
+        centroids_there = not built.centroids or Path(built.centroids).is_dir()
+        if same_config or (centroids_there and codes_hash(built) == codes_hash(cfg)):
+            return
     what = "other k-means centroids (refitted?)" if same_config else "another tokenizer config"
     raise CacheError(
         f"{where}: token cache was built with {what} ({config_to_dict(built)}, not "
@@ -136,7 +138,9 @@ def check_or_write_card(
                 f"{out}: token cache was built with a different corpus "
                 f"({found.get('corpus')} != {corpus}); use another --out or delete it"
             )
-        return
+        if "codes_hash" in found:
+            return
+        card = found | {"codes_hash": card["codes_hash"]}  # an older card, from now on strict
     atomic_write_text(path, json.dumps(card, indent=1, sort_keys=True))
 
 

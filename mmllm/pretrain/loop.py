@@ -246,6 +246,8 @@ def train(cfg: PretrainConfig, accelerator: Any, ds_path: str | None, dtype: tor
             "tokens": tokens,
             "tokens_per_s": tokens / seconds,
         }
+        if torch.cuda.is_available():
+            record["gpu_peak_gb"] = torch.cuda.max_memory_allocated() / 2**30
         if is_main:
             append_jsonl(run_dir / "metrics.jsonl", record)
             progress.update(1)

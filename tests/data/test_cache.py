@@ -209,6 +209,16 @@ def test_a_refit_into_the_same_directory_is_not_served_stale_codes(tiny_tokens, 
     cache = tmp_path / "cache"
     extract_corpus(cfg, tiny_tokens["corpus"], cache, tasks=["ks"], splits=("test",))
     extract_corpus(cfg, tiny_tokens["corpus"], cache, tasks=["ks"], splits=("test",))  # reused
+    # a card written before content hashes, read with a copy of the same centroids elsewhere
+    # (a checkpoint's packaged tokenizer): the same codes, accepted
+    card = json.loads((cache / "cache.json").read_text())
+    del card["codes_hash"]
+    (cache / "cache.json").write_text(json.dumps(card))
+    copy = shutil.copytree(centroids, tmp_path / "packaged")
+    extract_corpus(
+        dataclasses.replace(cfg, centroids=str(copy)), tiny_tokens["corpus"], cache, tasks=["ks"],
+        splits=("test",),
+    )  # fmt: skip
     from mmllm.tokenizers.kmeans import CENTROIDS_FILENAME
 
     weights = centroids / CENTROIDS_FILENAME
