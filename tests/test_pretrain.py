@@ -362,17 +362,24 @@ def evaluate_run(run_dir: Path, tasks: str, out: Path) -> dict:
     return json.loads((out / "dasb.json").read_text())
 
 
+def continuous_input(tiny_tokens: dict) -> list[str]:
+    """Overrides for the continuous baseline: mfcc-features in, the tiny mfcc-kmeans codes out."""
+    return [
+        "audio_input=continuous",
+        f"tokenizers.input={ROOT / 'configs/tokenizers/mfcc-features.yaml'}",
+        "tokenizers.input_overrides=[]",
+        f"tokenizers.output={ROOT / 'configs/tokenizers/mfcc-kmeans.yaml'}",
+        f"tokenizers.output_overrides={json.dumps([str(x) for x in tiny_tokens['overrides']])}",
+    ]
+
+
 def test_continuous_input_run_trains_and_exports_projector(tiny_tokens, tmp_path):
     """audio_input: continuous with mfcc-features in and mfcc-kmeans codes out."""
     from mmllm.modeling.continuous import load_projector
 
     run_dir = tmp_path / "continuous"
     overrides = [
-        "audio_input=continuous",
-        f"tokenizers.input={ROOT / 'configs/tokenizers/mfcc-features.yaml'}",
-        "tokenizers.input_overrides=[]",
-        f"tokenizers.output={ROOT / 'configs/tokenizers/mfcc-kmeans.yaml'}",
-        f"tokenizers.output_overrides={json.dumps([str(x) for x in tiny_tokens['overrides']])}",
+        *continuous_input(tiny_tokens),
         "data.mixture={asr: 1, ks: 1, sid: 1, sv: 1, tts: 1, se: 1, text: 0.25}",
         "train.checkpoint_every=0",
     ]
@@ -403,11 +410,7 @@ def test_continuous_input_trains_in_bf16_under_deepspeed(tiny_tokens, tmp_path):
 
     run_dir = tmp_path / "continuous-bf16"
     overrides = [
-        "audio_input=continuous",
-        f"tokenizers.input={ROOT / 'configs/tokenizers/mfcc-features.yaml'}",
-        "tokenizers.input_overrides=[]",
-        f"tokenizers.output={ROOT / 'configs/tokenizers/mfcc-kmeans.yaml'}",
-        f"tokenizers.output_overrides={json.dumps([str(x) for x in tiny_tokens['overrides']])}",
+        *continuous_input(tiny_tokens),
         "data.mixture={asr: 1, ks: 1, tts: 1}",
         "train.precision=bf16",
         "train.steps=2",
