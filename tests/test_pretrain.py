@@ -556,6 +556,29 @@ def test_summed_input_over_a_features_cache_fails_clearly(tiny_tokens, tmp_path)
     assert message in result.stdout
 
 
+def test_dasb_eval_skips_rows_longer_than_the_context_naming_them(plain_run, tmp_path):
+    """A row whose prompt and answer exceed the model's context cannot be answered, only cut
+    off: it is skipped, counted in the report and named, instead of scored as garbage."""
+    from mmllm.fileio import write_manifest
+
+    final = shutil.copytree(plain_run[0] / "final", tmp_path / "final")
+    config = json.loads((final / "config.json").read_text())
+    config["max_position_embeddings"] = 60  # shorter than any asr row
+    (final / "config.json").write_text(json.dumps(config))
+    write_manifest(final)  # an edit the user made on purpose
+    out = tmp_path / "eval"
+    command = [sys.executable, "-m", "mmllm", "eval", "--checkpoint", str(final)]
+    command += ["--tasks", "ks,asr", "--limit", "4", "--out", str(out)]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    tasks = json.loads((out / "dasb.json").read_text())["tasks"]
+    assert tasks["asr"]["rows"] == 0 and len(tasks["asr"]["skipped_too_long"]) == 4
+    assert tasks["ks"]["rows"] + len(tasks["ks"]["skipped_too_long"]) == 4
+    skipped = tasks["asr"]["skipped_too_long"][0]
+    assert f"skipped asr row {skipped}: its prompt and answer take" in result.stdout
+    assert "the model's context is 60" in result.stdout
+
+
 def test_dasb_eval_on_the_trained_run(plain_run, tmp_path):
     """eval/dasb.py on the tiny run: every task scored, every generation written out."""
     out = tmp_path / "eval"

@@ -96,6 +96,20 @@ class EvalData:
         inputs, outputs = self.caches.lookups(task, self.split)
         return [self.renderer.render(row, inputs, outputs) for row in rows]
 
+    def fitting(
+        self, task: str, rows: list[dict], context: int
+    ) -> tuple[list[dict], list[tuple[str, int]]]:
+        """(the rows whose prompt and reference answer fit the model's `context`, [(id,
+        tokens)] of those that do not): a longer row cannot be answered, only cut off."""
+        kept, too_long = [], []
+        for row, rendered in zip(rows, self.prompts(task, rows), strict=True):
+            tokens = len(rendered.prompt) + len(rendered.target)
+            if tokens <= context:
+                kept.append(row)
+            else:
+                too_long.append((row["id"], tokens))
+        return kept, too_long
+
     def labels(self, task: str) -> list[str]:
         return sorted({row["label"] for row in source_rows(self.corpus, task, "train")})
 
@@ -409,6 +423,7 @@ def evaluate_checkpoint(
     checkpoint = Checkpoint.open(directory)
     data = EvalData(checkpoint, split)
     model = checkpoint.load_model(device, dtype)
+    context = checkpoint.context_length()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     decoder = None
@@ -442,13 +457,22 @@ def evaluate_checkpoint(
             report["tasks"] = {t: r for t, r in earlier["tasks"].items() if t not in tasks}
     for task in tqdm(tasks, desc="dasb", unit="task"):
         rows = data.rows(task, limit or (AUDIO_LIMIT if task in AUDIO_ANSWER_SPANS else None))
-        if task == "sv":
+        rows, too_long = data.fitting(task, rows, context)
+        for row_id, tokens in too_long:
+            tqdm.write(
+                f"skipped {task} row {row_id}: its prompt and answer take {tokens} tokens, "
+                f"the model's context is {context}"
+            )
+        if not rows:  # nothing fits: the report says so, with the rows it skipped
+            result, lines = {}, []
+        elif task == "sv":
             result, lines = _sv_task(model, data, rows)
         elif task in AUDIO_ANSWER_SPANS:
             result, lines = _audio_task(model, data, task, rows, config, decoder, scorer)
         else:
             result, lines = _text_task(model, data, task, rows, config)
         result["rows"] = len(rows)
+        result["skipped_too_long"] = [row_id for row_id, _ in too_long]
         report["tasks"][task] = result
         atomic_write_text(out_dir / f"{task}.json", json.dumps(result, indent=1))
         atomic_write_text(out_dir / f"{task}.jsonl", "".join(json.dumps(x) + "\n" for x in lines))
