@@ -16,10 +16,6 @@ from typing import Literal
 from mmllm.config import OMIT_WHEN_NONE, config_dataclass, config_hash, from_dict, read_yaml
 from mmllm.corpus.schema import AUDIO_ANSWER_TASKS
 from mmllm.data.augment import AudioAugment
-from mmllm.data.mixture import SOURCES, weighted_sources
-from mmllm.data.patterns import PATTERNS
-from mmllm.modeling.continuous import INPUT_NORMS
-from mmllm.modeling.model import INIT_MODES
 
 PRECISIONS = ("auto", "fp32", "bf16")
 
@@ -107,6 +103,8 @@ def _default_mixture() -> dict[str, float]:
     # every task row once per epoch; LM documents from the asr rows: speech-only and
     # interleaved at half a pass, text-only at a quarter (text is cheap to learn)
     # (asr_spans, the word-span curriculum, is opt-in: the comparison configs use it)
+    from mmllm.data.mixture import SOURCES  # here: reading a config needs no data code
+
     mixture = {source: 1.0 for source in SOURCES if source != "asr_spans"}
     mixture.update(audio=0.5, interleaved=0.5, text=0.25)
     return mixture
@@ -245,6 +243,12 @@ def resume_identity(cfg: PretrainConfig, num_processes: int) -> dict:
 
 def check_pretrain_config(cfg: PretrainConfig) -> None:
     """Checks that need no files; raises ValueError naming the key."""
+    # imported here, not with the config: reading a config must not load torch and the stack
+    from mmllm.data.mixture import SOURCES, weighted_sources
+    from mmllm.data.patterns import PATTERNS
+    from mmllm.modeling.continuous import INPUT_NORMS
+    from mmllm.modeling.model import INIT_MODES
+
     problems = []
     unknown = sorted(set(cfg.data.mixture) - set(SOURCES))
     if unknown:
