@@ -36,10 +36,12 @@ def token_loss_sum(
 
     Documents are kept apart by per-document attention (`packed`, the model must use
     PACKED_ATTENTION) or by the 4D block mask. Never materialises [B, L, V] logits: the
-    model returns its final hidden states, and the output layer and the fp32 cross-entropy
-    run over chunks of the positions that some row has a target after (prompts have none),
-    each chunk recomputed in the backward pass instead of kept (at V = 152k and 16k
-    positions the full fp32 logits alone were ~10 GB per row)."""
+    model's final hidden states at the positions some row has a target after (prompts have
+    none) are taken at the output layer's input (`logits_to_keep` selects them; a hook keeps
+    the layer itself to one position), then the output layer and the fp32 cross-entropy run
+    over chunks of them, each recomputed in the backward pass instead of kept (at V = 152k
+    and 16k positions the full fp32 logits alone were ~10 GB per row). No other hidden
+    states are returned, so gradient checkpointing keeps its savings."""
     inputs = {"input_ids": batch["input_ids"], "position_ids": batch["position_ids"]}
     if "audio_features" in batch:  # continuous / summed input (mmllm.modeling.continuous)
         inputs["audio_features"] = batch["audio_features"]
@@ -49,13 +51,24 @@ def token_loss_sum(
         inputs["attention_mask"] = block_attention_mask(batch["document_ids"], dtype=dtype)
     labels = batch["labels"][:, 1:]  # the target after position t is labels[:, t + 1]
     keep = (labels != IGNORE_INDEX).any(0).nonzero().squeeze(1)  # [n] positions
-    outputs = model(**inputs, logits_to_keep=1, output_hidden_states=True)
-    hidden = outputs.hidden_states[-1]  # [B, L, H] after the final norm: the head's input
     head = output_layer(model)
-    loss = hidden.sum() * 0.0  # in the graph even when this micro-batch has no target
+    taken: dict[str, torch.Tensor] = {}
+
+    def take_head_input(module: Any, args: tuple) -> tuple:
+        """Keep the head's input (the final hidden states at `keep`) and let the head
+        compute one position only: the loss applies it below, chunk by chunk."""
+        taken["hidden"] = args[0]
+        return (args[0][:, :1], *args[1:])
+
+    hook = head.register_forward_pre_hook(take_head_input)
+    try:
+        outputs = model(**inputs, logits_to_keep=keep.to(batch["input_ids"].device))
+    finally:
+        hook.remove()
+    kept_hidden = taken["hidden"]  # [B, n, H]
     kept_labels = labels[:, keep.to(labels.device)]  # [B, n]
-    kept_hidden = hidden[:, keep.to(hidden.device)]  # [B, n, H]
-    vocab_size = outputs.logits.shape[-1]  # the one position logits_to_keep asked for
+    loss = kept_hidden.sum() * 0.0  # in the graph even when this micro-batch has no target
+    vocab_size = outputs.logits.shape[-1]
     per_chunk = max(1, LOSS_CHUNK_LOGITS // (kept_hidden.shape[0] * vocab_size))
     for start in range(0, keep.numel(), per_chunk):
         chunk = slice(start, start + per_chunk)
