@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # subcommand -> a default its --help must show (a config's default or an option's)
 SHOWN_DEFAULT = {
     "synth": "num_speakers:",
-    "convert": "--out",
+    "convert": "replace OUT even if it holds other files",
     "fit": "(default: 500000)",
     "extract": "(default: 256)",
     "stats": "(default: asr)",
@@ -22,7 +22,7 @@ SHOWN_DEFAULT = {
     "pretrain": "run_dir: runs/pretrain/default",
     "vocoder": "hidden_size: 192",
     "eval": "(default: 32)",
-    "compare": "--out",
+    "compare": "default: RUN0/../report",
     "generate": "(default: auto)",
 }
 

@@ -105,15 +105,16 @@ def check_card_tokenizer(card: dict, cfg: TokenizerConfig, where: str | Path) ->
     )
 
 
-def read_cache_card(cache_dir: str | Path, cfg: TokenizerConfig) -> dict:
-    """The card of the token cache in `cache_dir`, checked against `cfg`."""
+def read_cache_card(cache_dir: str | Path, cfg: TokenizerConfig | None = None) -> dict:
+    """The card of the token cache in `cache_dir`, checked against `cfg` when given."""
     path = Path(cache_dir) / CACHE_CARD
     if not path.is_file():
         raise CacheError(
             f"{cache_dir}: no token cache here (missing {CACHE_CARD}); run mmllm extract"
         )
     card = json.loads(path.read_text())
-    check_card_tokenizer(card, cfg, cache_dir)
+    if cfg is not None:
+        check_card_tokenizer(card, cfg, cache_dir)
     return card
 
 

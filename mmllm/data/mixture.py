@@ -20,7 +20,6 @@ skipped and counted, never silently replaced.
 
 from __future__ import annotations
 
-import json
 import random
 from collections import Counter
 from dataclasses import dataclass
@@ -29,7 +28,7 @@ from pathlib import Path
 from mmllm.corpus.reader import load_task
 from mmllm.corpus.schema import TASKS
 from mmllm.data.augment import AUGMENTED_TASKS, AudioAugment, augmented_lookup
-from mmllm.data.cache import CACHE_CARD, CachedSplit, CacheError, MissingCodes
+from mmllm.data.cache import CachedSplit, CacheError, MissingCodes, read_cache_card
 from mmllm.data.packing import Document
 from mmllm.data.templates import LM_DOCUMENTS, TemplateRenderer
 
@@ -59,12 +58,7 @@ class CacheCard:
     @classmethod
     def read(cls, path: str | Path) -> CacheCard:
         path = Path(path)
-        card_file = path / CACHE_CARD
-        if not card_file.is_file():
-            raise CacheError(
-                f"{path}: no token cache here (missing {CACHE_CARD}); run tokenizers/extract.py"
-            )
-        card = json.loads(card_file.read_text())
+        card = read_cache_card(path)
         props = card["tokenizer_properties"]
         return cls(
             path,

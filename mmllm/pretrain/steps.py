@@ -75,7 +75,7 @@ def token_loss_sum(
         loss = loss + checkpoint(
             _chunk_loss, head, kept_hidden[:, chunk], kept_labels[:, chunk], use_reentrant=False
         )
-    return loss.float(), int((labels != IGNORE_INDEX).sum())
+    return loss, int((labels != IGNORE_INDEX).sum())  # fp32: _chunk_loss sums in fp32
 
 
 def output_layer(model: Any) -> torch.nn.Module:

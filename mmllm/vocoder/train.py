@@ -226,11 +226,7 @@ def train_vocoder(
         return records
 
 
-def make_optimizer(
-    model: nn.Module, cfg: VocoderConfig, lr: float | None = None
-) -> torch.optim.AdamW:
-    """The trainers' AdamW (`mmllm.training.optim.make_adamw`) at `lr` (default cfg.lr):
-    weight decay on matrices only, none on norms, biases, layer scales, codebook logits."""
-    return make_adamw(
-        model.parameters(), cfg.lr if lr is None else lr, tuple(cfg.betas), cfg.weight_decay
-    )
+def make_optimizer(model: nn.Module, cfg: VocoderConfig) -> torch.optim.AdamW:
+    """The trainers' AdamW (`mmllm.training.optim.make_adamw`) at cfg.lr: weight decay on
+    matrices only, none on norms, biases, layer scales, codebook logits."""
+    return make_adamw(model.parameters(), cfg.lr, tuple(cfg.betas), cfg.weight_decay)
