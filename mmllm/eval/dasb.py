@@ -86,20 +86,15 @@ class EvalData:
         self.caches = TokenCaches.open(inputs, outputs)
         self.split = split
         self.renderer = checkpoint.renderer()
-        self._rendered: dict[tuple[str, str], Any] = {}
 
     def rows(self, task: str, limit: int | None) -> list[dict]:
         rows = source_rows(self.corpus, task, self.split)
         return rows[:limit] if limit else rows
 
     def prompts(self, task: str, rows: list[dict]) -> list[Any]:
-        """Rendered rows (prompt ids, and placeholder rows for continuous / summed input),
-        each rendered once (`fitting` and the task both ask for them)."""
+        """Rendered rows (prompt ids, and placeholder rows for continuous / summed input)."""
         inputs, outputs = self.caches.lookups(task, self.split)
-        for row in rows:
-            if (task, row["id"]) not in self._rendered:
-                self._rendered[task, row["id"]] = self.renderer.render(row, inputs, outputs)
-        return [self._rendered[task, row["id"]] for row in rows]
+        return [self.renderer.render(row, inputs, outputs) for row in rows]
 
     def fitting(
         self, task: str, rows: list[dict], context: int
