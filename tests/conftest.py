@@ -21,10 +21,10 @@ def synth_tiny(tmp_path_factory) -> Path:
 def tiny_tokens(synth_tiny, tmp_path_factory) -> dict:
     """mfcc-kmeans (32 units) fitted on SynthDASB tiny and its token cache, once per session.
 
-    Returns {"corpus", "centroids", "cache_dir", "overrides"}: what a pretrain config needs
+    Returns {"corpus", "centroids", "cache_dir", "cache", "overrides", "tokenizer"}: what a pretrain config needs
     to reuse them (tokenizers.cache_dir, tokenizers.input_overrides)."""
     from mmllm.config import load_config
-    from mmllm.data.cache import extract_corpus
+    from mmllm.data.cache import extract_corpus, token_cache_dir
     from mmllm.tokenizers.backends.offline_fit import fit_offline_from_config
     from mmllm.tokenizers.base import TokenizerConfig
 
@@ -34,11 +34,13 @@ def tiny_tokens(synth_tiny, tmp_path_factory) -> dict:
     fit_offline_from_config(
         cfg, synth_tiny, root / "centroids", max_frames=20000, seed=0, progress=False
     )
-    extract_corpus(cfg, synth_tiny, root / "tokens" / cfg.name)
+    cache = token_cache_dir(root / "tokens", cfg)  # where pretraining looks for it
+    extract_corpus(cfg, synth_tiny, cache)
     return {
         "corpus": synth_tiny,
         "centroids": root / "centroids",
         "cache_dir": root / "tokens",
+        "cache": cache,
         "overrides": overrides,
         "tokenizer": cfg,
     }

@@ -466,11 +466,11 @@ def test_continuous_input_refuses_audio_lm_documents(tiny_tokens, tmp_path):
 
 
 def test_deduplicated_input_trains_evaluates_and_refuses_word_time_sources(tiny_tokens, tmp_path):
-    """mfcc-kmeans with `deduplicate`: its own cache, shorter documents, losses fall, and
-    evaluation encodes prompts the same way; sources cut at word times are refused."""
+    """mfcc-kmeans with `deduplicate`: its own cache beside the plain one in the same
+    cache_dir (named by content), shorter documents, losses fall, and evaluation encodes
+    prompts the same way; sources cut at word times are refused."""
     dedup = [
         f"tokenizers.input_overrides={json.dumps([*tiny_tokens['overrides'], 'deduplicate=true'])}",
-        f"tokenizers.cache_dir={tmp_path / 'tokens'}",
     ]
     bad = run_pretrain(
         tiny_tokens, tmp_path / "bad", [*dedup, "data.mixture={asr: 1, asr_spans: 1}"], check=False
@@ -483,14 +483,17 @@ def test_deduplicated_input_trains_evaluates_and_refuses_word_time_sources(tiny_
         run_dir,
         [*dedup, "data.mixture={asr: 1, ks: 1, audio: 0.5}", "train.checkpoint_every=0"],
     )
-    card = json.loads((tmp_path / "tokens" / "mfcc-kmeans" / "cache.json").read_text())
+    caches = sorted(tiny_tokens["cache_dir"].glob("mfcc-kmeans-*"))
+    assert len(caches) == 2 and tiny_tokens["cache"] in caches
+    (dedup_cache,) = set(caches) - {tiny_tokens["cache"]}
+    card = json.loads((dedup_cache / "cache.json").read_text())
     assert card["tokenizer_properties"]["deduplicated"] is True
     frames = [
         sum(
             e["frames"]
             for e in json.loads((d / "asr" / "train" / "index.json").read_text())["entries"]
         )
-        for d in (tmp_path / "tokens" / "mfcc-kmeans", tiny_tokens["cache_dir"] / "mfcc-kmeans")
+        for d in (dedup_cache, tiny_tokens["cache"])
     ]
     assert frames[0] < frames[1]  # runs collapsed
     assert set(evaluate_run(run_dir, "asr,ks", tmp_path / "eval")["tasks"]) == {"asr", "ks"}

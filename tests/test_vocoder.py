@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from mmllm.config import ConfigError, load_config, save_config
-from mmllm.data.cache import CachedSplit, CacheError, read_cache_card
+from mmllm.data.cache import CachedSplit, CacheError, read_cache_card, token_cache_dir
 from mmllm.tokenizers.base import PAD_CODE, TokenizerConfig, pad_batch
 from mmllm.tokenizers.registry import build_tokenizer
 from mmllm.tokenizers.vocoder import (
@@ -192,7 +192,7 @@ def trained(tiny_tokens, tokenizer_yaml, tmp_path_factory) -> Path:
     """An uninterrupted 8-step run of the CLI (checkpoints at steps 3 and 6)."""
     out = tmp_path_factory.mktemp("vocoder") / "run"
     args = ["--tokenizer", str(tokenizer_yaml), "--data", str(tiny_tokens["corpus"])]
-    args += ["--cache", str(tiny_tokens["cache_dir"] / "mfcc-kmeans"), "--out", str(out)]
+    args += ["--cache", str(tiny_tokens["cache"]), "--out", str(out)]
     assert _script().main([*args, "--no-progress", *TOKEN_OVERRIDES]) == 0
     return out
 
@@ -212,7 +212,7 @@ def test_resume_after_a_stop_gives_the_same_losses(tiny_tokens, trained, tmp_pat
     where = (
         tiny_tokens["tokenizer"],
         tiny_tokens["corpus"],
-        tiny_tokens["cache_dir"] / "mfcc-kmeans",
+        tiny_tokens["cache"],
     )
     run = tmp_path / "run"
     first = train_vocoder(cfg, *where, run, progress=False, stop_after=5)  # "killed" after 5
@@ -230,7 +230,7 @@ def test_resume_after_a_stop_gives_the_same_losses(tiny_tokens, trained, tmp_pat
 
 
 def test_training_refuses_a_cache_of_another_tokenizer(tiny_tokens):
-    cache, cfg = tiny_tokens["cache_dir"] / "mfcc-kmeans", tiny_tokens["tokenizer"]
+    cache, cfg = tiny_tokens["cache"], tiny_tokens["tokenizer"]
     assert read_cache_card(
         cache, dataclasses.replace(cfg, vocoder="x", device="cuda")
     )  # same codes
@@ -238,11 +238,34 @@ def test_training_refuses_a_cache_of_another_tokenizer(tiny_tokens):
         read_cache_card(cache, dataclasses.replace(cfg, codebook_size=16))
 
 
+def test_token_cache_dir_is_named_by_content(tiny_tokens, tmp_path):
+    """Variants of one backend and refitted centroids get their own cache directory; the
+    decode-side vocoder, the device and the centroids' location do not change it."""
+    cfg, root = tiny_tokens["tokenizer"], tiny_tokens["cache_dir"]
+    assert token_cache_dir(root, cfg) == tiny_tokens["cache"]
+    assert token_cache_dir(root, cfg).name.startswith("mfcc-kmeans-")
+    moved = shutil.copytree(cfg.centroids, tmp_path / "moved")
+    same = [dataclasses.replace(cfg, vocoder="x", device="cuda", centroids=str(moved))]
+    assert all(token_cache_dir(root, c) == tiny_tokens["cache"] for c in same)
+    refit = shutil.copytree(cfg.centroids, tmp_path / "refit")
+    tensors = load_file(refit / "centroids.safetensors")
+    save_file(
+        {k: v.flip(0).contiguous() for k, v in tensors.items()}, refit / "centroids.safetensors"
+    )
+    variants = [
+        dataclasses.replace(cfg, deduplicate=True),
+        dataclasses.replace(cfg, codebook_size=16),
+        dataclasses.replace(cfg, centroids=str(refit)),
+    ]
+    names = {token_cache_dir(root, c) for c in [cfg, *variants]}
+    assert len(names) == 4
+
+
 # ----------------------------------------------------------------------------- decode
 
 
 def _cached_batch(tiny_tokens) -> tuple[torch.Tensor, torch.Tensor]:
-    split = CachedSplit(tiny_tokens["cache_dir"] / "mfcc-kmeans" / "asr" / "test")
+    split = CachedSplit(tiny_tokens["cache"] / "asr" / "test")
     items = [torch.from_numpy(split.get(e["key"]).astype("int64")) for e in split.entries[:2]]
     lengths = torch.tensor([c.shape[1] for c in items])
     codes = torch.full((2, 1, int(lengths.max())), PAD_CODE)

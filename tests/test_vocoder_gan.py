@@ -119,7 +119,7 @@ def _where(tiny_tokens):
     return (
         tiny_tokens["tokenizer"],
         tiny_tokens["corpus"],
-        tiny_tokens["cache_dir"] / "mfcc-kmeans",
+        tiny_tokens["cache"],
     )
 
 
@@ -129,7 +129,7 @@ def trained_gan(tiny_tokens, tokenizer_yaml, tmp_path_factory) -> Path:  # noqa:
     then D and G updates; checkpoints at steps 3 and 6."""
     out = tmp_path_factory.mktemp("vocoder_gan") / "run"
     args = ["--tokenizer", str(tokenizer_yaml), "--data", str(tiny_tokens["corpus"])]
-    args += ["--cache", str(tiny_tokens["cache_dir"] / "mfcc-kmeans"), "--out", str(out)]
+    args += ["--cache", str(tiny_tokens["cache"]), "--out", str(out)]
     assert _script().main([*args, "--no-progress", *TOKEN_OVERRIDES, *GAN_OVERRIDES]) == 0
     return out
 

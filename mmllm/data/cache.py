@@ -85,6 +85,13 @@ def codes_hash(cfg: TokenizerConfig) -> str:
     return config_hash(dataclasses.replace(cfg, vocoder=None, device="cpu", centroids=centroids))
 
 
+def token_cache_dir(cache_root: str | Path, cfg: TokenizerConfig) -> Path:
+    """Where pretraining and evaluation keep `cfg`'s token cache under `cache_root`: the
+    tokenizer's name and the start of its codes hash (`mfcc-kmeans-3fa9c2d1e0`), so two
+    variants of one backend (other options, refitted centroids) never share a cache."""
+    return Path(cache_root) / f"{cfg.name}-{codes_hash(cfg)[:10]}"
+
+
 def check_card_tokenizer(card: dict, cfg: TokenizerConfig, where: str | Path) -> None:
     """Refuse a cache card written for a tokenizer whose codes differ from `cfg`'s: another
     config (the decode-side `vocoder` and the `device` aside) or other centroids."""

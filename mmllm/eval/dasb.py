@@ -47,7 +47,7 @@ from tqdm import tqdm
 
 from mmllm.config import config_to_dict
 from mmllm.corpus.reader import load_task
-from mmllm.data.cache import CacheError, read_cache_card
+from mmllm.data.cache import CacheError, read_cache_card, token_cache_dir
 from mmllm.data.mixture import TokenCaches, source_rows
 from mmllm.data.templates import SV_ANSWERS
 from mmllm.eval import metrics
@@ -75,9 +75,9 @@ class EvalData:
         self.checkpoint = checkpoint
         self.pretrain = load_run_config(checkpoint.directory / PRETRAIN_CONFIG_FILENAME)
         self.corpus = Path(self.pretrain.corpus.path)
-        cache_dir = Path(self.pretrain.tokenizers.cache_dir)
-        inputs = cache_dir / checkpoint.input_config.name
-        outputs = cache_dir / checkpoint.output_config.name
+        cache_root = self.pretrain.tokenizers.cache_dir
+        inputs = token_cache_dir(cache_root, checkpoint.input_config)
+        outputs = token_cache_dir(cache_root, checkpoint.output_config)
         try:  # the caches must hold the codes of the checkpoint's own tokenizers
             read_cache_card(inputs, checkpoint.input_config)
             read_cache_card(outputs, checkpoint.output_config)

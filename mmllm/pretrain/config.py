@@ -42,7 +42,7 @@ class TokenizerSection:
     """input:            tokenizer config (YAML) for audio the model reads
     input_overrides:  dotted overrides of that config, e.g. ["codebook_size=64"]
     output:           tokenizer config for audio it writes (TTS, SE, SS); null = `input`
-    cache_dir:        token caches live at <cache_dir>/<tokenizer name> (built when missing)
+    cache_dir:        token caches at <cache_dir>/<tokenizer name>-<codes hash> (built when missing)
     fit_max_frames:   frames sampled to fit an offline k-means tokenizer that has no centroids"""
 
     input: str = "configs/tokenizers/mfcc-kmeans.yaml"

@@ -140,9 +140,9 @@ def prepare_tokens(
     config_path: str, overrides: list[str], cfg: PretrainConfig, corpus: Path, accelerator: Any
 ) -> tuple[TokenizerConfig, Path]:
     """Load a tokenizer config, fit an offline tokenizer that lacks centroids, extract the
-    token cache at <cache_dir>/<name> (cached). Returns (config, cache directory)."""
+    token cache at <cache_dir>/<name>-<codes hash> (cached). Returns (config, cache directory)."""
     import mmllm.tokenizers.backends  # noqa: F401  (fills TOKENIZERS)
-    from mmllm.data.cache import extract_corpus
+    from mmllm.data.cache import extract_corpus, token_cache_dir
     from mmllm.tokenizers.backends.offline import OFFLINE_TOKENIZERS
     from mmllm.tokenizers.backends.offline_fit import fit_offline_from_config
     from mmllm.tokenizers.base import TOKENIZERS
@@ -165,7 +165,7 @@ def prepare_tokens(
         )
     accelerator.wait_for_everyone()
     build_tokenizer(tokenizer_cfg)  # fails here, naming the problem, rather than mid-extraction
-    cache = Path(cfg.tokenizers.cache_dir) / tokenizer_cfg.name
+    cache = token_cache_dir(cfg.tokenizers.cache_dir, tokenizer_cfg)
     extract_corpus(tokenizer_cfg, corpus, cache)
     return tokenizer_cfg, cache
 
@@ -280,6 +280,12 @@ def prepare_run(cfg: PretrainConfig, accelerator: Any) -> PreparedRun:
         output_cfg, output_cache = prepare_tokens(
             cfg.tokenizers.output, cfg.tokenizers.output_overrides, cfg, corpus, accelerator
         )
+        if output_cfg.name == input_cfg.name and output_cache != input_cache:
+            raise ValueError(
+                f"tokenizers.input and tokenizers.output are two variants of {input_cfg.name} "
+                f"(caches {input_cache.name} and {output_cache.name}) whose tokens would share "
+                f"names in the vocab: use one config for both, or two tokenizers"
+            )
     caches = TokenCaches.open(input_cache, output_cache)
     check_caches_fit(cfg, caches)
     hf_tokenizer = text_tokenizer(cfg, corpus, accelerator)
