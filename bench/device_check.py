@@ -9,7 +9,9 @@ recorded and the others still run:
                           ZeRO-2 and ZeRO-3: tokens/s, MFU against the card's bf16 peak, peak memory
     continuous-bf16       the continuous-input baseline (projector) in bf16
     lora-zero3-export     LoRA under ZeRO-3 with every parameter partitioned, exported and reloaded
-    attention-equality    packed per-document attention against the 4D block mask, same logits
+    train-135m-flex       the same under ZeRO-2 with train.attention=flex (FlexAttention)
+    attention-equality    the fused per-document paths (repadded SDPA, FlexAttention) against the
+                          4D block mask: logits, gradients, step time
     generation            `mmllm eval` on the tiny run: batched constrained generation, seconds
     tokenizers            batched vs one-by-one EnCodec / DAC / Mimi encoding, random weights
 
@@ -77,34 +79,62 @@ def train_metrics(run_dir: Path, stdout: str, peak_flops: float | None) -> dict:
 
 
 def attention_equality(device: str) -> dict:
-    """Largest logit difference between packed per-document attention and the 4D mask."""
+    """Largest logit and gradient differences of the fused per-document paths (repadded SDPA;
+    FlexAttention on CUDA) against the 4D block mask, fp32 and bf16, and their step times."""
     code = f"""
-import json, torch
+import json, time, torch
 from transformers import LlamaConfig, LlamaForCausalLM
 from mmllm.data.packing import Document, collate_blocks, pack_documents, block_attention_mask
-from mmllm.modeling.attention import PACKED_ATTENTION, document_spans
+from mmllm.modeling.attention import PACKED_ATTENTION, packed_documents
 torch.manual_seed(0)
+paths = ["packed", "flex"] if "{device}" == "cuda" else ["packed"]
 out = {{}}
 for dtype in (torch.float32, torch.bfloat16):
-    model = LlamaForCausalLM(LlamaConfig(vocab_size=1000, hidden_size=128, intermediate_size=256,
-        num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4)).to("{device}", dtype)
-    docs = [Document(list(range(1 + i, 1 + i + n)), [True] * n) for i, n in enumerate((300, 150, 500))]
+    reference = LlamaForCausalLM(LlamaConfig(vocab_size=1000, hidden_size=256,
+        intermediate_size=512, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2)).to("{device}", dtype)
+    lengths = [300, 150, 500, 37, 800, 1, 260, 999, 64, 700]
+    docs = [Document([(7 * i + j) % 1000 for j in range(n)], [True] * n) for i, n in enumerate(lengths)]
     batch = {{k: v.to("{device}") for k, v in collate_blocks(list(pack_documents(docs, 1024, 0))).items()}}
-    ids, pos = batch["input_ids"], batch["position_ids"]
-    mask = block_attention_mask(batch["document_ids"], dtype=dtype)
-    with torch.no_grad():
-        reference = model(input_ids=ids, position_ids=pos, attention_mask=mask).logits
+    ids, pos, doc = batch["input_ids"], batch["position_ids"], batch["document_ids"]
+    real = doc >= 0  # padding positions attend to nothing: not compared
+    def step(model, **kw):
+        model.zero_grad()
+        logits = model(input_ids=ids, position_ids=pos, **kw).logits
+        logits[real].float().square().mean().backward()
+        return logits[real].float(), [p.grad.float() for p in model.parameters()]
+    want, want_grads = step(reference, attention_mask=block_attention_mask(doc, dtype=dtype))
+    name = str(dtype).split(".")[-1]
+    for path in paths:
+        model = LlamaForCausalLM(reference.config).to("{device}", dtype)
+        model.load_state_dict(reference.state_dict())
         model.set_attn_implementation(PACKED_ATTENTION)
-        packed = model(input_ids=ids, position_ids=pos, document_spans=document_spans(batch["document_ids"])).logits
-    real = batch["document_ids"] >= 0  # padding positions attend to nothing: not compared
-    out[str(dtype).split(".")[-1]] = float((packed[real].float() - reference[real].float()).abs().max())
+        layout = lambda: packed_documents(doc, flex=path == "flex")
+        got, grads = step(model, packed_documents=layout())
+        for _ in range(3):
+            step(model, packed_documents=layout())
+        if "{device}" == "cuda":
+            torch.cuda.synchronize()
+        started = time.perf_counter()
+        for _ in range(10):
+            step(model, packed_documents=layout())
+        if "{device}" == "cuda":
+            torch.cuda.synchronize()
+        out[f"{{path}}-{{name}}"] = {{
+            "max_abs_logit_diff": float((got - want).abs().max()),
+            "max_rel_grad_diff": max(float((g - w).norm() / w.norm().clamp_min(1e-12))
+                                     for g, w in zip(grads, want_grads)),
+            "ms_per_step": round((time.perf_counter() - started) * 100, 2),
+        }}
 print(json.dumps(out))
 """
-    result, _ = run([sys.executable, "-c", code], timeout=120)
+    result, _ = run([sys.executable, "-c", code], timeout=240)
     diffs = json.loads(result.stdout.strip().splitlines()[-1])
-    if diffs["float32"] > 1e-3 or diffs["bfloat16"] > 0.1:
-        raise RuntimeError(f"packed attention differs from the block mask: {diffs}")
-    return {"max_abs_logit_diff": diffs}
+    for key, value in diffs.items():
+        logit_limit, grad_limit = (1e-3, 1e-3) if key.endswith("float32") else (0.1, 0.05)
+        if value["max_abs_logit_diff"] > logit_limit or value["max_rel_grad_diff"] > grad_limit:
+            raise RuntimeError(f"packed attention {key} differs from the block mask: {value}")
+    return {"paths": diffs}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -142,6 +172,13 @@ def main(argv: list[str] | None = None) -> int:
         "train-tiny-zero2": lambda: train("tiny-zero2", 2, timeout=240),
         "train-135m-zero2": lambda: train("135m-zero2", 2, *scale, "train.micro_batch_size=4"),
         "train-135m-zero3": lambda: train("135m-zero3", 3, *scale, "train.micro_batch_size=4"),
+        "train-135m-flex": lambda: train(
+            "135m-flex",
+            2,
+            *scale,
+            "train.micro_batch_size=4",
+            "train.attention=flex" if cuda else "train.attention=packed",
+        ),  # fmt: skip
         "continuous-bf16": lambda: train(
             "continuous",
             2,

@@ -154,8 +154,10 @@ class TrainSection:
                        plain DDP (the only multi-process option on CPU)
     precision:         auto = bf16 on GPU, fp32 on CPU (bf16 matmul is ~200x slower there)
     checkpoint_every:  steps between checkpoints (0: only the final export)
-    attention:         packed = each document's own causal attention (mmllm.modeling.attention);
-                       mask = SDPA over the whole block with a 4D block-diagonal mask
+    attention:         packed = each document's own causal attention, documents repadded into
+                       one SDPA call (mmllm.modeling.attention); flex = FlexAttention with a
+                       document block mask (CUDA); mask = SDPA over the whole block with a 4D
+                       block-diagonal mask
     cpu_threads:       torch threads per process on CPU; null = the cores / local processes
                        (`accelerate launch` alone would leave every process 1 thread)"""
 
@@ -299,8 +301,10 @@ def check_pretrain_config(cfg: PretrainConfig) -> None:
                 f"continuous.input_norm: must be one of {list(INPUT_NORMS)}, "
                 f"got {cfg.continuous.input_norm!r}"
             )
-    if cfg.train.attention not in ("packed", "mask"):
-        problems.append(f"train.attention: {cfg.train.attention!r}; expected 'packed' or 'mask'")
+    if cfg.train.attention not in ("packed", "flex", "mask"):
+        problems.append(
+            f"train.attention: {cfg.train.attention!r}; expected 'packed', 'flex' or 'mask'"
+        )
     for key in ("steps", "micro_batch_size", "grad_accum", "log_every"):
         if getattr(cfg.train, key) < 1:
             problems.append(f"train.{key}: must be >= 1, got {getattr(cfg.train, key)}")

@@ -77,6 +77,11 @@ def make_accelerator(cfg: PretrainConfig):
     from accelerate.utils import DeepSpeedPlugin, DistributedDataParallelKwargs
 
     cuda = torch.cuda.is_available()
+    if cfg.train.attention == "flex" and not cuda:
+        raise ValueError(
+            "train.attention=flex needs CUDA (FlexAttention has no backward pass on CPU); "
+            "use train.attention=packed"
+        )
     if not cuda:
         local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
         cores = len(os.sched_getaffinity(0))
@@ -146,10 +151,15 @@ def train(cfg: PretrainConfig, accelerator: Any, ds_path: str | None, dtype: tor
         say(f"error: {err}")
         return 2
     vocab = run.vocab
-    packed = cfg.train.attention == "packed"
+    attention = cfg.train.attention
     with whole_model_loading(accelerator):
         model = build_model(
-            cfg.model, vocab, cfg.data.block_size, cfg.train.seed, run.centroids, packed
+            cfg.model,
+            vocab,
+            cfg.data.block_size,
+            cfg.train.seed,
+            run.centroids,
+            attention != "mask",
         )
         if cfg.model.lora is not None:
             model = apply_lora(model, cfg.model.lora, vocab, cfg.model.freeze_audio)
@@ -204,7 +214,7 @@ def train(cfg: PretrainConfig, accelerator: Any, ds_path: str | None, dtype: tor
     if checkpoint is None:
         state = {"step": 0}
         state["eval_at_start"] = evaluate(
-            model, run.eval_blocks, accelerator, dtype, cfg.train.micro_batch_size, packed
+            model, run.eval_blocks, accelerator, dtype, cfg.train.micro_batch_size, attention
         )
         log_eval(accelerator, run_dir, 0, state["eval_at_start"])
 
@@ -224,7 +234,7 @@ def train(cfg: PretrainConfig, accelerator: Any, ds_path: str | None, dtype: tor
         for batch in micro_batches(blocks, rank, world, cfg.train.grad_accum):
             batch = {k: v.to(accelerator.device) for k, v in batch.items()}
             with accelerator.accumulate(model):
-                loss, _ = token_loss_sum(model, batch, dtype, packed)
+                loss, _ = token_loss_sum(model, batch, dtype, attention)
                 # sum / global targets, times what DDP's averaging and accelerate's
                 # division by grad_accum take away again
                 accelerator.backward(loss * (world * cfg.train.grad_accum / targets))
@@ -257,7 +267,7 @@ def train(cfg: PretrainConfig, accelerator: Any, ds_path: str | None, dtype: tor
         done = step + 1 == cfg.train.steps
         if cfg.train.eval_every and (step + 1) % cfg.train.eval_every == 0 and not done:
             losses = evaluate(
-                model, run.eval_blocks, accelerator, dtype, cfg.train.micro_batch_size, packed
+                model, run.eval_blocks, accelerator, dtype, cfg.train.micro_batch_size, attention
             )
             log_eval(accelerator, run_dir, step + 1, losses)
         if cfg.train.checkpoint_every and (step + 1) % cfg.train.checkpoint_every == 0:
@@ -278,7 +288,9 @@ def train(cfg: PretrainConfig, accelerator: Any, ds_path: str | None, dtype: tor
         progress.close()
 
     # ---- final eval, export, summary
-    final = evaluate(model, run.eval_blocks, accelerator, dtype, cfg.train.micro_batch_size, packed)
+    final = evaluate(
+        model, run.eval_blocks, accelerator, dtype, cfg.train.micro_batch_size, attention
+    )
     log_eval(accelerator, run_dir, cfg.train.steps, final)
     export_dir = run.export(model, accelerator, run_dir / "final")
     accelerator.end_training()

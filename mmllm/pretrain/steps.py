@@ -24,18 +24,18 @@ from mmllm.data.packing import (
     block_attention_mask,
     collate_blocks,
 )
-from mmllm.modeling.attention import document_spans
+from mmllm.modeling.attention import packed_documents
 
 LOSS_CHUNK_LOGITS = 2**25  # logits per cross-entropy chunk: 128 MB in fp32, any vocabulary
 
 
 def token_loss_sum(
-    model: Any, batch: dict[str, torch.Tensor], dtype: torch.dtype, packed: bool = True
+    model: Any, batch: dict[str, torch.Tensor], dtype: torch.dtype, attention: str = "packed"
 ) -> tuple[torch.Tensor, int]:
     """Summed next-token cross-entropy of a packed batch [B, L] -> (sum, number of targets).
 
-    Documents are kept apart by per-document attention (`packed`, the model must use
-    PACKED_ATTENTION) or by the 4D block mask. Never materialises [B, L, V] logits: the
+    Documents are kept apart by per-document attention (`attention` "packed" or "flex", the
+    model must use PACKED_ATTENTION) or by the 4D block mask ("mask"). Never materialises [B, L, V] logits: the
     model's final hidden states at the positions some row has a target after (prompts have
     none) are taken at the output layer's input (`logits_to_keep` selects them; a hook keeps
     the layer itself to one position), then the output layer and the fp32 cross-entropy run
@@ -45,8 +45,10 @@ def token_loss_sum(
     inputs = {"input_ids": batch["input_ids"], "position_ids": batch["position_ids"]}
     if "audio_features" in batch:  # continuous / summed input (mmllm.modeling.continuous)
         inputs["audio_features"] = batch["audio_features"]
-    if packed:
-        inputs["document_spans"] = document_spans(batch["document_ids"])
+    if attention in ("packed", "flex"):
+        inputs["packed_documents"] = packed_documents(
+            batch["document_ids"], flex=attention == "flex"
+        )
     else:
         inputs["attention_mask"] = block_attention_mask(batch["document_ids"], dtype=dtype)
     labels = batch["labels"][:, 1:]  # the target after position t is labels[:, t + 1]
@@ -107,7 +109,7 @@ def evaluate(
     accelerator: Any,
     dtype: torch.dtype,
     micro_batch_size: int,
-    packed: bool = True,
+    attention: str = "packed",
 ) -> dict[str, float]:
     """Mean held-out loss per source. Blocks are dealt round-robin over processes; every
     process runs the same number of forwards (ZeRO-3 gathers parameters collectively), so
@@ -127,7 +129,7 @@ def evaluate(
         for start in range(0, per_process, micro_batch_size):
             batch = collate_blocks(mine[start : start + micro_batch_size])
             batch = {k: v.to(device) for k, v in batch.items()}
-            loss, count = token_loss_sum(model, batch, dtype, packed)
+            loss, count = token_loss_sum(model, batch, dtype, attention)
             totals += torch.tensor([loss.item(), count], dtype=torch.float64, device=device)
         totals = accelerator.reduce(totals, reduction="sum")
         results[source] = float(totals[0] / totals[1])
