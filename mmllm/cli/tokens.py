@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import sys
 from collections.abc import Sequence
@@ -58,29 +57,14 @@ def fit(argv: Sequence[str] | None = None) -> int:
         return 2
     splits = [s for s in args.splits.split(",") if s]
     tasks = [t for t in args.tasks.split(",") if t]
-    from mmllm.tokenizers.backends.offline import OFFLINE_TOKENIZERS
+    from mmllm.tokenizers.registry import fit_centroids
 
-    if cfg.name in OFFLINE_TOKENIZERS:
-        from mmllm.tokenizers.backends.offline_fit import fit_offline_from_config
-
-        out, resolved = fit_offline_from_config(
+    try:
+        resolved = fit_centroids(
             cfg, args.data, out, args.max_frames, args.seed, splits=splits, tasks=tasks
         )
-    elif cfg.name.endswith("-kmeans"):
-        from mmllm.tokenizers.backends.ssl import fit_ssl_kmeans
-
-        if len(splits) != 1:
-            print(
-                f"error: {cfg.name}: SSL k-means fits on one split, got --splits {args.splits}",
-                file=sys.stderr,
-            )
-            return 2
-        fit_ssl_kmeans(
-            cfg, args.data, out, args.max_frames, args.seed, tasks=tasks, split=splits[0]
-        )
-        resolved = dataclasses.replace(cfg, centroids=str(out))
-    else:
-        print(f"error: tokenizer {cfg.name!r} has no k-means centroids to fit", file=sys.stderr)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
         return 2
     save_config(resolved, out)
     print(f"{cfg.name}: centroids, card.json and config.yaml written to {out}")

@@ -43,7 +43,7 @@ class TokenizerSection:
     input_overrides:  dotted overrides of that config, e.g. ["codebook_size=64"]
     output:           tokenizer config for audio it writes (TTS, SE, SS); null = `input`
     cache_dir:        token caches at <cache_dir>/<tokenizer name>-<codes hash> (built when missing)
-    fit_max_frames:   frames sampled to fit an offline k-means tokenizer that has no centroids"""
+    fit_max_frames:   frames sampled to fit a k-means tokenizer that has no centroids"""
 
     input: str = "configs/tokenizers/mfcc-kmeans.yaml"
     input_overrides: list[str] = dataclasses.field(default_factory=list)

@@ -139,14 +139,14 @@ def prepare_corpus(cfg: PretrainConfig, accelerator: Any) -> Path:
 def prepare_tokens(
     config_path: str, overrides: list[str], cfg: PretrainConfig, corpus: Path, accelerator: Any
 ) -> tuple[TokenizerConfig, Path]:
-    """Load a tokenizer config, fit an offline tokenizer that lacks centroids, extract the
-    token cache at <cache_dir>/<name>-<codes hash> (cached). Returns (config, cache directory)."""
+    """Load a tokenizer config, fit a k-means tokenizer (offline or SSL) that lacks centroids,
+    extract the token cache at <cache_dir>/<name>-<codes hash> (cached). Returns (config,
+    cache directory)."""
     import mmllm.tokenizers.backends  # noqa: F401  (fills TOKENIZERS)
     from mmllm.data.cache import extract_corpus, token_cache_dir
-    from mmllm.tokenizers.backends.offline import OFFLINE_TOKENIZERS
-    from mmllm.tokenizers.backends.offline_fit import fit_offline_from_config
     from mmllm.tokenizers.base import TOKENIZERS
-    from mmllm.tokenizers.registry import build_tokenizer
+    from mmllm.tokenizers.kmeans import CENTROIDS_FILENAME
+    from mmllm.tokenizers.registry import build_tokenizer, fit_centroids, has_centroids_to_fit
 
     tokenizer_cfg = load_config(TokenizerConfig, config_path, overrides)
     if tokenizer_cfg.name not in TOKENIZERS:
@@ -155,12 +155,12 @@ def prepare_tokens(
         )
     centroids = Path(tokenizer_cfg.centroids) if tokenizer_cfg.centroids else None
     needs_fit = (
-        tokenizer_cfg.name in OFFLINE_TOKENIZERS
+        has_centroids_to_fit(tokenizer_cfg)
         and centroids is not None
-        and not (centroids / "centroids.safetensors").is_file()
+        and not (centroids / CENTROIDS_FILENAME).is_file()
     )
     if needs_fit and accelerator.is_main_process:
-        fit_offline_from_config(
+        fit_centroids(
             tokenizer_cfg, corpus, centroids, max_frames=cfg.tokenizers.fit_max_frames, seed=0
         )
     accelerator.wait_for_everyone()

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny_models import FakeSpeechTokenizer, scramble, tiny_dac, tiny_encodec, tiny_mimi
 from torch import nn
 
 from mmllm.config import load_config
@@ -17,84 +18,6 @@ from mmllm.tokenizers.registry import build_tokenizer
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "tokenizers"
 SECONDS = [0.3, 1.1, 0.7]  # different lengths, none a whole number of frames (see waveforms)
-
-
-@torch.no_grad()
-def scramble(model: nn.Module, seed: int) -> nn.Module:
-    """Default PyTorch init for the convs and random codebooks, so codes vary frame to frame
-    (the transformers init zeroes EnCodec's and Mimi's codebooks: every code would be 0)."""
-    torch.manual_seed(seed)
-    for module in model.modules():
-        if isinstance(module, (nn.Conv1d, nn.ConvTranspose1d)) and not hasattr(
-            module, "parametrizations"
-        ):  # plain convs (DAC's, Mimi's: std 0.02 init); EnCodec's weight-normed ones are kaiming
-            module.reset_parameters()
-        elif type(module).__name__ == "DacVectorQuantize":
-            module.codebook.weight.normal_()  # DAC compares l2-normalised vectors: scale-free
-    # EnCodec's and Mimi's codebooks start at zero (every code would be 0): draw codewords
-    # with the latents' spread over time, or one codeword is nearest to every frame.
-    # EnCodec ranks codewords by |x|^2 - 2 x.c + |c|^2, which cancels badly when the latents
-    # sit far from the origin relative to their spread: rounding noise of 1e-7 (batch shapes
-    # differ) then flips near-tied codes. Shift its latents to zero mean, as a trained
-    # codec's roughly are, so only the distances' own rounding matters.
-    kind = type(model).__name__
-    if kind in ("EncodecModel", "MimiModel"):
-        noise = 0.1 * torch.randn(1, 1, 48000)
-        latents = model.encoder(noise) if kind == "EncodecModel" else model.encoder(noise).latents
-        mean, spread = latents[0].mean(dim=1), latents[0].std(dim=1)  # [D] each
-        if kind == "EncodecModel":
-            model.encoder.layers[-1].conv.bias -= mean
-            mean = torch.zeros_like(mean)
-        name = "EncodecEuclideanCodebook" if kind == "EncodecModel" else "MimiEuclideanCodebook"
-        books = [m for m in model.modules() if type(m).__name__ == name]
-        for index, book in enumerate(books):
-            centre = mean if index == 0 else torch.zeros_like(mean)  # later: residuals
-            words = centre + spread * torch.randn(book.codebook_size, len(mean))
-            if kind == "EncodecModel":
-                book.embed.copy_(words)
-            else:
-                book.embed_sum.copy_(words)  # cluster_usage is 1: embed = embed_sum
-                book._embed = None
-    return model
-
-
-def tiny_encodec():
-    from transformers import EncodecConfig, EncodecModel
-
-    return EncodecModel(EncodecConfig(hidden_size=16, num_filters=4, num_lstm_layers=1))
-
-
-def tiny_dac():
-    from transformers import DacConfig, DacModel
-
-    config = DacConfig(
-        encoder_hidden_size=4,
-        downsampling_ratios=[2, 4, 5, 8],  # descript/dac_16khz's strides: hop 320
-        decoder_hidden_size=16,
-        n_codebooks=4,
-        codebook_dim=4,
-        sampling_rate=16000,
-    )
-    return DacModel(config)
-
-
-def tiny_mimi():
-    from transformers import MimiConfig, MimiModel
-
-    config = MimiConfig(
-        hidden_size=16,
-        num_filters=4,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        head_dim=8,
-        intermediate_size=32,
-        codebook_dim=16,
-        vector_quantization_hidden_dimension=16,
-        upsample_groups=16,
-        num_quantizers=8,
-    )
-    return MimiModel(config)
 
 
 BUILDERS = {"encodec": tiny_encodec, "dac": tiny_dac, "mimi": tiny_mimi}
@@ -387,33 +310,6 @@ def test_speechtokenizer_without_its_package_says_why(monkeypatch):
 
 
 # ----------------------------------------------------------------------------- speechtokenizer
-
-
-class FakeSpeechTokenizer(nn.Module):
-    """Stands in for the `speechtokenizer` package's model (same methods and shapes): two
-    non-causal convs (biased, so padding is not zeros after the first), 8 x 1024 codes at 50 Hz."""
-
-    n_q = 8
-    sample_rate = 16000
-
-    def __init__(self):
-        super().__init__()
-        torch.manual_seed(0)
-        self.pre = nn.Conv1d(1, 4, kernel_size=161, padding=80)
-        self.conv = nn.Conv1d(4, 8, kernel_size=960, stride=320, padding=320)
-
-    @classmethod
-    def load_from_checkpoint(cls, config_path, ckpt_path):
-        assert Path(config_path).name == "config.json" and ckpt_path.endswith(".pt")
-        return cls()
-
-    def encode(self, x, n_q=None):  # [B, 1, T] -> [n_q, B, T / 320]
-        hidden = self.conv(torch.tanh(self.pre(x)))
-        codes = torch.remainder(torch.floor(hidden * 100), 1024).long()
-        return codes.transpose(0, 1)[: n_q or self.n_q]
-
-    def decode(self, codes):  # [n_q, B, F] -> [B, 1, F * 320]
-        return (codes.float().mean(0) / 1024).repeat_interleave(320, dim=-1)[:, None]
 
 
 @pytest.fixture
