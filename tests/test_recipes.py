@@ -76,13 +76,14 @@ def stand_ins(synth_tiny, tmp_path_factory) -> dict:
         tokenizer.save_pretrained(snapshot)
     codecs = {
         "facebook/encodec_24khz": tiny_encodec,
-        "descript/dac_16khz": tiny_dac,
+        "descript/dac_16khz": lambda: tiny_dac(n_codebooks=12),  # as the 16 kHz weights
         "kyutai/mimi": tiny_mimi,
     }
     for index, (repo, build) in enumerate(codecs.items()):
         torch.manual_seed(index)
         scramble(build(), seed=index).save_pretrained(hub_snapshot(cache, repo))
-    tiny_ssl_model("wavlm").save_pretrained(hub_snapshot(cache, "microsoft/wavlm-large"))
+    wavlm = tiny_ssl_model("wavlm", num_layers=24)  # DASB's layers go up to 23
+    wavlm.save_pretrained(hub_snapshot(cache, "microsoft/wavlm-large"))
     speechtokenizer = hub_snapshot(cache, "fnlp/SpeechTokenizer") / "speechtokenizer_hubert_avg"
     speechtokenizer.mkdir()
     (speechtokenizer / "config.json").write_text("{}")

@@ -39,7 +39,7 @@ def tiny_llama(
     )
 
 
-def tiny_ssl_model(kind: str, norm: str = "layer"):
+def tiny_ssl_model(kind: str, norm: str = "layer", num_layers: int = 3):
     """A random-init HubertModel / WavLMModel / Wav2Vec2Model: 3 transformer layers, hidden
     32, but the real conv feature encoder (hop 320, field 400)."""
     import transformers
@@ -51,7 +51,7 @@ def tiny_ssl_model(kind: str, norm: str = "layer"):
     }[kind]
     config = getattr(transformers, config_cls)(
         hidden_size=32,
-        num_hidden_layers=3,
+        num_hidden_layers=num_layers,
         num_attention_heads=2,
         intermediate_size=64,
         conv_dim=(16,) * 7,
@@ -111,14 +111,14 @@ def tiny_encodec():
     return EncodecModel(EncodecConfig(hidden_size=16, num_filters=4, num_lstm_layers=1))
 
 
-def tiny_dac():
+def tiny_dac(n_codebooks: int = 4):
     from transformers import DacConfig, DacModel
 
     config = DacConfig(
         encoder_hidden_size=4,
         downsampling_ratios=[2, 4, 5, 8],  # descript/dac_16khz's strides: hop 320
         decoder_hidden_size=16,
-        n_codebooks=4,
+        n_codebooks=n_codebooks,
         codebook_dim=4,
         sampling_rate=16000,
     )

@@ -79,7 +79,8 @@ def whole_model_loading(accelerator: Any) -> Iterator[None]:
     partitioned as it loads, which transformers does while a ZeRO-3 DeepSpeed config is
     registered), so that resizing the embeddings and initialising the new rows see real
     tensors; `accelerator.prepare` partitions it afterwards. Each process holds the whole
-    base in CPU memory once, while it is built."""
+    base in CPU memory once, while it is built. The audio tokenizers' models (EnCodec, Mimi,
+    WavLM, ...) are built in it too: partitioned, they would have empty weights."""
     plugin = getattr(accelerator.state, "deepspeed_plugin", None)
     if plugin is None or not plugin.hf_ds_config.is_zero3():
         yield

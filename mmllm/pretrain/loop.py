@@ -146,7 +146,8 @@ def train(cfg: PretrainConfig, accelerator: Any, ds_path: str | None, dtype: tor
 
     # ---- data, vocabulary, model; every check that can fail runs before training starts
     try:
-        run = prepare_run(cfg, accelerator)
+        with whole_model_loading(accelerator):  # the tokenizers' models load whole too
+            run = prepare_run(cfg, accelerator)
     except (ConfigError, ValueError, FileNotFoundError, LockedError) as err:
         say(f"error: {err}")
         return 2
