@@ -58,7 +58,7 @@ def measure(vocab: int, length: int, workload: str, path: str) -> dict:
             reduction="sum",
         )
     else:
-        loss, _ = token_loss_sum(model, batch, torch.float32, packed=False)
+        loss, _ = token_loss_sum(model, batch, torch.float32, attention="mask")
     loss.backward()
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before  # KiB on Linux
     return {"peak_mb": round(peak / 1024, 1), "loss": float(loss)}

@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
         encode_seconds = time.perf_counter() - started
         started = time.perf_counter()
         split = CachedSplit(cache / "asr" / "test")
-        total = sum(int(split.get(e["key"]).sum() >= 0) for e in split.entries)
+        total = sum(int(split.get(key).sum() >= 0) for key in split.entry_keys())
         read_seconds = time.perf_counter() - started
         results["backends"][name]["cache"] = {
             "entries": total,

@@ -264,7 +264,7 @@ def asr_row_loss(renderer, model, codes):
     rendered = renderer.render({"id": "r", "task": "asr", "text": "hi"}, lambda key: codes)
     [block] = pack_documents([rendered.document("r", "asr")], 64, renderer.vocab.pad_audio_id)
     batch = collate_blocks([block])
-    loss, _ = token_loss_sum(model, batch, torch.float32, packed=False)
+    loss, _ = token_loss_sum(model, batch, torch.float32, attention="mask")
     return rendered, batch, loss
 
 

@@ -19,6 +19,8 @@ import pytest
 import torch
 import yaml
 
+from mmllm.data.cache import CachedSplit
+
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
@@ -208,11 +210,12 @@ def test_pretrained_base_under_zero3_matches_plain_and_exports(
 
 
 def test_two_process_ddp_matches_one_process(tiny_tokens, tmp_path):
-    """torchrun with 2 processes x 1 block per micro-batch == 1 process x 2 blocks: the same
-    global batch of 4 blocks per step, so the same step-1 loss (and close ones after)."""
+    """torchrun with 2 processes x 1 block per micro-batch == 1 process x 2 blocks, both with
+    2 lanes: the same global batch of 4 blocks per step (each process renders only its own
+    lane), so the same step-1 loss (and close ones after)."""
     one = tmp_path / "one"
     two = tmp_path / "two"
-    common = ["train.steps=3", "train.checkpoint_every=0", "train.eval_every=0"]
+    common = ["train.steps=3", "train.checkpoint_every=0", "train.eval_every=0", "data.lanes=2"]
     run_pretrain(tiny_tokens, one, [*common, "train.micro_batch_size=2"])
     run_pretrain(tiny_tokens, two, [*common, "train.micro_batch_size=1"], launcher="torchrun-2")
     single, double = losses(one), losses(two)
@@ -489,10 +492,7 @@ def test_deduplicated_input_trains_evaluates_and_refuses_word_time_sources(tiny_
     card = json.loads((dedup_cache / "cache.json").read_text())
     assert card["tokenizer_properties"]["deduplicated"] is True
     frames = [
-        sum(
-            e["frames"]
-            for e in json.loads((d / "asr" / "train" / "index.json").read_text())["entries"]
-        )
+        int(CachedSplit(d / "asr" / "train").entries["frames"].sum())
         for d in (dedup_cache, tiny_tokens["cache"])
     ]
     assert frames[0] < frames[1]  # runs collapsed

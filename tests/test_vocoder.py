@@ -266,7 +266,7 @@ def test_token_cache_dir_is_named_by_content(tiny_tokens, tmp_path):
 
 def _cached_batch(tiny_tokens) -> tuple[torch.Tensor, torch.Tensor]:
     split = CachedSplit(tiny_tokens["cache"] / "asr" / "test")
-    items = [torch.from_numpy(split.get(e["key"]).astype("int64")) for e in split.entries[:2]]
+    items = [torch.from_numpy(split.get(key).astype("int64")) for key in split.entry_keys()[:2]]
     lengths = torch.tensor([c.shape[1] for c in items])
     codes = torch.full((2, 1, int(lengths.max())), PAD_CODE)
     for b, item in enumerate(items):

@@ -1,11 +1,14 @@
 """The token cache: every corpus row's audio encoded once, read back as `[K, F]` arrays.
 
-Layout of one cached split (`<out>/<task>/<split>/`):
+Layout of one cached split (`<out>/<task>/<split>/`; read by `CachedSplit`,
+mmllm.data.cached_split, through memory maps):
 
-    index.json      entries in corpus order: {key, row, stream, offset, frames}; skipped rows
+    index.json      header (rows, codebooks, dtype, entry count, skipped rows): written last
+    entries.npy     (row, stream, offset, frames) per entry in corpus order; keys.npy its keys
     codes.bin       all codes, uint16 (int32 when codebook_size > 65536), each entry a
                     contiguous [K, frames] block starting at element `offset`
-    parts/          work in progress: one file per fixed block of rows (removed when merged)
+    parts/          work in progress: one file per fixed block of rows (removed when merged),
+                    and plan.json (rows per part: a rerun with another value is refused)
 
 and `<out>/cache.json` records the tokenizer config and hash and the corpus fingerprint; a
 cache built for anything else is refused, never silently reused.
@@ -41,23 +44,24 @@ from tqdm import tqdm
 
 from mmllm.audio.io import AudioError, decode_audio_value
 from mmllm.config import config_hash, config_to_dict, from_dict, save_config
-from mmllm.fileio import atomic_write_bytes, atomic_write_text, exclusive_lock
+from mmllm.data.cached_split import (
+    CODES,
+    ENTRIES,
+    ENTRY_DTYPE,
+    INDEX,
+    KEYS,
+    CachedSplit,  # noqa: F401  (the read side, imported from here by most readers)
+    CacheError,
+    MissingCodes,  # noqa: F401
+    stream_index,
+)
+from mmllm.fileio import atomic_open, atomic_write_bytes, atomic_write_text, exclusive_lock
 from mmllm.runtime import keep_freed_memory
 from mmllm.tokenizers.base import AudioTokenizer, TokenizerConfig, pad_batch
 from mmllm.tokenizers.kmeans import centroids_digest
 from mmllm.tokenizers.registry import build_tokenizer
 
 CACHE_CARD = "cache.json"
-INDEX = "index.json"
-CODES = "codes.bin"
-
-
-class CacheError(ValueError):
-    """A cache that does not match what was asked for, or is incomplete."""
-
-
-class MissingCodes(KeyError):
-    """No codes for a key: its row was skipped at extraction (bad audio) or never existed."""
 
 
 @dataclass
@@ -221,6 +225,25 @@ def _npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
     return buffer.getvalue()
 
 
+PART_PLAN = "plan.json"
+
+
+def check_part_plan(split_dir: Path, rows_per_part: int, write: bool) -> None:
+    """Parts of an unfinished extraction hold fixed blocks of rows: a rerun must cut the
+    rows the same way (another --rows-per-part would encode rows twice), else it is refused."""
+    plan = split_dir / "parts" / PART_PLAN
+    if plan.is_file():
+        found = json.loads(plan.read_text())["rows_per_part"]
+        if found != rows_per_part:
+            raise CacheError(
+                f"{split_dir}: an unfinished extraction cut its rows into parts of {found}; "
+                f"rerun with --rows-per-part {found} (not {rows_per_part}) to finish it, or "
+                "delete the split's parts/ folder"
+            )
+    elif write:
+        atomic_write_text(plan, json.dumps({"rows_per_part": rows_per_part}))
+
+
 def part_path(split_dir: Path, part: int) -> Path:
     return split_dir / "parts" / f"part-{part:06d}.npz"
 
@@ -237,7 +260,7 @@ def extract_split(
 ) -> dict:
     """Encode this process's share of the missing parts of one split. Returns stats."""
     num_parts = (len(dataset) + rows_per_part - 1) // rows_per_part
-    (split_dir / "parts").mkdir(parents=True, exist_ok=True)
+    check_part_plan(split_dir, rows_per_part, process_index == 0)
     todo = [
         p
         for p in range(process_index, num_parts, num_processes)
@@ -266,91 +289,57 @@ def merge_split(
     dtype: np.dtype,
     codebook_size: int | None = None,
 ) -> dict:
-    """Merge complete parts into codes.bin + index.json (atomically), then drop the parts."""
+    """Merge complete parts into codes.bin, entries.npy, keys.npy and index.json (each
+    atomically, the index last), then drop the parts. Codes are copied part by part, so
+    merging holds one part in memory, whatever the split's size."""
     num_parts = (num_rows + rows_per_part - 1) // rows_per_part
     missing = [p for p in range(num_parts) if not part_path(split_dir, p).is_file()]
     if missing:
         raise CacheError(
             f"{split_dir}: cannot merge, {len(missing)} parts missing (first: {missing[0]})"
         )
-    entries, skipped, chunks, offset = [], [], [], 0
-    for part in range(num_parts):
-        with np.load(part_path(split_dir, part)) as data:
-            meta = json.loads(data["meta"].tobytes().decode())
-            for i, entry in enumerate(meta["entries"]):
-                codes = data[f"codes_{i}"]
-                entries.append(entry | {"offset": offset, "frames": int(codes.shape[1])})
-                chunks.append(codes.astype(dtype).ravel())
-                offset += codes.size
-            skipped.extend(meta["skipped"])
-    atomic_write_bytes(split_dir / CODES, np.concatenate(chunks).tobytes() if chunks else b"")
+    entries, keys, skipped, offset = [], [], [], 0
+    with atomic_open(split_dir / CODES) as out:
+        for part in range(num_parts):
+            with np.load(part_path(split_dir, part)) as data:
+                meta = json.loads(data["meta"].tobytes().decode())
+                for i, entry in enumerate(meta["entries"]):
+                    codes = np.ascontiguousarray(data[f"codes_{i}"].astype(dtype))
+                    out.write(codes.tobytes())
+                    stream = stream_index(entry["stream"])
+                    entries.append((entry["row"], stream, offset, codes.shape[1]))
+                    keys.append(entry["key"].encode())
+                    offset += codes.size
+                skipped.extend(meta["skipped"])
+    table = np.array(entries, dtype=ENTRY_DTYPE)
+    order = table["row"] * (1 << 16) + table["stream"]
+    if len(order) > 1 and not (np.diff(order) > 0).all():
+        raise CacheError(f"{split_dir}: parts hold entries out of corpus order")
+    atomic_write_bytes(split_dir / ENTRIES, _npy_bytes(table))
+    atomic_write_bytes(
+        split_dir / KEYS, _npy_bytes(np.array(keys, dtype=f"S{max(map(len, keys), default=1)}"))
+    )
     index = {
+        "format": 2,
         "num_rows": num_rows,
         "num_codebooks": num_codebooks,
         "dtype": dtype.name,
         "codebook_size": codebook_size,  # reads check codes against it (corruption)
-        "entries": entries,
+        "count": len(entries),
         "skipped": skipped,
     }
     atomic_write_text(split_dir / INDEX, json.dumps(index))
     for part in range(num_parts):
         part_path(split_dir, part).unlink()
+    (split_dir / "parts" / PART_PLAN).unlink(missing_ok=True)
     (split_dir / "parts").rmdir()
     return index
 
 
-class CachedSplit:
-    """Read side: codes of one cached split through a memmap (no decoding, no copies)."""
-
-    def __init__(self, split_dir: str | Path) -> None:
-        split_dir = self.split_dir = Path(split_dir)
-        if not (split_dir / INDEX).is_file():
-            raise CacheError(
-                f"{split_dir}: no complete token cache here (missing {INDEX}); run tokenizers/extract.py"
-            )
-        self.index = json.loads((split_dir / INDEX).read_text())
-        self.num_codebooks = self.index["num_codebooks"]
-        size = (split_dir / CODES).stat().st_size
-        self.codes = (
-            np.memmap(split_dir / CODES, dtype=self.index["dtype"], mode="r")
-            if size
-            else np.zeros(0)
-        )
-        self.entries = self.index["entries"]
-        self.by_key = {e["key"]: e for e in self.entries}
-        self.skipped = self.index["skipped"]
-        self.codebook_size = self.index.get("codebook_size")  # None: features, or older caches
-        last = max(self.entries, key=lambda e: e["offset"], default=None)
-        expected = 0 if last is None else last["offset"] + last["frames"] * self.num_codebooks
-        expected *= np.dtype(self.index["dtype"]).itemsize
-        if size != expected:
-            raise CacheError(
-                f"{split_dir / CODES}: {size} bytes, its {INDEX} says {expected} (truncated or "
-                "replaced); delete the split's folder and extract it again"
-            )
-
-    def __len__(self) -> int:
-        return len(self.entries)
-
-    def get(self, key: str) -> np.ndarray:
-        """codes [K, F] of one entry (row id, or "<id>#ref<j>"); MissingCodes if absent."""
-        if key not in self.by_key:
-            raise MissingCodes(f"{self.split_dir}: no codes for {key!r}")
-        entry = self.by_key[key]
-        size = entry["frames"] * self.num_codebooks
-        codes = np.asarray(self.codes[entry["offset"] : entry["offset"] + size]).reshape(
-            self.num_codebooks, entry["frames"]
-        )
-        if (
-            self.codebook_size
-            and codes.size
-            and (codes.min() < 0 or codes.max() >= self.codebook_size)
-        ):
-            raise CacheError(
-                f"{self.split_dir / CODES}: codes of {key!r} outside [0, {self.codebook_size}) "
-                "(corrupted); delete the split's folder and extract it again"
-            )
-        return codes
+def _npy_bytes(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    return buffer.getvalue()
 
 
 def extract_corpus(

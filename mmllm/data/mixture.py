@@ -11,7 +11,7 @@ of any epoch can be rebuilt exactly (resume depends on it).
 
     caches = TokenCaches.open(input_dir, output_dir)     # token caches of tokenizers/extract.py
     docs = mixture_documents(corpus, renderer, caches, {"asr": 1, "interleaved": 0.5},
-                             split="train", epoch=0, seed=0)
+                             split="train", epoch=0, seed=0)   # or streamed: mmllm.data.stream
     held_out = eval_documents(corpus, renderer, caches, ["asr", "tts"], per_source=32)
 
 Rows whose audio is missing from the cache (extraction skipped them as bad audio) are
@@ -20,16 +20,19 @@ skipped and counted, never silently replaced.
 
 from __future__ import annotations
 
-import random
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 from mmllm.corpus.reader import load_task
 from mmllm.corpus.schema import TASKS
 from mmllm.data.augment import AUGMENTED_TASKS, AudioAugment, augmented_lookup
 from mmllm.data.cache import CachedSplit, CacheError, MissingCodes, read_cache_card
 from mmllm.data.packing import Document
+from mmllm.data.stream import MixturePlan
 from mmllm.data.templates import LM_DOCUMENTS, TemplateRenderer
 
 ASR_SPANS = "asr_spans"
@@ -87,7 +90,7 @@ class TokenCaches:
         output_card = CacheCard.read(output_dir) if output_dir else input_card
         return cls(input_card, output_card)
 
-    def _split(self, card: CacheCard, task: str, split: str) -> CachedSplit:
+    def split(self, card: CacheCard, task: str, split: str) -> CachedSplit:
         key = (card.path, task, split)
         if key not in self._splits:
             self._splits[key] = CachedSplit(card.path / task / split)
@@ -95,7 +98,7 @@ class TokenCaches:
 
     def lookups(self, task: str, split: str):
         """(input lookup, output lookup): key -> codes [K, F] for one task/split."""
-        return self._split(self.input, task, split).get, self._split(self.output, task, split).get
+        return self.split(self.input, task, split).get, self.split(self.output, task, split).get
 
 
 def weighted_sources(mixture: dict[str, float], among: tuple[str, ...]) -> list[str]:
@@ -103,23 +106,42 @@ def weighted_sources(mixture: dict[str, float], among: tuple[str, ...]) -> list[
     return sorted(s for s in among if mixture.get(s, 0) > 0)
 
 
-def source_rows(corpus: str | Path, source: str, split: str) -> list[dict]:
-    """The rows (without audio) a source draws from."""
+def source_dataset(corpus: str | Path, source: str, split: str) -> Any:
+    """The rows a source draws from, without audio: a memory-mapped datasets.Dataset."""
     if source not in SOURCES:
         raise ValueError(f"unknown mixture source {source!r}; known: {list(SOURCES)}")
     task = source if source in TASKS else LM_ROWS_TASK
-    dataset = load_task(corpus, task)[split]
-    return dataset.select_columns(list(ROW_COLUMNS)).to_list()
+    return load_task(corpus, task)[split].select_columns(list(ROW_COLUMNS))
 
 
-def draw_rows(num_rows: int, weight: float, rng: random.Random) -> list[int]:
-    """Row indices for one epoch: floor(weight) full passes + a seeded fraction of a pass."""
-    if weight < 0:
-        raise ValueError(f"mixture weight must be >= 0, got {weight}")
-    whole, fraction = divmod(weight, 1.0)
-    indices = list(range(num_rows)) * int(whole)
-    indices += sorted(rng.sample(range(num_rows), round(fraction * num_rows)))
-    return indices
+def source_rows(corpus: str | Path, source: str, split: str) -> list[dict]:
+    """The rows (without audio) a source draws from, as dicts (held-out and small uses)."""
+    return source_dataset(corpus, source, split).to_list()
+
+
+def render_row(
+    renderer: TemplateRenderer,
+    lookups: tuple[Any, Any],
+    source: str,
+    row: dict,
+    row_seed: int | str,
+    augment: AudioAugment | None = None,
+    codebook_size: int | None = None,
+) -> Document:
+    """One row of a source rendered to its document (MissingCodes if its audio, or a
+    reference, was skipped at extraction); `augment` transforms the input audio of
+    text-answer tasks (mmllm.data.augment)."""
+    cached_input, output_codes = lookups
+    input_codes = cached_input
+    if augment is not None and source in AUGMENTED_TASKS:
+        input_codes = augmented_lookup(cached_input, augment, row_seed, codebook_size)
+    if source == ASR_SPANS:
+        rendered = renderer.asr_span(row, input_codes, seed=row_seed)
+    elif source in LM_DOCUMENTS:
+        rendered = renderer.lm_document(source, row, input_codes, seed=row_seed)
+    else:
+        rendered = renderer.render(row, input_codes, output_codes)
+    return rendered.document(name=f"{source}:{row['id']}", task=source)
 
 
 def render_source(
@@ -130,34 +152,92 @@ def render_source(
     split: str,
     seed: int,
     skipped: Counter,
-    augment: AudioAugment | None = None,
 ) -> list[Document]:
-    """Render rows of one source to documents (rows without cached codes are counted);
-    `augment` transforms the input audio of text-answer tasks (mmllm.data.augment)."""
+    """Render rows of one source to documents, in order (rows without cached codes are
+    counted in `skipped`)."""
     task = source if source in TASKS else LM_ROWS_TASK
-    cached_input, output_codes = caches.lookups(task, split)
+    lookups = caches.lookups(task, split)
     documents = []
-    codebook_size = None if caches.input.continuous else caches.input.codebook_size
-    copies: Counter = Counter()  # a row drawn twice in an epoch gets a different crop/layout
     for row in task_rows:
-        copy = copies[row["id"]]
-        copies[row["id"]] += 1
-        row_seed = seed if copy == 0 else f"{seed}.{copy}"
-        input_codes = cached_input
-        if augment is not None and source in AUGMENTED_TASKS:
-            input_codes = augmented_lookup(cached_input, augment, row_seed, codebook_size)
         try:
-            if source == ASR_SPANS:
-                rendered = renderer.asr_span(row, input_codes, seed=row_seed)
-            elif source in LM_DOCUMENTS:
-                rendered = renderer.lm_document(source, row, input_codes, seed=row_seed)
-            else:
-                rendered = renderer.render(row, input_codes, output_codes)
+            documents.append(render_row(renderer, lookups, source, row, seed))
         except MissingCodes:  # its audio (or a reference) was skipped at extraction
             skipped[source] += 1
-            continue
-        documents.append(rendered.document(name=f"{source}:{row['id']}", task=source))
     return documents
+
+
+def row_lookup(cached: CachedSplit, row_index: int, row_id: str) -> Any:
+    """The codes lookup (key -> [K, F]) of one corpus row, read by row index: the keys a
+    template asks for are the row's id and "<id>#ref<j>"; no key table is built."""
+
+    def get(key: str) -> np.ndarray:
+        if key == row_id:
+            return cached.get_row(row_index, 0)
+        head, _, ref = key.partition("#ref")
+        if head != row_id or not ref.isdigit():
+            raise KeyError(f"row {row_id!r} has no stream {key!r}")
+        return cached.get_row(row_index, int(ref) + 1)
+
+    return get
+
+
+class DrawRenderer:
+    """Renders draws of a `MixturePlan` (mmllm.data.stream): (source index, row, copy)
+    rows -> documents, in the draws' order. Rows are read from the memory-mapped corpus
+    when asked for, so it holds no rows itself; picklable for DataLoader workers."""
+
+    def __init__(
+        self,
+        corpus: str | Path,
+        renderer: TemplateRenderer,
+        caches: TokenCaches,
+        sources: list[str],
+        split: str = "train",
+        seed: int = 0,
+        augment: AudioAugment | None = None,
+    ) -> None:
+        self.corpus, self.renderer, self.caches = corpus, renderer, caches
+        self.sources, self.split, self.seed, self.augment = sources, split, seed, augment
+        self._datasets: dict[str, Any] = {}
+
+    def row_counts(self) -> dict[str, int]:
+        return {s: len(self.dataset(s)) for s in self.sources}
+
+    def dataset(self, source: str) -> Any:
+        """The source's rows without audio (datasets.Dataset, memory-mapped), opened once."""
+        if source not in self._datasets:
+            self._datasets[source] = source_dataset(self.corpus, source, self.split)
+        return self._datasets[source]
+
+    def __call__(self, draws: np.ndarray, epoch: int) -> tuple[list[Document], Counter]:
+        """draws [N, 3] -> (documents, skipped rows per source)."""
+        rows: list[dict | None] = [None] * len(draws)
+        for index, source in enumerate(self.sources):
+            where = np.flatnonzero(draws[:, 0] == index)
+            if len(where):
+                columns = self.dataset(source)[draws[where, 1].tolist()]
+                for i, position in enumerate(where.tolist()):
+                    rows[position] = {name: values[i] for name, values in columns.items()}
+        codebook_size = None if self.caches.input.continuous else self.caches.input.codebook_size
+        seed = self.seed * 1000 + epoch
+        documents, skipped = [], Counter()
+        for (index, row_index, copy), row in zip(draws.tolist(), rows, strict=True):
+            source = self.sources[index]
+            task = source if source in TASKS else LM_ROWS_TASK
+            row_seed = seed if copy == 0 else f"{seed}.{copy}"
+            lookups = tuple(
+                row_lookup(self.caches.split(card, task, self.split), row_index, row["id"])
+                for card in (self.caches.input, self.caches.output)
+            )
+            try:
+                documents.append(
+                    render_row(
+                        self.renderer, lookups, source, row, row_seed, self.augment, codebook_size
+                    )
+                )
+            except MissingCodes:  # its audio (or a reference) was skipped at extraction
+                skipped[source] += 1
+        return documents, skipped
 
 
 def mixture_documents(
@@ -170,31 +250,16 @@ def mixture_documents(
     seed: int = 0,
     augment: AudioAugment | None = None,
 ) -> tuple[list[Document], Counter]:
-    """All documents of one epoch of the mixture, in a seeded shuffled order (input audio
-    of text-answer tasks augmented when `augment` is given).
+    """All documents of one epoch of the mixture, in its seeded shuffled order (input audio
+    of text-answer tasks augmented when `augment` is given), rendered at once: for small
+    uses and benchmarks; training streams them (mmllm.data.stream).
 
     Returns (documents, skipped rows per source)."""
-    rng = random.Random(f"mixture-{seed}-{epoch}")
-    documents: list[Document] = []
-    skipped: Counter = Counter()
-    for source in sorted(mixture):
-        weight = mixture[source]
-        if weight == 0:
-            continue
-        rows = source_rows(corpus, source, split)
-        chosen = [rows[i] for i in draw_rows(len(rows), weight, rng)]
-        documents += render_source(
-            renderer,
-            caches,
-            source,
-            chosen,
-            split,
-            seed=seed * 1000 + epoch,
-            skipped=skipped,
-            augment=augment,
-        )
-    rng.shuffle(documents)
-    return documents, skipped
+    sources = weighted_sources(mixture, SOURCES)
+    draw = DrawRenderer(corpus, renderer, caches, sources, split, seed, augment)
+    plan = MixturePlan(draw.row_counts(), mixture, seed)
+    draw.sources = plan.sources  # sources without rows drop out
+    return draw(plan.epoch_draws(epoch), epoch)
 
 
 def eval_documents(

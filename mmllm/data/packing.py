@@ -65,26 +65,30 @@ class PackedBlock:
 def pack_documents(
     documents: Iterable[Document], block_size: int, pad_id: int, window: int = 2048
 ) -> Iterator[PackedBlock]:
-    """Pack documents into blocks of exactly `block_size` tokens (first-fit decreasing per window).
+    """Pack documents into blocks of exactly `block_size` tokens, `pack_window` over each
+    run of `window` documents."""
+    pending: list[Document] = []
+    for document in documents:
+        pending.append(document)
+        if len(pending) == window:
+            yield from pack_window(pending, block_size, pad_id)
+            pending = []
+    if pending:
+        yield from pack_window(pending, block_size, pad_id)
+
+
+def pack_window(documents: list[Document], block_size: int, pad_id: int) -> list[PackedBlock]:
+    """Pack documents into blocks of exactly `block_size` tokens (first-fit decreasing).
 
     Documents longer than `block_size` raise an error naming the document: they would have to
-    be cut, which a task example must never be.
-    """
-    pending: list[Document] = []
+    be cut, which a task example must never be. Empty documents are dropped."""
     for document in documents:
         if len(document.input_ids) > block_size:
             raise ValueError(
                 f"document {document.name!r} ({document.task or 'lm'}) has {len(document.input_ids)} tokens, "
                 f"longer than the block size {block_size}; raise block_size or shorten the example"
             )
-        if not document.input_ids:
-            continue
-        pending.append(document)
-        if len(pending) == window:
-            yield from _pack_window(pending, block_size, pad_id)
-            pending = []
-    if pending:
-        yield from _pack_window(pending, block_size, pad_id)
+    return list(_pack_window([d for d in documents if d.input_ids], block_size, pad_id))
 
 
 def _pack_window(documents: list[Document], block_size: int, pad_id: int) -> Iterator[PackedBlock]:

@@ -117,13 +117,22 @@ class DataSection:
     mixture:          source -> passes over its rows per epoch (mmllm.data.mixture)
     eval_per_source:  held-out documents (valid split) per source for the eval loss
     augment:          seeded speed warp + time masks of the input audio of text-answer tasks
-                      (mmllm.data.augment), e.g. {speed: [0.9, 1.1], mask_ratio: 0.1}; null = off"""
+                      (mmllm.data.augment), e.g. {speed: [0.9, 1.1], mask_ratio: 0.1}; null = off
+    lanes:            block streams a step draws from equally (mmllm.data.stream); each process
+                      renders its own lanes. null = one per process; a fixed number gives the
+                      same global batches for every process count that divides it
+    window:           documents rendered, packed and shuffled together (the packing window)
+    workers:          DataLoader worker processes rendering windows, per training process
+                      (0: in the training process); changes speed only"""
 
     pattern: str = "flatten"
     block_size: int = 1024
     mixture: dict[str, float] = dataclasses.field(default_factory=_default_mixture)
     eval_per_source: int = 32
     augment: AudioAugment | None = dataclasses.field(default=None, metadata=OMIT_WHEN_NONE)
+    lanes: int | None = None
+    window: int = 2048
+    workers: int = 1
 
 
 @config_dataclass
@@ -235,11 +244,15 @@ def resume_identity(cfg: PretrainConfig, num_processes: int) -> dict:
     """What a run directory's later starts must share with its first (checked by
     `mmllm.training.checkpoints.check_run`): the config's hash without the keys that change
     neither the data nor the model (train.steps, so a finished run can train longer, eval,
-    log and checkpoint intervals, CPU threads), and the number of processes (the global batch
+    log and checkpoint intervals, CPU threads, loader workers), and the number of processes (the global batch
     order is laid out per process)."""
     free = {"steps": 1, "eval_every": 0, "log_every": 1, "checkpoint_every": 0}
     free |= {"keep_checkpoints": 0, "cpu_threads": None}
-    fixed = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, **free))
+    fixed = dataclasses.replace(
+        cfg,
+        train=dataclasses.replace(cfg.train, **free),
+        data=dataclasses.replace(cfg.data, workers=1),
+    )
     return {"config_hash": config_hash(fixed), "num_processes": num_processes}
 
 
@@ -304,6 +317,13 @@ def check_pretrain_config(cfg: PretrainConfig) -> None:
     if cfg.train.attention not in ("packed", "flex", "mask"):
         problems.append(
             f"train.attention: {cfg.train.attention!r}; expected 'packed', 'flex' or 'mask'"
+        )
+    if cfg.data.lanes is not None and cfg.data.lanes < 1:
+        problems.append(f"data.lanes: must be >= 1 or null, got {cfg.data.lanes}")
+    if cfg.data.window < 1 or cfg.data.workers < 0:
+        problems.append(
+            f"data.window must be >= 1 and data.workers >= 0, got {cfg.data.window}, "
+            f"{cfg.data.workers}"
         )
     for key in ("steps", "micro_batch_size", "grad_accum", "log_every"):
         if getattr(cfg.train, key) < 1:

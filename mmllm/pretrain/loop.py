@@ -31,6 +31,7 @@ from mmllm.config import (
     load_config,
     save_config,
 )
+from mmllm.data.stream import BlockStream
 from mmllm.fileio import (
     LockedError,
     append_jsonl,
@@ -48,7 +49,7 @@ from mmllm.pretrain.distributed import (
     prepare_deepspeed_environment,
     whole_model_loading,
 )
-from mmllm.pretrain.schedule import BlockSchedule, count_targets, micro_batches
+from mmllm.pretrain.schedule import count_targets, micro_batches
 from mmllm.pretrain.steps import evaluate, token_loss_sum
 from mmllm.training.checkpoints import (
     check_run,
@@ -136,6 +137,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def train(cfg: PretrainConfig, accelerator: Any, ds_path: str | None, dtype: torch.dtype) -> int:
     """Prepare, train, evaluate and export one run (the caller holds the run's lock)."""
+    from accelerate.utils import gather_object
+
     from mmllm.pretrain.pipeline import prepare_run
 
     run_dir = Path(cfg.run_dir)
@@ -186,13 +189,14 @@ def train(cfg: PretrainConfig, accelerator: Any, ds_path: str | None, dtype: tor
     )
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     blocks_per_step = cfg.train.micro_batch_size * cfg.train.grad_accum * world
-    schedule = BlockSchedule(
-        run.train_documents,
-        cfg.data.block_size,
-        vocab.pad_audio_id,
-        blocks_per_step,
-        cfg.train.seed,
-    )
+    lanes = cfg.data.lanes or world
+    if lanes % world or blocks_per_step % lanes:
+        say(
+            f"error: data.lanes {lanes} must be a multiple of the {world} process(es) and "
+            f"divide the {blocks_per_step} blocks of a step (micro_batch_size x grad_accum x "
+            "processes)"
+        )
+        return 2
 
     # ---- resume, or start fresh
     start_step, state = 0, {}
@@ -204,9 +208,19 @@ def train(cfg: PretrainConfig, accelerator: Any, ds_path: str | None, dtype: tor
         return 2
     if checkpoint is not None:
         state = load_trainer_state(checkpoint)
+        if "loader" not in state:
+            say(f"error: {checkpoint} holds no data loader position; start a new run_dir")
+            return 2
         accelerator.load_state(str(checkpoint))
         start_step = state["step"]
         say(f"resumed from {checkpoint} at step {start_step}")
+    stream = BlockStream(
+        run.window_source(lanes),
+        list(range(rank, lanes, world)),  # this process's lanes
+        state.get("loader"),
+        workers=cfg.data.workers,
+        pin_memory=accelerator.device.type == "cuda",
+    )
     if is_main:
         save_config(cfg, run_dir)
         truncate_jsonl(run_dir / "metrics.jsonl", start_step)
@@ -229,11 +243,17 @@ def train(cfg: PretrainConfig, accelerator: Any, ds_path: str | None, dtype: tor
     model.train()
     for step in range(start_step, cfg.train.steps):
         started = time.perf_counter()
-        blocks = schedule.step_blocks(step)
-        targets = count_targets(blocks)  # global, so every process scales its loss the same
+        blocks = stream.take(blocks_per_step // lanes)  # this process's share of the step
+        # the global targets and tokens, so every process scales its loss the same
+        counts = torch.tensor(
+            [count_targets(blocks), sum(b.used for b in blocks)],
+            dtype=torch.float64,
+            device=accelerator.device,
+        )
+        targets, tokens = accelerator.reduce(counts, reduction="sum").tolist()
         loss_sum, grad_norm = torch.zeros((), dtype=torch.float64), None
-        for batch in micro_batches(blocks, rank, world, cfg.train.grad_accum):
-            batch = {k: v.to(accelerator.device) for k, v in batch.items()}
+        for batch in micro_batches(blocks, cfg.train.grad_accum):
+            batch = {k: v.to(accelerator.device, non_blocking=True) for k, v in batch.items()}
             with accelerator.accumulate(model):
                 loss, _ = token_loss_sum(model, batch, dtype, attention)
                 # sum / global targets, times what DDP's averaging and accelerate's
@@ -248,13 +268,12 @@ def train(cfg: PretrainConfig, accelerator: Any, ds_path: str | None, dtype: tor
         loss_sum = accelerator.reduce(loss_sum.to(accelerator.device), reduction="sum")
         step_loss = float(loss_sum) / targets
         seconds = time.perf_counter() - started
-        tokens = sum(b.used for b in blocks)
         record = {
             "step": step + 1,
             "loss": step_loss,
             "lr": scheduler.get_last_lr()[0],
             "grad_norm": float(grad_norm) if grad_norm is not None else None,
-            "tokens": tokens,
+            "tokens": int(tokens),
             "tokens_per_s": tokens / seconds,
         }
         if torch.cuda.is_available():
@@ -274,6 +293,8 @@ def train(cfg: PretrainConfig, accelerator: Any, ds_path: str | None, dtype: tor
         if cfg.train.checkpoint_every and (step + 1) % cfg.train.checkpoint_every == 0:
             saves += 1
             state["step"] = step + 1
+            lane_states = gather_object([stream.state()])  # every process's lanes
+            state["loader"] = {k: v for part in lane_states for k, v in part.items()}
             save_checkpoint(
                 run_dir,
                 step + 1,

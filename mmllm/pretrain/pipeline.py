@@ -21,21 +21,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from mmllm.config import load_config, save_config
 from mmllm.corpus.reader import load_task
-from mmllm.corpus.schema import AUDIO_ANSWER_TASKS
+from mmllm.corpus.schema import AUDIO_ANSWER_TASKS, TASKS
 from mmllm.data.augment import AudioAugment
 from mmllm.data.mixture import (
+    LM_ROWS_TASK,
     SOURCES,
     WORD_TIMED_SOURCES,
+    DrawRenderer,
     TokenCaches,
     eval_documents,
     mixture_documents,
     weighted_sources,
 )
 from mmllm.data.packing import Document, PackedBlock, pack_documents
+from mmllm.data.stream import MixturePlan, WindowSource
 from mmllm.data.templates import TemplateRenderer
 from mmllm.data.vocab import VOCAB_FILENAME, MultimodalVocab, extend_hf_tokenizer
 from mmllm.modeling.continuous import feature_statistics
@@ -66,7 +70,27 @@ class PreparedRun:
     # the resolved tokenizer configs, packaged into every export (mmllm.tokenizers.portable)
     tokenizer_configs: dict[str, TokenizerConfig] = field(default_factory=dict)
 
+    def draw_renderer(self) -> DrawRenderer:
+        """Renders draws of the training mixture (what the loader's workers call)."""
+        cfg = self.cfg
+        sources = weighted_sources(cfg.data.mixture, SOURCES)
+        return DrawRenderer(
+            cfg.corpus.path, self.renderer, self.caches, sources, "train", cfg.train.seed,
+            cfg.data.augment,
+        )  # fmt: skip
+
+    def window_source(self, lanes: int) -> WindowSource:
+        """The training blocks' windows (mmllm.data.stream) for `lanes` lanes."""
+        draw = self.draw_renderer()
+        plan = MixturePlan(draw.row_counts(), self.cfg.data.mixture, self.cfg.train.seed)
+        draw.sources = plan.sources
+        return WindowSource(
+            plan, draw, self.cfg.data.block_size, self.vocab.pad_audio_id, lanes,
+            self.cfg.data.window,
+        )  # fmt: skip
+
     def train_documents(self, epoch: int) -> list[Document]:
+        """One whole epoch of documents at once (benchmarks; training streams them)."""
         documents, _ = mixture_documents(
             self.cfg.corpus.path,
             self.renderer,
@@ -230,6 +254,32 @@ def build_vocab(cfg: PretrainConfig, hf_tokenizer: Any, caches: TokenCaches) -> 
     return vocab
 
 
+STATS_DRAWS = 4096  # documents whose input features give the corpus normalisation
+LONGEST_ROWS = 8  # rows per source and measure whose documents the length check renders
+
+
+def longest_rows(draw: DrawRenderer, caches: TokenCaches) -> np.ndarray:
+    """Draws [N, 3] of the rows likely to make each source's longest documents: the
+    LONGEST_ROWS rows with the most input frames, the most output frames and the longest
+    text. The length check renders these instead of the corpus (the packer still names
+    any document that does not fit, should one slip through)."""
+    import pyarrow.compute as pc
+
+    picks = []
+    for index, source in enumerate(draw.sources):
+        task = source if source in TASKS else LM_ROWS_TASK
+        table = draw.dataset(source).data
+        keys = table.column("id").to_pylist()
+        measures = [pc.utf8_length(pc.fill_null(table.column("text"), "")).to_numpy()]
+        for card in {caches.input.path: caches.input, caches.output.path: caches.output}.values():
+            entries = caches.split(card, task, "train").by_key
+            measures.append(np.array([entries[k]["frames"] if k in entries else 0 for k in keys]))
+        for measure in measures:
+            top = np.argsort(-np.asarray(measure), kind="stable")[:LONGEST_ROWS]
+            picks += [(index, int(row), 0) for row in top]
+    return np.array(sorted(set(picks)), dtype=np.int64).reshape(-1, 3)
+
+
 def check_lengths(documents: list[Document], block_size: int) -> None:
     longest = max(documents, key=lambda d: len(d.input_ids))
     if len(longest.input_ids) > block_size:
@@ -310,22 +360,21 @@ def prepare_run(cfg: PretrainConfig, accelerator: Any) -> PreparedRun:
     held_out = eval_documents(
         corpus, renderer, caches, sources, split="valid", per_source=cfg.data.eval_per_source
     )
-    every_row = {source: 1.0 for source in sources}
     longest = cfg.data.augment  # the slowest speed warp makes the longest documents
     if longest is not None:
         longest = AudioAugment(speed=[longest.speed[0]] * 2)
-    train_docs, skipped = mixture_documents(
-        corpus, renderer, caches, every_row, seed=cfg.train.seed, augment=longest
-    )
-    check_lengths(train_docs + [d for docs in held_out.values() for d in docs], cfg.data.block_size)
+    draw = DrawRenderer(corpus, renderer, caches, sources, "train", cfg.train.seed, longest)
+    candidates, skipped = draw(longest_rows(draw, caches), 0)
+    check_lengths(candidates + [d for docs in held_out.values() for d in docs], cfg.data.block_size)
     if skipped:
         accelerator.print(f"rows without cached audio, skipped: {dict(skipped)}")
     feature_stats = None
     if cfg.audio_input == "continuous" and cfg.continuous.input_norm == "corpus":
-        # every training row once (at the slowest speed warp, if any: the same frames, resampled)
-        feature_stats = feature_statistics(
-            [d.features for d in train_docs if d.features is not None]
-        )
+        # a bounded sample: the first STATS_DRAWS draws of epoch 0 (at the slowest warp)
+        plan = MixturePlan(draw.row_counts(), cfg.data.mixture, cfg.train.seed)
+        draw.sources = plan.sources
+        sample, _ = draw(plan.epoch_draws(0)[:STATS_DRAWS], 0)
+        feature_stats = feature_statistics([d.features for d in sample if d.features is not None])
     eval_blocks = {
         source: list(pack_documents(docs, cfg.data.block_size, vocab.pad_audio_id))
         for source, docs in held_out.items()

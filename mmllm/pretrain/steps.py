@@ -2,10 +2,10 @@
 
 Loss normalisation (why the loop's numbers match across setups): an optimizer step's loss
 is the sum of token losses over the *global* batch (all processes, all accumulation
-micro-batches) divided by its number of target tokens. Every process can count those
-targets without communication, because every process knows the whole step's blocks
-(`BlockSchedule.step_blocks`). 1 process and N processes on the same global batch then get
-the same loss and the same gradient (tested), whatever the padding per micro-batch.
+micro-batches) divided by its number of target tokens, summed over the processes before
+the backward pass. 1 process and N processes on the same global batch (the same
+`data.lanes`, mmllm.data.stream) then get the same loss and the same gradient (tested),
+whatever the padding per micro-batch.
 """
 
 from __future__ import annotations

@@ -55,9 +55,11 @@ class SegmentSampler:
             self.row_speakers.append(rows["speaker"])
             self.caches.append(cached)
             self.items += [
-                (t, e["row"], e["key"], e["frames"])
-                for e in cached.entries
-                if e["stream"] == "audio" and e["frames"] >= cfg.segment_frames
+                (t, row, key, frames)
+                for (row, stream, _, frames), key in zip(
+                    cached.entries.tolist(), cached.entry_keys(), strict=True
+                )
+                if stream == 0 and frames >= cfg.segment_frames  # stream 0: the row's audio
             ]
         if not self.items:
             raise ValueError(

@@ -18,7 +18,13 @@ from fake_tokenizer import EnergyTokenizer
 from mmllm.audio.io import decode_audio_value
 from mmllm.corpus.reader import load_task
 from mmllm.corpus.schema import make_row, rows_to_dataset
-from mmllm.data.cache import CachedSplit, CacheError, check_or_write_card, extract_corpus
+from mmllm.data.cache import (
+    CachedSplit,
+    CacheError,
+    MissingCodes,
+    check_or_write_card,
+    extract_corpus,
+)
 from mmllm.tokenizers.base import TokenizerConfig
 
 HERE = Path(__file__).resolve().parent
@@ -85,13 +91,45 @@ def test_bad_rows_are_skipped_counted_and_named(tmp_path, capsys):
     DatasetDict({"train": rows_to_dataset(rows, "bad")}).save_to_disk(str(corpus / "ks"))
     out = extract_corpus(ENERGY, corpus, tmp_path / "cache", splits=("train",), rows_per_part=2)
     cached = CachedSplit(out / "ks" / "train")
-    assert [e["key"] for e in cached.entries] == ["ks-0", "ks-1", "ks-3"]
+    assert cached.entry_keys() == ["ks-0", "ks-1", "ks-3"]
     assert [s["id"] for s in cached.skipped] == [
         "ks-2"
     ] and "cannot decode audio" in cached.skipped[0]["error"]
     assert " at 0x" not in cached.skipped[0]["error"]  # no memory address: identical reruns
     printed = capsys.readouterr().out
     assert "skipped ks/train row ks-2" in printed and "1 rows skipped" in printed
+
+
+def test_rows_read_by_corpus_row_equal_rows_read_by_key(synth_tiny, tmp_path):
+    """get_row (what training reads: by corpus row and stream) gives get(key)'s codes."""
+    out = extract_corpus(ENERGY, synth_tiny, tmp_path / "cache", tasks=["ss"], splits=("test",))
+    cached = CachedSplit(out / "ss" / "test")
+    rows = load_task(synth_tiny, "ss")["test"]
+    for index, row_id in enumerate(rows["id"][:5]):
+        np.testing.assert_array_equal(cached.get_row(index, 0), cached.get(row_id))
+        np.testing.assert_array_equal(cached.get_row(index, 2), cached.get(f"{row_id}#ref1"))
+    with pytest.raises(MissingCodes, match="row 999999"):
+        cached.get_row(999999)
+
+
+def test_an_unfinished_extraction_refuses_other_parts(synth_tiny, tmp_path):
+    """A rerun that cuts rows into other parts would encode some twice (2,652 of 6,000 rows
+    were doubled): refused naming the value to use; the same value finishes the cache
+    exactly as an uninterrupted run."""
+    from mmllm.data.cache import extract_split
+    from mmllm.tokenizers.registry import build_tokenizer
+
+    reference = extract_corpus(ENERGY, synth_tiny, tmp_path / "ref", tasks=["ks"], rows_per_part=4)
+    out = tmp_path / "cache"
+    rows = load_task(synth_tiny, "ks")["train"]
+    tokenizer = build_tokenizer(ENERGY)
+    extract_split(tokenizer, rows, out / "ks" / "train", 4, 16000 * 8, 0, 2)  # half the parts
+    with pytest.raises(CacheError, match="rerun with --rows-per-part 4 \\(not 5\\)"):
+        extract_corpus(ENERGY, synth_tiny, out, tasks=["ks"], rows_per_part=5)
+    extract_corpus(ENERGY, synth_tiny, out, tasks=["ks"], rows_per_part=4)
+    for path in sorted((reference / "ks").rglob("*")):
+        if path.is_file():
+            assert (out / path.relative_to(reference)).read_bytes() == path.read_bytes(), path
 
 
 def run_extract(data: Path, out: Path, sleep: float) -> subprocess.Popen:
@@ -186,12 +224,10 @@ def test_stats_report_from_a_cache(synth_tiny, tmp_path):
 def test_a_damaged_codes_file_is_named(tiny_tokens, tmp_path):
     """codes.bin cut short is refused on open; bytes flipped into impossible codes are
     refused on read, naming the file and the row (training used to stop without either)."""
-    split = shutil.copytree(
-        tiny_tokens["cache_dir"] / "mfcc-kmeans" / "ks" / "train", tmp_path / "s"
-    )
+    split = shutil.copytree(tiny_tokens["cache"] / "ks" / "train", tmp_path / "s")
     codes = split / "codes.bin"
     data = bytearray(codes.read_bytes())
-    first = CachedSplit(split).entries[0]["key"]
+    first = CachedSplit(split).entry_keys()[0]
     data[:8] = b"\xff\x7f" * 4  # uint16 32767 in the first row: no codebook of 32 has it
     codes.write_bytes(bytes(data))
     with pytest.raises(CacheError, match=rf"codes\.bin: codes of '{first}' outside \[0, 32\)"):

@@ -10,12 +10,12 @@ from mmllm.data.augment import AudioAugment
 from mmllm.data.mixture import (
     SOURCES,
     TokenCaches,
-    draw_rows,
     eval_documents,
     mixture_documents,
     render_source,
     source_rows,
 )
+from mmllm.data.stream import draw_rows
 from mmllm.data.templates import TemplateRenderer
 from mmllm.data.text_tokenizer import synth_texts, train_text_tokenizer
 from mmllm.data.vocab import MultimodalVocab, extend_hf_tokenizer
@@ -41,7 +41,7 @@ def renderer_and_caches(tiny_tokens, tmp_path_factory):
         tmp_path_factory.mktemp("text"),
         vocab_size=384,
     )
-    caches = TokenCaches.open(tiny_tokens["cache_dir"] / "mfcc-kmeans")
+    caches = TokenCaches.open(tiny_tokens["cache"])
     vocab = MultimodalVocab(len(text), [("mfcc-kmeans", 1, 32)])
     extend_hf_tokenizer(text, vocab)
     return TemplateRenderer(vocab, text, "mfcc-kmeans", frame_rate_hz=50.0), caches

@@ -373,7 +373,7 @@ def test_trained_vocoder_decodes_a_two_layer_tokenizer(weights, centroids, synth
     assert tok.can_decode and tok.vocoder.codebook_weights().shape == (2,)  # one per layer
     assert tok.vocoder.codebook_weights().tolist() == pytest.approx(card["codebook_weights"])
     split = CachedSplit(cache / "asr" / "test")
-    items = [torch.from_numpy(split.get(e["key"]).astype("int64")) for e in split.entries[:3]]
+    items = [torch.from_numpy(split.get(key).astype("int64")) for key in split.entry_keys()[:3]]
     frame_lengths = torch.tensor([c.shape[1] for c in items])
     codes = torch.full((3, 2, int(frame_lengths.max())), PAD_CODE)
     for b, item in enumerate(items):
