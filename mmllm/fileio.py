@@ -86,9 +86,11 @@ def exclusive_lock(path: str | Path) -> Iterator[None]:
     """Hold an exclusive lock on the output `path` (a directory, existing or not) while the
     block runs: a second writer raises LockedError naming the holder's pid, at once.
 
-    The lock is `.NAME.lock` beside `path` (so a directory replaced by rename keeps it), an
-    `fcntl.flock` that the kernel drops when the holder exits, even killed: a stale lock file
-    never blocks anyone."""
+    The lock is `.NAME.lock` beside `path` (so a directory replaced by rename keeps it), a
+    POSIX record lock (`fcntl.lockf`) that the kernel drops when the holder exits, even
+    killed: a stale lock file never blocks anyone. Unlike `flock`, it is not inherited by
+    forked children (DataLoader workers), so a killed holder's workers do not keep it."""
+    import errno
     import fcntl
 
     path = Path(path)
@@ -97,8 +99,10 @@ def exclusive_lock(path: str | Path) -> Iterator[None]:
     handle = open(lock, "a+")  # noqa: SIM115 (held open for the whole block)
     try:
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+            fcntl.lockf(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as err:
+            if err.errno not in (errno.EACCES, errno.EAGAIN):
+                raise
             handle.seek(0)
             holder = handle.read().strip() or "unknown"
             raise LockedError(
@@ -111,7 +115,7 @@ def exclusive_lock(path: str | Path) -> Iterator[None]:
         handle.flush()
         yield
     finally:
-        handle.close()  # releases the flock
+        handle.close()  # releases the lock
 
 
 # ---- integrity manifests of saved directories (checkpoints, exported models)

@@ -93,10 +93,7 @@ def stand_ins(synth_tiny, tmp_path_factory) -> dict:
     (package / "__init__.py").write_text(
         "from tiny_models import FakeSpeechTokenizer as SpeechTokenizer  # noqa: F401\n"
     )
-    corpus = root / "librispeech"
-    corpus.mkdir()
-    for name in ("asr", "manifest.json", "config.yaml", "speakers.json"):
-        (corpus / name).symlink_to(synth_tiny / name)
+    corpus = librispeech_shaped(synth_tiny, root)
     env = {
         **os.environ,
         "HF_HUB_CACHE": str(cache),
@@ -106,6 +103,49 @@ def stand_ins(synth_tiny, tmp_path_factory) -> dict:
     }
     env.pop("MMLLM_FAULT", None)
     return {"root": root, "corpus": corpus, "env": env}
+
+
+def librispeech_shaped(synth_tiny: Path, root: Path) -> Path:
+    """SynthDASB tiny's ASR rows as LibriSpeech's parquet export has them (upper-case text,
+    integer speaker and chapter, no word alignments), converted by `mmllm convert` into the
+    task folder pretraining reads: <corpus>/asr."""
+    import pyarrow as pa
+    from datasets import Audio, Dataset, DatasetInfo, Features, Value
+
+    from mmllm.cli.corpus import convert
+    from mmllm.corpus.reader import load_task
+
+    features = Features(
+        {
+            "audio": Audio(),
+            "text": Value("string"),
+            "speaker_id": Value("int64"),
+            "chapter_id": Value("int64"),
+            "id": Value("string"),
+        }
+    )
+    source = root / "librispeech_parquet" / "data"
+    source.mkdir(parents=True)
+    for split, name in (("train", "train.100"), ("valid", "validation"), ("test", "test")):
+        rows = load_task(synth_tiny, "asr")[split]
+        speakers = sorted(set(rows["speaker"]))
+        columns = {
+            "audio": rows.data.column("audio").to_pylist(),
+            "text": [text.upper() for text in rows["text"]],
+            "speaker_id": [speakers.index(s) for s in rows["speaker"]],
+            "chapter_id": [1] * len(rows),
+            "id": [f"{speakers.index(s)}-1-{i:04d}" for i, s in enumerate(rows["speaker"])],
+        }
+        table = pa.Table.from_pydict(columns, schema=features.arrow_schema)
+        Dataset(table, info=DatasetInfo(features=features)).to_parquet(
+            str(source / f"{name}-00000-of-00001.parquet")
+        )
+    corpus = root / "librispeech"
+    splits = ["splits.train=train.100", "splits.valid=validation", "splits.test=test"]
+    path = f"path={source.parent}"
+    assert convert(["name=librispeech", path, *splits, "--out", str(corpus / "asr")]) == 0
+    assert not any(load_task(corpus, "asr")["train"]["words"])  # no alignments, as the real one
+    return corpus
 
 
 def test_recipes_cover_the_named_bases_tokenizers_and_modes():
@@ -121,10 +161,13 @@ def test_recipes_cover_the_named_bases_tokenizers_and_modes():
         (False, "configs/deepspeed/zero2.json"),
         (True, "configs/deepspeed/zero3.json"),
     }
-    for launcher in ("1x8-zero2", "1x8-zero3", "2x8-zero2", "2x8-zero3"):
-        config = yaml.safe_load((ROOT / "configs" / "accelerate" / f"{launcher}.yaml").read_text())
-        machines = int(launcher[0])
-        assert (config["num_machines"], config["num_processes"]) == (machines, 8 * machines)
+    launchers = {p.stem for p in (ROOT / "configs" / "accelerate").glob("?x8-zero?.yaml")}
+    assert launchers == {
+        "1x8-zero2",
+        "1x8-zero3",
+        "2x8-zero2",
+        "2x8-zero3",
+    }  # test_config checks them
 
 
 @pytest.mark.slow
@@ -186,3 +229,16 @@ def write_test_wav(tmp_path: Path) -> Path:
     tone = 0.1 * np.sin(np.arange(16000) / 16000 * 2 * np.pi * 220).astype(np.float32)
     write_wav(path, tone, 16000)
     return path
+
+
+def test_a_corpus_without_word_times_refuses_the_word_timed_sources(stand_ins, tmp_path):
+    """LibriSpeech has no word alignments: a mixture with spans cut at word times is refused
+    before anything is built, naming the key to change."""
+    command = [sys.executable, "train/pretrain.py", "--config", str(RECIPES[0])]
+    command += [f"run_dir={tmp_path / 'run'}", f"corpus.path={stand_ins['corpus']}"]
+    command += ["data.mixture={asr: 1, asr_spans: 0.5}"]
+    result = subprocess.run(
+        command, cwd=ROOT, env=stand_ins["env"], capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 2
+    assert "give data.mixture.asr_spans weight 0" in result.stdout + result.stderr

@@ -197,19 +197,42 @@ def encode_items(
     return out
 
 
+class DecodedParts(torch.utils.data.Dataset):
+    """Part i of `parts` -> (part, rows, decoded audio items, skipped rows): read and
+    decoded (and resampled) in DataLoader workers while the tokenizer encodes the previous
+    part."""
+
+    def __init__(self, dataset: Dataset, parts: list[int], rows_per_part: int, sample_rate: int):
+        self.dataset, self.parts = dataset, parts
+        self.rows_per_part, self.sample_rate = rows_per_part, sample_rate
+
+    def __len__(self) -> int:
+        return len(self.parts)
+
+    def __getitem__(self, i: int) -> tuple[int, range, list[AudioItem], list[dict]]:
+        part = self.parts[i]
+        start = part * self.rows_per_part
+        rows = range(start, min(start + self.rows_per_part, len(self.dataset)))
+        items, skipped = [], []
+        for index in rows:
+            row = self.dataset[index]
+            try:
+                items.extend(_row_items(row, index, self.sample_rate))
+            except AudioError as err:
+                skipped.append({"id": row["id"], "row": index, "error": str(err)})
+        return part, rows, items, skipped
+
+
 def encode_part(
-    tokenizer: AudioTokenizer, dataset: Dataset, rows: range, path: Path, max_batch_samples: int
+    tokenizer: AudioTokenizer,
+    items: list[AudioItem],
+    skipped: list[dict],
+    path: Path,
+    max_batch_samples: int,
 ) -> float:
-    """Encode rows of one part and write them (atomically) to `path` (.npz).
+    """Encode the decoded items of one part and write them (atomically) to `path` (.npz).
 
     Returns the seconds of audio encoded (skipped rows are recorded in the part's meta)."""
-    items, skipped = [], []
-    for index in rows:
-        row = dataset[index]
-        try:
-            items.extend(_row_items(row, index, tokenizer.sample_rate))
-        except AudioError as err:
-            skipped.append({"id": row["id"], "row": index, "error": str(err)})
     codes = encode_items(tokenizer, items, max_batch_samples)
     entries = [{"key": it.key, "row": it.row, "stream": it.stream} for it in items]
     arrays = {f"codes_{i}": codes[e["key"]] for i, e in enumerate(entries)}
@@ -257,8 +280,10 @@ def extract_split(
     process_index: int = 0,
     num_processes: int = 1,
     desc: str = "",
+    decode_workers: int = 1,
 ) -> dict:
-    """Encode this process's share of the missing parts of one split. Returns stats."""
+    """Encode this process's share of the missing parts of one split (its audio decoded by
+    `decode_workers` DataLoader workers, 0: in this process). Returns stats."""
     num_parts = (len(dataset) + rows_per_part - 1) // rows_per_part
     check_part_plan(split_dir, rows_per_part, process_index == 0)
     todo = [
@@ -268,11 +293,17 @@ def extract_split(
     ]
     stats = {"parts": len(todo), "audio_seconds": 0.0}
     started = time.perf_counter()
+    decoded = torch.utils.data.DataLoader(
+        DecodedParts(dataset, todo, rows_per_part, tokenizer.sample_rate),
+        batch_size=None,
+        num_workers=decode_workers,
+        collate_fn=lambda item: item,  # audio items as they are
+        prefetch_factor=2 if decode_workers else None,
+    )
     with tqdm(total=len(todo) * rows_per_part, desc=desc, unit="row", disable=not todo) as bar:
-        for part in todo:
-            rows = range(part * rows_per_part, min((part + 1) * rows_per_part, len(dataset)))
+        for part, rows, items, skipped in decoded:
             stats["audio_seconds"] += encode_part(
-                tokenizer, dataset, rows, part_path(split_dir, part), max_batch_samples
+                tokenizer, items, skipped, part_path(split_dir, part), max_batch_samples
             )
             bar.update(len(rows))
             bar.set_postfix(

@@ -260,8 +260,8 @@ LONGEST_ROWS = 8  # rows per source and measure whose documents the length check
 
 def longest_rows(draw: DrawRenderer, caches: TokenCaches) -> np.ndarray:
     """Draws [N, 3] of the rows likely to make each source's longest documents: the
-    LONGEST_ROWS rows with the most input frames, the most output frames and the longest
-    text. The length check renders these instead of the corpus (the packer still names
+    LONGEST_ROWS rows with the most input frames, the most output frames (a row's streams
+    summed) and the longest text. The length check renders these instead of the corpus (the packer still names
     any document that does not fit, should one slip through)."""
     import pyarrow.compute as pc
 
@@ -269,11 +269,12 @@ def longest_rows(draw: DrawRenderer, caches: TokenCaches) -> np.ndarray:
     for index, source in enumerate(draw.sources):
         task = source if source in TASKS else LM_ROWS_TASK
         table = draw.dataset(source).data
-        keys = table.column("id").to_pylist()
         measures = [pc.utf8_length(pc.fill_null(table.column("text"), "")).to_numpy()]
         for card in {caches.input.path: caches.input, caches.output.path: caches.output}.values():
-            entries = caches.split(card, task, "train").by_key
-            measures.append(np.array([entries[k]["frames"] if k in entries else 0 for k in keys]))
+            entries = caches.split(card, task, "train").entries
+            frames = np.zeros(len(table), dtype=np.int64)  # every stream of a row, summed
+            np.add.at(frames, entries["row"], entries["frames"])
+            measures.append(frames)
         for measure in measures:
             top = np.argsort(-np.asarray(measure), kind="stable")[:LONGEST_ROWS]
             picks += [(index, int(row), 0) for row in top]
@@ -287,6 +288,22 @@ def check_lengths(documents: list[Document], block_size: int) -> None:
             f"data.block_size {block_size}: document {longest.name!r} has "
             f"{len(longest.input_ids)} tokens; raise data.block_size or drop source "
             f"{longest.task!r} from data.mixture"
+        )
+
+
+def check_word_times(cfg: PretrainConfig, corpus: Path) -> None:
+    """Sources cut at word times need a corpus with word alignments (SynthDASB has them;
+    LibriSpeech and most public corpora do not): refused naming the key to change."""
+    timed = weighted_sources(cfg.data.mixture, WORD_TIMED_SOURCES)
+    if not timed:
+        return
+    rows = load_task(corpus, LM_ROWS_TASK)["train"]
+    sample = rows.select(range(min(len(rows), 64)))["words"]
+    if not any(sample):
+        raise ValueError(
+            f"data.mixture: {timed} cut speech at word times, and {corpus}'s {LM_ROWS_TASK} rows "
+            f"have no word alignments; give {' and '.join(f'data.mixture.{s}' for s in timed)} "
+            "weight 0"
         )
 
 
@@ -322,6 +339,7 @@ def prepare_run(cfg: PretrainConfig, accelerator: Any) -> PreparedRun:
     from mmllm.tokenizers.registry import build_tokenizer
 
     corpus = prepare_corpus(cfg, accelerator)
+    check_word_times(cfg, corpus)
     input_cfg, input_cache = prepare_tokens(
         cfg.tokenizers.input, cfg.tokenizers.input_overrides, cfg, corpus, accelerator
     )
