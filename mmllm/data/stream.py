@@ -39,16 +39,6 @@ from mmllm.data.packing import PackedBlock, pack_window
 DEFAULT_WINDOW = 2048  # documents packed together (first-fit decreasing) and shuffled
 
 
-def draw_rows(num_rows: int, weight: float, rng: random.Random) -> list[int]:
-    """Row indices for one epoch: floor(weight) full passes + a seeded fraction of a pass."""
-    if weight < 0:
-        raise ValueError(f"mixture weight must be >= 0, got {weight}")
-    whole, fraction = divmod(weight, 1.0)
-    indices = list(range(num_rows)) * int(whole)
-    indices += sorted(rng.sample(range(num_rows), round(fraction * num_rows)))
-    return indices
-
-
 class MixturePlan:
     """Which rows each epoch of a mixture draws, and in which order.
 
@@ -74,9 +64,12 @@ class MixturePlan:
         parts = []
         for index, source in enumerate(self.sources):
             rows, weight = self.row_counts[source], self.weights[source]
-            drawn = np.asarray(draw_rows(rows, weight, rng), dtype=np.int64)
-            # draw_rows gives whole passes, then the fraction: pass k is copy k
-            copies = np.minimum(np.arange(len(drawn)) // rows, int(weight))
+            whole, fraction = divmod(weight, 1.0)
+            # floor(weight) full passes (pass k: copy k), then a seeded fraction of a pass
+            drawn = [np.tile(np.arange(rows), int(whole))]
+            drawn.append(np.sort(np.array(rng.sample(range(rows), round(fraction * rows)), int)))
+            drawn = np.concatenate(drawn).astype(np.int64)
+            copies = np.minimum(np.arange(len(drawn)) // rows, int(whole))
             parts.append(np.stack([np.full(len(drawn), index), drawn, copies], 1))
         draws = np.concatenate(parts)
         order = np.random.default_rng([self.seed, epoch, 0x5EED]).permutation(len(draws))

@@ -1,7 +1,6 @@
 """Mixture: weights read as passes per epoch, epochs are reproducible, every source renders,
 rows without cached audio are skipped and counted."""
 
-import random
 from collections import Counter
 
 import pytest
@@ -15,22 +14,9 @@ from mmllm.data.mixture import (
     render_source,
     source_rows,
 )
-from mmllm.data.stream import draw_rows
 from mmllm.data.templates import TemplateRenderer
 from mmllm.data.text_tokenizer import synth_texts, train_text_tokenizer
 from mmllm.data.vocab import MultimodalVocab, extend_hf_tokenizer
-
-
-def test_draw_rows_weights_are_passes():
-    rng = random.Random(0)
-    rows = draw_rows(10, 2.5, rng)
-    counts = Counter(rows)
-    assert len(rows) == 25 and set(counts) == set(range(10))
-    assert sorted(counts.values()) == [2] * 5 + [3] * 5
-    assert draw_rows(10, 0.0, rng) == []
-    assert len(set(draw_rows(10, 0.3, rng))) == 3
-    with pytest.raises(ValueError, match="must be >= 0"):
-        draw_rows(10, -1, rng)
 
 
 @pytest.fixture(scope="module")

@@ -48,6 +48,8 @@ def test_plan_draws_are_seeded_passes():
     ks = [(r, c) for s, r, c in first.tolist() if sources[s] == "ks"]
     assert {c for r, c in ks if r == 0} in ({0, 1}, {0, 1, 2})
     assert MixturePlan({"asr": 10}, {"asr": 0.2}, 0).draws_per_epoch == 2
+    three = PLAN.epoch_draws(3)
+    assert len({r for s, r, c in three.tolist() if sources[s] == "text"}) == 20  # half of 40
     with pytest.raises(ValueError, match="draws no rows"):
         MixturePlan({"asr": 0}, {"asr": 1.0}, 0)
 
