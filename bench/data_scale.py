@@ -241,9 +241,13 @@ def in_memory(cfg, corpus, renderer, caches, vocab, block, per_step):
     position = [0]
 
     def take() -> list:
-        start = position[0] % (len(blocks) - per_step)
+        """Its loader rate is the rate it builds epochs at (blocks of a built epoch cost
+        nothing to hand out): the next epoch is built every time one's worth is taken."""
         position[0] += per_step
-        return blocks[start : start + per_step]
+        if position[0] * block >= tokens:
+            position[0] = 0
+            epoch_blocks(1)
+        return blocks[:per_step]
 
     def resume(epoch: int) -> float:
         started = time.perf_counter()

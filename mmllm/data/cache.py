@@ -280,10 +280,14 @@ def extract_split(
     process_index: int = 0,
     num_processes: int = 1,
     desc: str = "",
-    decode_workers: int = 1,
+    decode_workers: int | None = None,
 ) -> dict:
     """Encode this process's share of the missing parts of one split (its audio decoded by
-    `decode_workers` DataLoader workers, 0: in this process). Returns stats."""
+    `decode_workers` DataLoader workers, 0: in this process; default 1 with a GPU, where
+    the tokenizer leaves the CPU free, else 0: on a CPU they compete, 46 s against 29 s for
+    the default cache on 2 cores). Returns stats."""
+    if decode_workers is None:
+        decode_workers = 1 if torch.cuda.is_available() else 0
     num_parts = (len(dataset) + rows_per_part - 1) // rows_per_part
     check_part_plan(split_dir, rows_per_part, process_index == 0)
     todo = [
