@@ -13,7 +13,8 @@ runs, with the default mixture and model:
                      rendered and packed before its first step, every training row rendered
                      once more for the length check, resume by rebuilding epochs 0..E
 
-and records peak RSS of the training process (its loader workers apart), seconds from start
+and records peak RSS of the training process (its loader workers apart; also its peak
+anonymous RSS, without the page cache of the memory-mapped files), seconds from start
 to the first optimizer step done, loader tokens/s (blocks taken without training), and the
 seconds to resume at a step in epoch 0 and in epoch 3. Needs the default config's data
 (`accelerate launch train/pretrain.py` builds it). Writes bench/results/data_scale.json.
@@ -139,9 +140,36 @@ def _npy(array) -> bytes:
 # ----------------------------------------------------------------------------- one measurement
 
 
+class AnonymousPeak:
+    """Peak anonymous resident memory of this process (RssAnon in /proc/self/status,
+    sampled every 20 ms). ru_maxrss also counts the file pages of the memory-mapped corpus
+    and caches a process has touched: page cache the kernel drops under pressure, which
+    grows with how much of a bigger corpus a run reads, not with what it holds."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.02):
+            for line in Path("/proc/self/status").read_text().splitlines():
+                if line.startswith("RssAnon:"):
+                    self.peak = max(self.peak, int(line.split()[1]) * 1024)
+
+    def stop(self) -> float:
+        self._stop.set()
+        self._thread.join()
+        return self.peak / 2**30
+
+
 def measure(pipeline: str, scale: int, codebooks: int, loader_seconds: float) -> dict:
     """Runs in its own process: the numbers of one row."""
     started = time.perf_counter()
+    anonymous = AnonymousPeak()
     import torch
     from transformers import AutoTokenizer
 
@@ -191,6 +219,7 @@ def measure(pipeline: str, scale: int, codebooks: int, loader_seconds: float) ->
         "codebooks": codebooks,
         "tokens_per_epoch": tokens_per_epoch,
         "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3),
+        "peak_anonymous_rss_gb": round(anonymous.stop(), 3),
         "workers_peak_rss_gb": round(
             resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20, 3
         ),
