@@ -80,9 +80,8 @@ def build_cache(real: Path, scale: int, codebooks: int) -> Path:
     stream) repeated like the rows, random codes, the cached split format."""
     import numpy as np
 
-    from mmllm.data.cache import merge_split  # noqa: F401  (the format it writes)
-    from mmllm.data.cached_split import CODES, ENTRIES, ENTRY_DTYPE, INDEX, KEYS, CachedSplit
-    from mmllm.fileio import atomic_open, atomic_write_bytes, atomic_write_text
+    from mmllm.data.cached_split import CODES, INDEX, CachedSplit, write_split_index
+    from mmllm.fileio import atomic_open, atomic_write_text
 
     out = cache_dir(scale, codebooks)
     if (out / "done").is_file():
@@ -94,9 +93,8 @@ def build_cache(real: Path, scale: int, codebooks: int) -> Path:
     card["codes_hash"] = card["tokenizer_hash"]
     for split_dir in sorted(p for p in real.glob("*/*") if (p / INDEX).is_file()):
         cached = CachedSplit(split_dir)
-        header = json.loads((split_dir / INDEX).read_text())
         copies = scale if split_dir.name == "train" else 1
-        rows = header["num_rows"]
+        rows = cached.index["num_rows"]
         keys = cached.entry_keys()
         target = out / split_dir.parent.name / split_dir.name
         table, names, offset = [], [], 0
@@ -116,25 +114,12 @@ def build_cache(real: Path, scale: int, codebooks: int) -> Path:
                 for start in range(0, total, 1 << 24):
                     chunk = rng.integers(0, CODEBOOK_SIZE, min(1 << 24, total - start))
                     handle.write(chunk.astype(np.uint16).tobytes())
-        atomic_write_bytes(target / ENTRIES, _npy(np.array(table, dtype=ENTRY_DTYPE)))
-        width = max(map(len, names), default=1)
-        atomic_write_bytes(target / KEYS, _npy(np.array([n.encode() for n in names], f"S{width}")))
-        header |= {"num_rows": rows * copies, "num_codebooks": codebooks, "count": len(table)}
-        header |= {"dtype": "uint16", "codebook_size": CODEBOOK_SIZE, "skipped": []}
-        atomic_write_text(target / INDEX, json.dumps(header))
+        header = {"num_rows": rows * copies, "num_codebooks": codebooks, "dtype": "uint16"}
+        header |= {"codebook_size": CODEBOOK_SIZE, "skipped": []}
+        write_split_index(target, table, names, header)
     atomic_write_text(out / "cache.json", json.dumps(card))
     (out / "done").write_text("")
     return out
-
-
-def _npy(array) -> bytes:
-    import io
-
-    import numpy as np
-
-    buffer = io.BytesIO()
-    np.save(buffer, array)
-    return buffer.getvalue()
 
 
 # ----------------------------------------------------------------------------- one measurement
@@ -173,7 +158,7 @@ def measure(pipeline: str, scale: int, codebooks: int, loader_seconds: float) ->
     import torch
     from transformers import AutoTokenizer
 
-    from mmllm.data.mixture import SOURCES, TokenCaches, weighted_sources
+    from mmllm.data.mixture import TokenCaches
     from mmllm.data.templates import TemplateRenderer
     from mmllm.data.vocab import MultimodalVocab, extend_hf_tokenizer
     from mmllm.pretrain.build import build_model, make_optimizer
@@ -212,7 +197,6 @@ def measure(pipeline: str, scale: int, codebooks: int, loader_seconds: float) ->
         tokens += sum(b.used for b in take())
     loader_rate = tokens / (time.perf_counter() - loader_started)
     resume_seconds = {f"epoch_{e}": round(resume(e), 2) for e in (0, 3)}
-    del weighted_sources, SOURCES
     return {
         "pipeline": pipeline,
         "scale": scale,
@@ -236,7 +220,6 @@ def streaming(cfg, corpus, renderer, caches, vocab, block, per_step):
     sources = weighted_sources(cfg.data.mixture, SOURCES)
     draw = DrawRenderer(corpus, renderer, caches, sources, "train", 0)
     plan = MixturePlan(draw.row_counts(), cfg.data.mixture, 0)
-    draw.sources = plan.sources
     source = WindowSource(plan, draw, block, vocab.pad_audio_id, 1, cfg.data.window)
     stream = BlockStream(source, [0], workers=2)
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from tiny_models import scramble, tiny_dac, tiny_encodec, tiny_mimi, tiny_ssl_model
+from tiny_models import scramble, tiny_dac, tiny_encodec, tiny_llama, tiny_mimi, tiny_ssl_model
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = sorted((ROOT / "configs" / "recipes").glob("*.yaml"))
@@ -36,27 +36,6 @@ def hub_snapshot(cache: Path, repo: str) -> Path:
     return snapshot
 
 
-def tiny_causal_lm(kind: str, vocab_size: int):
-    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
-
-    config_cls, model_cls = {
-        "llama": (LlamaConfig, LlamaForCausalLM),
-        "qwen2": (Qwen2Config, Qwen2ForCausalLM),
-    }[kind]
-    torch.manual_seed(0)
-    config = config_cls(
-        vocab_size=vocab_size,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        tie_word_embeddings=True,  # SmolLM2-135M and Qwen2.5-0.5B tie them
-        max_position_embeddings=4096,
-    )
-    return model_cls(config)
-
-
 @pytest.fixture(scope="module")
 def stand_ins(synth_tiny, tmp_path_factory) -> dict:
     """A hub cache holding a stand-in for every weight the recipes name, the fake
@@ -70,9 +49,14 @@ def stand_ins(synth_tiny, tmp_path_factory) -> dict:
     text_tokenizer = root / "text-tokenizer"
     train_text_tokenizer(synth_texts(synth_tiny), text_tokenizer, vocab_size=400, seed=0)
     tokenizer = AutoTokenizer.from_pretrained(text_tokenizer)
-    for repo, kind in (("HuggingFaceTB/SmolLM2-135M", "llama"), ("Qwen/Qwen2.5-0.5B", "qwen2")):
+    for repo, family in (("HuggingFaceTB/SmolLM2-135M", "llama"), ("Qwen/Qwen2.5-0.5B", "qwen2")):
         snapshot = hub_snapshot(cache, repo)
-        tiny_causal_lm(kind, len(tokenizer)).save_pretrained(snapshot)
+        lm = tiny_llama(
+            len(tokenizer), 32, 2, 4, 2, family=family,
+            tie_word_embeddings=True,  # SmolLM2-135M and Qwen2.5-0.5B tie them
+            max_position_embeddings=4096,
+        )  # fmt: skip
+        lm.save_pretrained(snapshot)
         tokenizer.save_pretrained(snapshot)
     codecs = {
         "facebook/encodec_24khz": tiny_encodec,

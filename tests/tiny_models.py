@@ -1,12 +1,13 @@
 """The random-weight models the tests build (offline: from a config, no download).
 
     model = tiny_llama(vocab.size, hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2)
+    qwen = tiny_llama(vocab.size, family="qwen2")   # the same shape as a Qwen2ForCausalLM
     ssl = tiny_ssl_model("hubert")     # or "wavlm", "wav2vec2"; norm "group" for base-size
     codec = scramble(tiny_encodec())   # tiny_dac(), tiny_mimi(): codes that vary per frame
     FakeSpeechTokenizer                # the `speechtokenizer` package's model, same shapes
 
 The MLP is twice the width; the seed is set right before construction, so the same
-arguments give the same weights. Extra keyword arguments go to `LlamaConfig`.
+arguments give the same weights. Extra keyword arguments go to the family's config.
 """
 
 from pathlib import Path
@@ -23,11 +24,18 @@ def tiny_llama(
     num_heads: int = 2,
     num_kv_heads: int | None = None,
     seed: int = 0,
+    family: str = "llama",
     **config,
 ) -> LlamaForCausalLM:
+    import transformers
+
+    config_cls, model_cls = {
+        "llama": (LlamaConfig, LlamaForCausalLM),
+        "qwen2": (transformers.Qwen2Config, transformers.Qwen2ForCausalLM),
+    }[family]
     torch.manual_seed(seed)
-    return LlamaForCausalLM(
-        LlamaConfig(
+    return model_cls(
+        config_cls(
             vocab_size=vocab_size,
             hidden_size=hidden_size,
             intermediate_size=2 * hidden_size,

@@ -46,14 +46,12 @@ from mmllm.audio.io import AudioError, decode_audio_value
 from mmllm.config import config_hash, config_to_dict, from_dict, save_config
 from mmllm.data.cached_split import (
     CODES,
-    ENTRIES,
-    ENTRY_DTYPE,
     INDEX,
-    KEYS,
     CachedSplit,  # noqa: F401  (the read side, imported from here by most readers)
     CacheError,
     MissingCodes,  # noqa: F401
     stream_index,
+    write_split_index,
 )
 from mmllm.fileio import atomic_open, atomic_write_bytes, atomic_write_text, exclusive_lock
 from mmllm.runtime import keep_freed_memory
@@ -324,8 +322,8 @@ def merge_split(
     dtype: np.dtype,
     codebook_size: int | None = None,
 ) -> dict:
-    """Merge complete parts into codes.bin, entries.npy, keys.npy and index.json (each
-    atomically, the index last), then drop the parts. Codes are copied part by part, so
+    """Merge complete parts into codes.bin, then entries.npy, keys.npy and index.json
+    (`write_split_index`; each atomically, the index last), then drop the parts. Codes are copied part by part, so
     merging holds one part in memory, whatever the split's size."""
     num_parts = (num_rows + rows_per_part - 1) // rows_per_part
     missing = [p for p in range(num_parts) if not part_path(split_dir, p).is_file()]
@@ -343,38 +341,22 @@ def merge_split(
                     out.write(codes.tobytes())
                     stream = stream_index(entry["stream"])
                     entries.append((entry["row"], stream, offset, codes.shape[1]))
-                    keys.append(entry["key"].encode())
+                    keys.append(entry["key"])
                     offset += codes.size
                 skipped.extend(meta["skipped"])
-    table = np.array(entries, dtype=ENTRY_DTYPE)
-    order = table["row"] * (1 << 16) + table["stream"]
-    if len(order) > 1 and not (np.diff(order) > 0).all():
-        raise CacheError(f"{split_dir}: parts hold entries out of corpus order")
-    atomic_write_bytes(split_dir / ENTRIES, _npy_bytes(table))
-    atomic_write_bytes(
-        split_dir / KEYS, _npy_bytes(np.array(keys, dtype=f"S{max(map(len, keys), default=1)}"))
-    )
-    index = {
-        "format": 2,
+    header = {
         "num_rows": num_rows,
         "num_codebooks": num_codebooks,
         "dtype": dtype.name,
         "codebook_size": codebook_size,  # reads check codes against it (corruption)
-        "count": len(entries),
         "skipped": skipped,
     }
-    atomic_write_text(split_dir / INDEX, json.dumps(index))
+    index = write_split_index(split_dir, entries, keys, header)
     for part in range(num_parts):
         part_path(split_dir, part).unlink()
     (split_dir / "parts" / PART_PLAN).unlink(missing_ok=True)
     (split_dir / "parts").rmdir()
     return index
-
-
-def _npy_bytes(array: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    np.save(buffer, array)
-    return buffer.getvalue()
 
 
 def extract_corpus(

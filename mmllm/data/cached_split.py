@@ -17,10 +17,13 @@ reads entries by corpus row (`get_row`) never builds a key table. `get(key)` bui
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
 import numpy as np
+
+from mmllm.fileio import atomic_write_bytes, atomic_write_text
 
 INDEX = "index.json"
 CODES = "codes.bin"
@@ -92,14 +95,6 @@ class CachedSplit:
             self._by_key = {key: i for i, key in enumerate(self.entry_keys())}
         return self._by_key
 
-    def __contains__(self, key: str) -> bool:
-        return key in self.by_key
-
-    def frames(self, key: str) -> int:
-        if key not in self.by_key:
-            raise MissingCodes(f"{self.split_dir}: no codes for {key!r}")
-        return int(self.entries[self.by_key[key]]["frames"])
-
     def get(self, key: str) -> np.ndarray:
         """codes [K, F] of one entry (row id, or "<id>#ref<j>"); MissingCodes if absent."""
         if key not in self.by_key:
@@ -131,6 +126,31 @@ class CachedSplit:
                 "(corrupted); delete the split's folder and extract it again"
             )
         return codes
+
+
+def write_split_index(
+    split_dir: Path, entries: list[tuple[int, int, int, int]], keys: list[str], header: dict
+) -> dict:
+    """Write a split's entries.npy, keys.npy and, last (it marks the split complete),
+    index.json beside its codes.bin. entries: (row, stream, offset, frames) in corpus
+    order; header: num_rows, num_codebooks, dtype, codebook_size, skipped. Returns the index."""
+    table = np.array(entries, dtype=ENTRY_DTYPE)
+    order = table["row"] * STREAMS + table["stream"]
+    if len(order) > 1 and not (np.diff(order) > 0).all():
+        raise CacheError(f"{split_dir}: entries out of corpus order")
+    atomic_write_bytes(split_dir / ENTRIES, _npy_bytes(table))
+    encoded = [key.encode() for key in keys]
+    width = max(map(len, encoded), default=1)
+    atomic_write_bytes(split_dir / KEYS, _npy_bytes(np.array(encoded, dtype=f"S{width}")))
+    index = {"format": 2, **header, "count": len(table)}
+    atomic_write_text(split_dir / INDEX, json.dumps(index))
+    return index
+
+
+def _npy_bytes(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    return buffer.getvalue()
 
 
 def _load(path: Path, count: int) -> np.ndarray:

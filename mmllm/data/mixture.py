@@ -258,7 +258,6 @@ def mixture_documents(
     sources = weighted_sources(mixture, SOURCES)
     draw = DrawRenderer(corpus, renderer, caches, sources, split, seed, augment)
     plan = MixturePlan(draw.row_counts(), mixture, seed)
-    draw.sources = plan.sources  # sources without rows drop out
     return draw(plan.epoch_draws(epoch), epoch)
 
 

@@ -42,13 +42,15 @@ DEFAULT_WINDOW = 2048  # documents packed together (first-fit decreasing) and sh
 class MixturePlan:
     """Which rows each epoch of a mixture draws, and in which order.
 
-    row_counts: rows of each source's split; mixture: source -> passes per epoch (1.0 every
-    row once, 0.25 a seeded quarter, 2.5 twice plus a seeded half). A row drawn k times in
-    an epoch has copies 0..k-1 (each renders with its own seed: another crop or layout)."""
+    row_counts: rows of each source's split, in the order that numbers the sources of the
+    draws (a `DrawRenderer`'s `row_counts()`, so the plan's source i is the renderer's);
+    mixture: source -> passes per epoch (1.0 every row once, 0.25 a seeded quarter, 2.5 twice
+    plus a seeded half). A row drawn k times in an epoch has copies 0..k-1 (each renders with
+    its own seed: another crop or layout)."""
 
     def __init__(self, row_counts: dict[str, int], mixture: dict[str, float], seed: int):
         self.seed = seed
-        self.sources = sorted(s for s in mixture if mixture[s] > 0 and row_counts.get(s, 0) > 0)
+        self.sources = [s for s in row_counts if mixture.get(s, 0) > 0]
         self.row_counts = {s: row_counts[s] for s in self.sources}
         self.weights = {s: float(mixture[s]) for s in self.sources}
         self.draws_per_epoch = sum(
@@ -69,7 +71,7 @@ class MixturePlan:
             drawn = [np.tile(np.arange(rows), int(whole))]
             drawn.append(np.sort(np.array(rng.sample(range(rows), round(fraction * rows)), int)))
             drawn = np.concatenate(drawn).astype(np.int64)
-            copies = np.minimum(np.arange(len(drawn)) // rows, int(whole))
+            copies = np.minimum(np.arange(len(drawn)) // max(rows, 1), int(whole))
             parts.append(np.stack([np.full(len(drawn), index), drawn, copies], 1))
         draws = np.concatenate(parts)
         order = np.random.default_rng([self.seed, epoch, 0x5EED]).permutation(len(draws))

@@ -70,24 +70,19 @@ class PreparedRun:
     # the resolved tokenizer configs, packaged into every export (mmllm.tokenizers.portable)
     tokenizer_configs: dict[str, TokenizerConfig] = field(default_factory=dict)
 
-    def draw_renderer(self) -> DrawRenderer:
-        """Renders draws of the training mixture (what the loader's workers call)."""
+    def window_source(self, lanes: int) -> WindowSource:
+        """The training blocks' windows (mmllm.data.stream) for `lanes` lanes; their draws
+        are rendered by the loader's workers."""
         cfg = self.cfg
         sources = weighted_sources(cfg.data.mixture, SOURCES)
-        return DrawRenderer(
+        draw = DrawRenderer(
             cfg.corpus.path, self.renderer, self.caches, sources, "train", cfg.train.seed,
             cfg.data.augment,
         )  # fmt: skip
-
-    def window_source(self, lanes: int) -> WindowSource:
-        """The training blocks' windows (mmllm.data.stream) for `lanes` lanes."""
-        draw = self.draw_renderer()
-        plan = MixturePlan(draw.row_counts(), self.cfg.data.mixture, self.cfg.train.seed)
-        draw.sources = plan.sources
+        plan = MixturePlan(draw.row_counts(), cfg.data.mixture, cfg.train.seed)
         return WindowSource(
-            plan, draw, self.cfg.data.block_size, self.vocab.pad_audio_id, lanes,
-            self.cfg.data.window,
-        )  # fmt: skip
+            plan, draw, cfg.data.block_size, self.vocab.pad_audio_id, lanes, cfg.data.window
+        )
 
     def train_documents(self, epoch: int) -> list[Document]:
         """One whole epoch of documents at once (benchmarks; training streams them)."""
@@ -390,7 +385,6 @@ def prepare_run(cfg: PretrainConfig, accelerator: Any) -> PreparedRun:
     if cfg.audio_input == "continuous" and cfg.continuous.input_norm == "corpus":
         # a bounded sample: the first STATS_DRAWS draws of epoch 0 (at the slowest warp)
         plan = MixturePlan(draw.row_counts(), cfg.data.mixture, cfg.train.seed)
-        draw.sources = plan.sources
         sample, _ = draw(plan.epoch_draws(0)[:STATS_DRAWS], 0)
         feature_stats = feature_statistics([d.features for d in sample if d.features is not None])
     eval_blocks = {
