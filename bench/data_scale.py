@@ -45,7 +45,9 @@ def corpus_dir(scale: int) -> Path:
 
 
 def cache_dir(scale: int, codebooks: int) -> Path:
-    return WORK / f"tokens-x{scale}-k{codebooks}"
+    from mmllm.data.cached_split import FORMAT
+
+    return WORK / f"tokens-v{FORMAT}-x{scale}-k{codebooks}"
 
 
 def build_corpus(source: Path, scale: int) -> Path:
@@ -80,7 +82,7 @@ def build_cache(real: Path, scale: int, codebooks: int) -> Path:
     stream) repeated like the rows, random codes, the cached split format."""
     import numpy as np
 
-    from mmllm.data.cached_split import CODES, INDEX, CachedSplit, write_split_index
+    from mmllm.data.cached_split import INDEX, CachedSplit, shard_path, write_split_index
     from mmllm.fileio import atomic_open, atomic_write_text
 
     out = cache_dir(scale, codebooks)
@@ -97,25 +99,23 @@ def build_cache(real: Path, scale: int, codebooks: int) -> Path:
         rows = cached.index["num_rows"]
         keys = cached.entry_keys()
         target = out / split_dir.parent.name / split_dir.name
-        table, names, offset = [], [], 0
-        with atomic_open(target / CODES) as handle:
-            for j in range(copies):
-                frames = cached.entries["frames"]
-                for entry, key, count in zip(
-                    cached.entries.tolist(), keys, frames.tolist(), strict=True
-                ):
-                    table.append((entry[0] + j * rows, entry[1], offset, count))
-                    head, _, ref = key.partition("#")
-                    names.append(
-                        (f"{head}~{j}" if copies > 1 else head) + (f"#{ref}" if ref else "")
-                    )
-                    offset += count * codebooks
-                total = int(frames.sum()) * codebooks
-                for start in range(0, total, 1 << 24):
-                    chunk = rng.integers(0, CODEBOOK_SIZE, min(1 << 24, total - start))
+        table, names = [], []
+        frames = cached.entries["frames"]
+        for j in range(copies):  # copy j of the rows is shard j
+            offset = 0
+            for entry, key, count in zip(
+                cached.entries.tolist(), keys, frames.tolist(), strict=True
+            ):
+                table.append((entry[0] + j * rows, entry[1], j, offset, count))
+                head, _, ref = key.partition("#")
+                names.append((f"{head}~{j}" if copies > 1 else head) + (f"#{ref}" if ref else ""))
+                offset += count * codebooks
+            with atomic_open(shard_path(target, j)) as handle:
+                for start in range(0, offset, 1 << 24):
+                    chunk = rng.integers(0, CODEBOOK_SIZE, min(1 << 24, offset - start))
                     handle.write(chunk.astype(np.uint16).tobytes())
         header = {"num_rows": rows * copies, "num_codebooks": codebooks, "dtype": "uint16"}
-        header |= {"codebook_size": CODEBOOK_SIZE, "skipped": []}
+        header |= {"codebook_size": CODEBOOK_SIZE, "shards": copies, "skipped": []}
         write_split_index(target, table, names, header)
     atomic_write_text(out / "cache.json", json.dumps(card))
     (out / "done").write_text("")

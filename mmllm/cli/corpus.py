@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -61,6 +63,10 @@ def convert(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--force", action="store_true", help="replace OUT even if it holds other files"
     )
+    parser.add_argument(
+        "--num-proc", type=int, default=os.cpu_count() or 1,
+        help="processes decoding and encoding audio (default: every core)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     out = args.out
     try:
@@ -74,13 +80,21 @@ def convert(argv: Sequence[str] | None = None) -> int:
                     "replace it (use another --out, or --force to replace it)"
                 )
             cfg = load_config(CorpusConfig, args.config, args.overrides)
-            corpus = load_corpus(cfg)
-            # Written beside its resolved config, and atomically: a failed run leaves no half corpus.
-            with atomic_directory(out) as tmp:
-                corpus.save_to_disk(str(tmp))
-                save_config(cfg, tmp)
+            # rows stream to Arrow files in a scratch folder beside OUT, then are saved
+            # beside the resolved config, atomically: a failed run leaves no half corpus
+            work = out.with_name(f".{out.name}.convert-{os.getpid()}")
+            try:
+                work.mkdir(parents=True)
+                corpus = load_corpus(cfg, num_proc=max(1, args.num_proc), work_dir=work)
+                with atomic_directory(out) as tmp:
+                    corpus.save_to_disk(str(tmp))
+                    save_config(cfg, tmp)
+                counts = {split: len(ds) for split, ds in corpus.items()}
+                del corpus  # its memory maps, before the scratch files go
+            finally:
+                shutil.rmtree(work, ignore_errors=True)
     except (ValueError, LockedError) as err:  # CorpusError, ConfigError
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print({split: len(ds) for split, ds in corpus.items()}, "->", out)
+    print(counts, "->", out)
     return 0

@@ -21,8 +21,9 @@ Split specs (the values of `splits`) are source split names with an optional sli
 Audio: datasets 5.x decodes `datasets.Audio` only through torchcodec, which does not load
 here, so every source Audio column is cast to `Audio(decode=False)` and its cells are
 decoded by `mmllm.audio.decode_audio_value` (16 kHz mono float32, resampled with soxr).
-Output is built with `make_row` + `rows_to_dataset`, never `Dataset.from_dict` (its Audio
-encoder needs torchcodec too).
+Output is built with `make_row` + `RowWriter` (streamed to an Arrow file, audio kept as FLAC),
+never `Dataset.from_dict` (its Audio encoder needs torchcodec too); `num_proc` processes
+decode, resample and encode the rows.
 
 Errors name what went wrong and where: an unreachable hub id says so and points at a local
 directory or the offline SynthDASB corpus; a wrong dataset lists the missing columns and
@@ -31,12 +32,15 @@ the ones present; a bad row names corpus, split, row index / id and column.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
+import multiprocessing
 import re
+import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import datasets
 from datasets import Audio, Dataset, DatasetDict
@@ -44,6 +48,7 @@ from datasets.exceptions import DatasetsError
 from pydantic import field_validator
 from tqdm import tqdm
 
+from mmllm.audio.io import encode_flac, encode_wav
 from mmllm.config import config_dataclass
 from mmllm.corpora.adapters import (
     ADAPTERS,
@@ -53,7 +58,7 @@ from mmllm.corpora.adapters import (
     SplitSource,
     get_adapter,
 )
-from mmllm.corpus.schema import SPLITS, make_row, rows_to_dataset
+from mmllm.corpus.schema import SAMPLE_RATE, SPLITS, RowWriter, make_row
 
 # ADAPTERS and CorpusError are re-exported: callers import the whole API from here.
 __all__ = [
@@ -78,9 +83,6 @@ OFFLINE_HINT = (
 )
 
 
-CHUNK_ROWS = 1000  # schema rows converted to Arrow at a time (bounds Python-object memory)
-
-
 @config_dataclass
 class CorpusConfig:
     """Which corpus to load and how to map its splits.
@@ -95,6 +97,8 @@ class CorpusConfig:
     revision:  hub revision, e.g. "refs/convert/parquet" for a repo whose main branch still
                has a loading script (datasets >= 4 no longer runs scripts).
     trust_remote_code: forwarded to datasets only when set (ignored by datasets >= 4).
+    audio_format: how the rows keep their audio: "flac" (lossless 16-bit, about half a WAV's
+               size; the default) or "wav".
     """
 
     name: str
@@ -104,6 +108,7 @@ class CorpusConfig:
     max_rows_per_split: int | None = None
     revision: str | None = None
     trust_remote_code: bool = False
+    audio_format: Literal["flac", "wav"] = "flac"
 
     @field_validator("name")
     @classmethod
@@ -338,48 +343,101 @@ def _row_indices(length: int, max_rows: int | None) -> list[int] | range:
     return [k * length // max_rows for k in range(max_rows)]
 
 
+BLOCK_ROWS = 64  # source rows a worker converts per task (ordered; bounds what is in flight)
+
+_WORKER: dict[str, Any] = {}  # what _convert_rows reads: set once per worker process
+
+
+def _init_worker(adapter_name: str, source: SplitSource, audio_format: str) -> None:
+    _WORKER.update(
+        adapter=get_adapter(adapter_name),
+        source=source,
+        encode=encode_flac if audio_format == "flac" else encode_wav,
+    )
+
+
+def _convert_rows(indices: list[int]) -> list[tuple[int, str | None, list[dict]]]:
+    """Source rows -> (index, source id, examples) with their audio encoded to bytes: the
+    decoding, resampling and encoding, which is what parallel workers are for."""
+    adapter, source, encode = _WORKER["adapter"], _WORKER["source"], _WORKER["encode"]
+    out = []
+    for index in indices:
+        row = SourceRow(source.dataset[int(index)], int(index), source, adapter.id_columns)
+        examples = []
+        for example in adapter.convert(row):
+            example = dict(example)
+            example["audio"] = encode(example["audio"], SAMPLE_RATE)
+            if example.get("refs"):
+                example["refs"] = [encode(ref, SAMPLE_RATE) for ref in example["refs"]]
+            examples.append(example)
+        out.append((row.index, row.source_id, examples))
+    return out
+
+
 def convert_split(
-    adapter: Adapter, source: SplitSource, max_rows: int | None = None, progress: bool = True
+    adapter: Adapter,
+    source: SplitSource,
+    max_rows: int | None = None,
+    progress: bool = True,
+    num_proc: int = 1,
+    work_dir: str | Path | None = None,
+    audio_format: str = "flac",
 ) -> Dataset:
-    """Convert one source split to a schema Dataset (at most `max_rows` rows)."""
-    indices = _row_indices(len(source.dataset), max_rows)
-    chunks: list[Dataset] = []
-    rows: list[dict] = []
+    """Convert one source split to a schema Dataset (at most `max_rows` rows).
+
+    `num_proc` processes decode, resample and encode blocks of source rows; this process
+    names the rows (in source order, so the result does not depend on `num_proc`) and
+    streams them to an Arrow file in `work_dir`, returned memory-mapped (no `work_dir`: a
+    temporary one, the Dataset read into memory)."""
+    indices = list(_row_indices(len(source.dataset), max_rows))
+    blocks = [indices[i : i + BLOCK_ROWS] for i in range(0, len(indices), BLOCK_ROWS)]
     seen: set[str] = set()
     produced = dropped = 0
-    bar = tqdm(indices, desc=f"{source.corpus}/{source.split}", unit="row", disable=not progress)
-    for index in bar:
-        row = SourceRow(source.dataset[int(index)], int(index), source, adapter.id_columns)
-        examples = adapter.convert(row)
-        dropped += not examples
-        for example in examples:
-            example = dict(example)
-            row_id = f"{source.corpus}-{source.split}-{_row_key(row.source_id, row.index)}"
-            row_id += example.pop("suffix", "")
-            if row_id in seen:
-                row_id = f"{row_id}-{row.index}"
-            seen.add(row_id)
-            meta = {"source_split": source.spec, "source_index": row.index}
-            if row.source_id is not None:
-                meta["source_id"] = row.source_id
-            meta.update(
-                {k: v for k, v in (example.pop("meta", None) or {}).items() if v is not None}
-            )
-            rows.append(make_row(row_id, adapter.task, example.pop("audio"), meta=meta, **example))
-            produced += 1
-            if len(rows) >= CHUNK_ROWS:
-                chunks.append(
-                    rows_to_dataset(rows, f"{source.corpus}-{source.split}-{len(chunks)}")
-                )
+    name = f"{source.corpus}-{source.split}"
+    with (
+        tempfile.TemporaryDirectory() if work_dir is None else contextlib.nullcontext(work_dir)
+    ) as folder:
+        writer = RowWriter(Path(folder) / f"{name}.arrow", name)
+        init = (adapter.name, source, audio_format)
+        pool = None
+        if num_proc > 1 and len(blocks) > 1:
+            pool = multiprocessing.get_context("fork").Pool(num_proc, _init_worker, init)
+            converted = pool.imap(_convert_rows, blocks)
+        else:
+            _init_worker(*init)
+            converted = map(_convert_rows, blocks)
+        bar = tqdm(total=len(indices), desc=f"{source.corpus}/{source.split}", unit="row",
+                   disable=not progress)  # fmt: skip
+        try:
+            for block in converted:
                 rows = []
-        if max_rows is not None and produced >= max_rows:
-            break
-    bar.close()
-    if rows or not chunks:
-        chunks.append(rows_to_dataset(rows, f"{source.corpus}-{source.split}-{len(chunks)}"))
-    out = chunks[0] if len(chunks) == 1 else datasets.concatenate_datasets(chunks)
-    if max_rows is not None and len(out) > max_rows:
-        out = out.select(range(max_rows))
+                for index, source_id, examples in block:
+                    dropped += not examples
+                    for example in examples:
+                        if max_rows is not None and produced >= max_rows:
+                            break
+                        row_id = f"{name}-{_row_key(source_id, index)}"
+                        row_id += example.pop("suffix", "")
+                        if row_id in seen:
+                            row_id = f"{row_id}-{index}"
+                        seen.add(row_id)
+                        meta = {"source_split": source.spec, "source_index": index}
+                        if source_id is not None:
+                            meta["source_id"] = source_id
+                        extra = example.pop("meta", None) or {}
+                        meta.update({k: v for k, v in extra.items() if v is not None})
+                        audio = example.pop("audio")
+                        rows.append(make_row(row_id, adapter.task, audio, meta=meta, **example))
+                        produced += 1
+                writer.write(rows)
+                bar.update(len(block))
+                if max_rows is not None and produced >= max_rows:
+                    break
+        finally:
+            bar.close()
+            if pool is not None:
+                pool.terminate()
+        out = writer.finish(in_memory=work_dir is None)
     if dropped:
         logger.info(
             "%s/%s: dropped %d source rows the task does not use",
@@ -390,11 +448,18 @@ def convert_split(
     return out
 
 
-def load_corpus(cfg: CorpusConfig, progress: bool = True) -> DatasetDict:
+def load_corpus(
+    cfg: CorpusConfig,
+    progress: bool = True,
+    num_proc: int = 1,
+    work_dir: str | Path | None = None,
+) -> DatasetDict:
     """Load a public corpus and convert it to the schema: DatasetDict with our split names.
 
     Only the splits in `cfg.splits` (or the adapter's defaults when empty) are produced, in
-    the order train, valid, test. Raises CorpusError naming corpus, path, split and row.
+    the order train, valid, test. `num_proc` processes convert rows; with `work_dir` the
+    splits are Arrow files there, memory-mapped (a corpus of any size), else they are read
+    into memory. Raises CorpusError naming corpus, path, split and row.
     """
     adapter = get_adapter(cfg.name)
     split_specs = dict(cfg.splits) or adapter.default_splits
@@ -405,5 +470,7 @@ def load_corpus(cfg: CorpusConfig, progress: bool = True) -> DatasetDict:
         dataset = _source_dataset(loader, spec)
         _check_columns(adapter, dataset, f"{loader.describe()} split '{split}' (source '{spec}')")
         source = SplitSource(cfg.name, split, spec, dataset, loader.local)
-        out[split] = convert_split(adapter, source, cfg.max_rows_per_split, progress)
+        out[split] = convert_split(
+            adapter, source, cfg.max_rows_per_split, progress, num_proc, work_dir, cfg.audio_format
+        )
     return DatasetDict(out)

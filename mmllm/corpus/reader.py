@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 from datasets import DatasetDict, load_from_disk
 from tqdm import tqdm
@@ -38,20 +39,27 @@ def corpus_waveforms(
     tasks: Sequence[str],
     splits: Sequence[str],
     sample_rate: int = SAMPLE_RATE,
+    shuffle_seed: int | None = None,
 ) -> Iterator[torch.Tensor]:
     """Every `audio` cell of `tasks` x `splits` of a corpus directory -> wav [T] float32 at
-    `sample_rate`, in order, with a progress bar (used to fit tokenizers on a corpus)."""
+    `sample_rate`, with a progress bar (used to fit tokenizers on a corpus): in corpus order,
+    or with `shuffle_seed` in a seeded random order over all of them, so that a caller that
+    stops early has read a uniform sample of rows (only the rows read are decoded)."""
     corpora = {task: load_task(root, task) for task in tasks}
     for task, data in corpora.items():
         missing = [split for split in splits if split not in data]
         if missing:
             raise KeyError(f"{root}/{task}: no split {missing[0]!r} (has {list(data)})")
-    total = sum(corpora[task][split].num_rows for task in tasks for split in splits)
-    with tqdm(total=total, desc="audio", unit="row") as bar:
-        for data in corpora.values():
-            for split in splits:
-                for row in data[split].select_columns(["id", "audio"]):
-                    yield torch.from_numpy(
-                        decode_audio_value(row["audio"], sample_rate, name=row["id"])
-                    )
-                    bar.update()
+    parts = [
+        corpora[task][split].select_columns(["id", "audio"]) for task in tasks for split in splits
+    ]
+    starts = np.cumsum([0] + [part.num_rows for part in parts])
+    order = np.arange(starts[-1])
+    if shuffle_seed is not None:
+        order = np.random.default_rng(shuffle_seed).permutation(order)
+    with tqdm(total=len(order), desc="audio", unit="row") as bar:
+        for position in order.tolist():
+            part = int(np.searchsorted(starts, position, side="right")) - 1
+            row = parts[part][position - int(starts[part])]
+            yield torch.from_numpy(decode_audio_value(row["audio"], sample_rate, name=row["id"]))
+            bar.update()

@@ -4,7 +4,8 @@ Columns (every task has all of them; unused ones are empty):
 
     id            str   unique within the corpus, e.g. "asr-train-000042"
     task          str   one of TASKS
-    audio         Audio 16 kHz mono WAV bytes: the task input (TTS: the target speech)
+    audio         Audio 16 kHz mono WAV (SynthDASB) or FLAC (converted corpora) bytes: the
+                        task input (TTS: the target speech)
     text          str   transcript of `audio` ("" when there is no speech or no transcript)
     label         str   class label (KS/IC/ER/SID, SV "same"/"different"; "" otherwise)
     speaker       str   speaker of `audio` ("" for silence / mixtures, see ref_speakers)
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -102,6 +104,38 @@ def make_row(
 def _audio_cell(audio: np.ndarray | bytes) -> dict:
     data = audio if isinstance(audio, (bytes, bytearray)) else encode_wav(audio, SAMPLE_RATE)
     return {"bytes": bytes(data), "path": None}
+
+
+class RowWriter:
+    """Schema rows -> one Arrow file on disk, a chunk at a time, so a corpus of any size is
+    written without holding it: `write(rows)` per chunk, then `finish()` -> the Dataset,
+    memory-mapped (or read into memory with `in_memory`), fingerprinted by its content like
+    `rows_to_dataset`."""
+
+    def __init__(self, path: str | Path, fingerprint_seed: str) -> None:
+        from datasets.arrow_writer import ArrowWriter
+
+        self.path = str(path)
+        self.writer = ArrowWriter(features=FEATURES, path=self.path)
+        self.digest = hashlib.sha256(fingerprint_seed.encode())
+
+    def write(self, rows: list[dict]) -> None:
+        for row in rows:
+            self.digest.update(row["id"].encode())
+            self.digest.update(row["audio"]["bytes"])
+        self.writer.write_table(pa.Table.from_pylist(rows, schema=FEATURES.arrow_schema))
+
+    def finish(self, in_memory: bool = False) -> Dataset:
+        from datasets.table import InMemoryTable, MemoryMappedTable
+
+        self.writer.finalize()
+        self.writer.close()
+        table_type = InMemoryTable if in_memory else MemoryMappedTable
+        return Dataset(
+            table_type.from_file(self.path),
+            info=DatasetInfo(features=FEATURES),
+            fingerprint=self.digest.hexdigest()[:16],
+        )
 
 
 def rows_to_dataset(rows: list[dict], fingerprint_seed: str) -> Dataset:

@@ -3,20 +3,25 @@
 Layout of one cached split (`<out>/<task>/<split>/`; read by `CachedSplit`,
 mmllm.data.cached_split, through memory maps):
 
-    index.json      header (rows, codebooks, dtype, entry count, skipped rows): written last
-    entries.npy     (row, stream, offset, frames) per entry in corpus order; keys.npy its keys
-    codes.bin       all codes, uint16 (int32 when codebook_size > 65536), each entry a
-                    contiguous [K, frames] block starting at element `offset`
-    parts/          work in progress: one file per fixed block of rows (removed when merged),
-                    and plan.json (rows per part: a rerun with another value is refused)
+    index.json      header (rows, codebooks, dtype, entry count, shards, skipped rows):
+                    written last, it marks the split complete
+    entries.npy     (row, stream, shard, offset, frames) per entry in corpus order; keys.npy
+                    its keys
+    shards/         one codes file per part (a fixed block of `rows_per_part` rows), uint16
+                    (int32 when codebook_size > 65536), each entry a contiguous [K, frames]
+                    block; while the split is unfinished also a <part>.json per finished part
+                    (its entries and skipped rows) and plan.json (rows per part: a rerun with
+                    another value is refused)
 
 and `<out>/cache.json` records the tokenizer config and hash and the corpus fingerprint; a
 cache built for anything else is refused, never silently reused.
 
 Resumable by construction: rows are split into fixed parts (`rows_per_part` rows, by
 index); a part is written to a temporary file and renamed, so after a kill -9 every part is
-either complete or absent, and a rerun encodes only the missing ones. Merging writes the
-final files atomically too. The result is byte-identical to an uninterrupted run. Under
+either complete or absent (its .json, written after its .bin, marks it done), and a rerun
+encodes only the missing ones. The parts are the cache's shards: "merging" reads only their
+.json files and writes the index, so no process ever holds or copies the split's codes. The
+result is byte-identical to an uninterrupted run. Under
 `accelerate launch --num_processes N` (GPUs) or `torchrun --nproc_per_node N` (CPU, where
 accelerate starts one process) process p encodes parts p, p+N, ...; the main process merges
 after a barrier. The sharded cache is byte-identical to a one-process one (tested).
@@ -28,7 +33,6 @@ SS sources, SV enrollment) are streams "ref0", "ref1", ... (key = "<id>#ref<j>")
 from __future__ import annotations
 
 import dataclasses
-import io
 import json
 import time
 from collections.abc import Iterator
@@ -45,15 +49,16 @@ from tqdm import tqdm
 from mmllm.audio.io import AudioError, decode_audio_value
 from mmllm.config import config_hash, config_to_dict, from_dict, save_config
 from mmllm.data.cached_split import (
-    CODES,
     INDEX,
+    SHARDS,
     CachedSplit,  # noqa: F401  (the read side, imported from here by most readers)
     CacheError,
     MissingCodes,  # noqa: F401
+    shard_path,
     stream_index,
     write_split_index,
 )
-from mmllm.fileio import atomic_open, atomic_write_bytes, atomic_write_text, exclusive_lock
+from mmllm.fileio import atomic_write_bytes, atomic_write_text, exclusive_lock
 from mmllm.runtime import keep_freed_memory
 from mmllm.tokenizers.base import AudioTokenizer, TokenizerConfig, pad_batch
 from mmllm.tokenizers.kmeans import centroids_digest
@@ -225,25 +230,25 @@ def encode_part(
     tokenizer: AudioTokenizer,
     items: list[AudioItem],
     skipped: list[dict],
-    path: Path,
+    split_dir: Path,
+    part: int,
     max_batch_samples: int,
 ) -> float:
-    """Encode the decoded items of one part and write them (atomically) to `path` (.npz).
+    """Encode the decoded items of one part into its shard: the codes (`shard_path`), then
+    the .json that marks it done (entries and skipped rows), each written atomically.
 
-    Returns the seconds of audio encoded (skipped rows are recorded in the part's meta)."""
+    Returns the seconds of audio encoded."""
     codes = encode_items(tokenizer, items, max_batch_samples)
-    entries = [{"key": it.key, "row": it.row, "stream": it.stream} for it in items]
-    arrays = {f"codes_{i}": codes[e["key"]] for i, e in enumerate(entries)}
+    dtype = storage_dtype(tokenizer)
+    blocks = [np.ascontiguousarray(codes[it.key], dtype=dtype) for it in items]
+    atomic_write_bytes(shard_path(split_dir, part), b"".join(b.tobytes() for b in blocks))
+    entries = [
+        {"key": it.key, "row": it.row, "stream": it.stream, "frames": block.shape[1]}
+        for it, block in zip(items, blocks, strict=True)
+    ]
     meta = json.dumps({"entries": entries, "skipped": skipped})
-    buffer = _npz_bytes(arrays | {"meta": np.frombuffer(meta.encode(), dtype=np.uint8)})
-    atomic_write_bytes(path, buffer)
+    atomic_write_text(part_meta_path(split_dir, part), meta)
     return sum(it.wav.size for it in items) / tokenizer.sample_rate
-
-
-def _npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
-    buffer = io.BytesIO()
-    np.savez(buffer, **arrays)
-    return buffer.getvalue()
 
 
 PART_PLAN = "plan.json"
@@ -252,21 +257,22 @@ PART_PLAN = "plan.json"
 def check_part_plan(split_dir: Path, rows_per_part: int, write: bool) -> None:
     """Parts of an unfinished extraction hold fixed blocks of rows: a rerun must cut the
     rows the same way (another --rows-per-part would encode rows twice), else it is refused."""
-    plan = split_dir / "parts" / PART_PLAN
+    plan = split_dir / SHARDS / PART_PLAN
     if plan.is_file():
         found = json.loads(plan.read_text())["rows_per_part"]
         if found != rows_per_part:
             raise CacheError(
                 f"{split_dir}: an unfinished extraction cut its rows into parts of {found}; "
                 f"rerun with --rows-per-part {found} (not {rows_per_part}) to finish it, or "
-                "delete the split's parts/ folder"
+                f"delete the split's {SHARDS}/ folder"
             )
     elif write:
         atomic_write_text(plan, json.dumps({"rows_per_part": rows_per_part}))
 
 
-def part_path(split_dir: Path, part: int) -> Path:
-    return split_dir / "parts" / f"part-{part:06d}.npz"
+def part_meta_path(split_dir: Path, part: int) -> Path:
+    """The file that marks part `part` done: its entries and skipped rows."""
+    return split_dir / SHARDS / f"{part:06d}.json"
 
 
 def extract_split(
@@ -291,7 +297,7 @@ def extract_split(
     todo = [
         p
         for p in range(process_index, num_parts, num_processes)
-        if not part_path(split_dir, p).is_file()
+        if not part_meta_path(split_dir, p).is_file()
     ]
     stats = {"parts": len(todo), "audio_seconds": 0.0}
     started = time.perf_counter()
@@ -305,7 +311,7 @@ def extract_split(
     with tqdm(total=len(todo) * rows_per_part, desc=desc, unit="row", disable=not todo) as bar:
         for part, rows, items, skipped in decoded:
             stats["audio_seconds"] += encode_part(
-                tokenizer, items, skipped, part_path(split_dir, part), max_batch_samples
+                tokenizer, items, skipped, split_dir, part, max_batch_samples
             )
             bar.update(len(rows))
             bar.set_postfix(
@@ -322,40 +328,45 @@ def merge_split(
     dtype: np.dtype,
     codebook_size: int | None = None,
 ) -> dict:
-    """Merge complete parts into codes.bin, then entries.npy, keys.npy and index.json
-    (`write_split_index`; each atomically, the index last), then drop the parts. Codes are copied part by part, so
-    merging holds one part in memory, whatever the split's size."""
+    """Index the finished parts as the split's shards: entries.npy, keys.npy and index.json
+    (`write_split_index`; each atomically, the index last), then drop the parts' .json files,
+    the plan and any temporary file a killed writer left. Reads only the parts' .json files:
+    no codes are read or copied, whatever the split's size."""
     num_parts = (num_rows + rows_per_part - 1) // rows_per_part
-    missing = [p for p in range(num_parts) if not part_path(split_dir, p).is_file()]
+    missing = [p for p in range(num_parts) if not part_meta_path(split_dir, p).is_file()]
     if missing:
         raise CacheError(
             f"{split_dir}: cannot merge, {len(missing)} parts missing (first: {missing[0]})"
         )
-    entries, keys, skipped, offset = [], [], [], 0
-    with atomic_open(split_dir / CODES) as out:
-        for part in range(num_parts):
-            with np.load(part_path(split_dir, part)) as data:
-                meta = json.loads(data["meta"].tobytes().decode())
-                for i, entry in enumerate(meta["entries"]):
-                    codes = np.ascontiguousarray(data[f"codes_{i}"].astype(dtype))
-                    out.write(codes.tobytes())
-                    stream = stream_index(entry["stream"])
-                    entries.append((entry["row"], stream, offset, codes.shape[1]))
-                    keys.append(entry["key"])
-                    offset += codes.size
-                skipped.extend(meta["skipped"])
+    entries, keys, skipped = [], [], []
+    for part in range(num_parts):
+        path = part_meta_path(split_dir, part)
+        try:
+            meta = json.loads(path.read_text())
+        except (ValueError, UnicodeDecodeError) as err:
+            raise CacheError(
+                f"{path}: unreadable ({err}); delete it and rerun to encode its rows again"
+            ) from err
+        offset = 0
+        for entry in meta["entries"]:
+            stream = stream_index(entry["stream"])
+            entries.append((entry["row"], stream, part, offset, entry["frames"]))
+            keys.append(entry["key"])
+            offset += entry["frames"] * num_codebooks
+        skipped.extend(meta["skipped"])
     header = {
         "num_rows": num_rows,
         "num_codebooks": num_codebooks,
         "dtype": dtype.name,
         "codebook_size": codebook_size,  # reads check codes against it (corruption)
+        "shards": num_parts,
         "skipped": skipped,
     }
     index = write_split_index(split_dir, entries, keys, header)
-    for part in range(num_parts):
-        part_path(split_dir, part).unlink()
-    (split_dir / "parts" / PART_PLAN).unlink(missing_ok=True)
-    (split_dir / "parts").rmdir()
+    keep = {shard_path(split_dir, part).name for part in range(num_parts)}
+    for path in (split_dir / SHARDS).iterdir():
+        if path.name not in keep:  # part .json files, the plan, stale temporary files
+            path.unlink()
     return index
 
 

@@ -1,13 +1,16 @@
 """One cached split on disk, read through memory maps: what the token cache's readers use.
 
-Layout of `<cache>/<task>/<split>/` (written by `mmllm.data.cache.merge_split`):
+Layout of `<cache>/<task>/<split>/` (written by `mmllm.data.cache.extract_split` and
+`merge_split`):
 
-    index.json      header: num_rows, num_codebooks, dtype, codebook_size, count, skipped rows
-    entries.npy     [count] (row, stream, offset, frames), sorted by (row, stream): the corpus
-                    row, 0 for its input audio and j + 1 for its reference j, where its codes
-                    start in codes.bin (in elements) and their frames
+    index.json      header: num_rows, num_codebooks, dtype, codebook_size, count, shards,
+                    skipped rows
+    entries.npy     [count] (row, stream, shard, offset, frames), sorted by (row, stream): the
+                    corpus row, 0 for its input audio and j + 1 for its reference j, the shard
+                    file holding its codes, where they start in it (in elements) and their frames
     keys.npy        [count] bytes: the entry keys (row id, or "<id>#ref<j>")
-    codes.bin       all codes, each entry a contiguous [K, frames] block
+    shards/<shard>.bin  codes, each entry a contiguous [K, frames] block; one file per block
+                    of rows, written by whichever process encoded it, never copied again
 
 Everything but the header is memory-mapped, so opening a split costs the same whatever its
 size and the pages a process touches are the only ones it holds: a training process that
@@ -26,10 +29,13 @@ import numpy as np
 from mmllm.fileio import atomic_write_bytes, atomic_write_text
 
 INDEX = "index.json"
-CODES = "codes.bin"
+SHARDS = "shards"
 ENTRIES = "entries.npy"
 KEYS = "keys.npy"
-ENTRY_DTYPE = np.dtype([("row", "<i8"), ("stream", "<i8"), ("offset", "<i8"), ("frames", "<i8")])
+FORMAT = 3
+ENTRY_DTYPE = np.dtype(
+    [("row", "<i8"), ("stream", "<i8"), ("shard", "<i8"), ("offset", "<i8"), ("frames", "<i8")]
+)
 STREAMS = 1 << 16  # (row, stream) -> row * STREAMS + stream, a sorted search key
 
 
@@ -39,6 +45,11 @@ class CacheError(ValueError):
 
 class MissingCodes(KeyError):
     """No codes for a key: its row was skipped at extraction (bad audio) or never existed."""
+
+
+def shard_path(split_dir: Path, shard: int) -> Path:
+    """The codes file of one shard of a split."""
+    return split_dir / SHARDS / f"{shard:06d}.bin"
 
 
 def stream_index(stream: str) -> int:
@@ -56,29 +67,35 @@ class CachedSplit:
                 f"{split_dir}: no complete token cache here (missing {INDEX}); run mmllm extract"
             )
         self.index = json.loads((split_dir / INDEX).read_text())
-        if "entries" in self.index or self.index.get("format") != 2:
+        if "entries" in self.index or self.index.get("format") != FORMAT:
             raise CacheError(
                 f"{split_dir}: a token cache of an older format; delete it and extract again"
             )
         self.num_codebooks = self.index["num_codebooks"]
         self.codebook_size = self.index.get("codebook_size")  # None: features
         self.skipped = self.index["skipped"]
+        self.dtype = np.dtype(self.index["dtype"])
         count = self.index["count"]
         self.entries = _load(split_dir / ENTRIES, count)
         self.key_array = _load(split_dir / KEYS, count)
-        itemsize = np.dtype(self.index["dtype"]).itemsize
-        size = (split_dir / CODES).stat().st_size
-        self.codes = (
-            np.memmap(split_dir / CODES, dtype=self.index["dtype"], mode="r")
-            if size
-            else np.zeros(0)
+        # every shard's size against its entries: a truncated or replaced shard is named on
+        # open (one stat per shard), not when a training step reaches it
+        expected = np.bincount(
+            self.entries["shard"],
+            weights=self.entries["frames"],
+            minlength=self.index["shards"],
         )
-        expected = int((self.entries["frames"].sum()) * self.num_codebooks * itemsize)
-        if size != expected:
-            raise CacheError(
-                f"{split_dir / CODES}: {size} bytes, its {INDEX} says {expected} (truncated or "
-                "replaced); delete the split's folder and extract it again"
-            )
+        for shard, frames in enumerate(expected.tolist()):
+            path = shard_path(split_dir, shard)
+            size = path.stat().st_size if path.is_file() else None
+            want = int(frames) * self.num_codebooks * self.dtype.itemsize
+            if size != want:
+                found = "missing" if size is None else f"{size} bytes"
+                raise CacheError(
+                    f"{path}: {found}, its split's {INDEX} says {want} bytes (truncated or "
+                    "replaced); delete the split's folder and extract it again"
+                )
+        self._shards: dict[int, np.ndarray] = {}
         self._search: np.ndarray | None = None
         self._by_key: dict[str, int] | None = None
 
@@ -111,29 +128,46 @@ class CachedSplit:
             raise MissingCodes(f"{self.split_dir}: no codes for row {row} stream {stream}")
         return self._codes(position, f"row {row}")
 
+    def _shard(self, shard: int) -> np.ndarray:
+        """The memory map of one shard's codes (opened on first use)."""
+        if shard not in self._shards:
+            path = shard_path(self.split_dir, shard)
+            self._shards[shard] = (
+                np.memmap(path, dtype=self.dtype, mode="r")
+                if path.stat().st_size
+                else np.zeros(0, self.dtype)
+            )
+        return self._shards[shard]
+
     def _codes(self, position: int, what: str) -> np.ndarray:
         entry = self.entries[position]
-        offset, frames = int(entry["offset"]), int(entry["frames"])
+        shard, offset, frames = int(entry["shard"]), int(entry["offset"]), int(entry["frames"])
         size = frames * self.num_codebooks
-        codes = np.asarray(self.codes[offset : offset + size]).reshape(self.num_codebooks, frames)
+        codes = np.asarray(self._shard(shard)[offset : offset + size])
+        codes = codes.reshape(self.num_codebooks, frames)
         if (
             self.codebook_size
             and codes.size
             and (codes.min() < 0 or codes.max() >= self.codebook_size)
         ):
             raise CacheError(
-                f"{self.split_dir / CODES}: codes of {what!r} outside [0, {self.codebook_size}) "
-                "(corrupted); delete the split's folder and extract it again"
+                f"{shard_path(self.split_dir, shard)}: codes of {what!r} outside "
+                f"[0, {self.codebook_size}) (corrupted); delete the split's folder and extract "
+                "it again"
             )
         return codes
 
 
 def write_split_index(
-    split_dir: Path, entries: list[tuple[int, int, int, int]], keys: list[str], header: dict
+    split_dir: Path,
+    entries: list[tuple[int, int, int, int, int]],
+    keys: list[str],
+    header: dict,
 ) -> dict:
     """Write a split's entries.npy, keys.npy and, last (it marks the split complete),
-    index.json beside its codes.bin. entries: (row, stream, offset, frames) in corpus
-    order; header: num_rows, num_codebooks, dtype, codebook_size, skipped. Returns the index."""
+    index.json beside its shards. entries: (row, stream, shard, offset, frames) in corpus
+    order; header: num_rows, num_codebooks, dtype, codebook_size, shards, skipped. Returns
+    the index."""
     table = np.array(entries, dtype=ENTRY_DTYPE)
     order = table["row"] * STREAMS + table["stream"]
     if len(order) > 1 and not (np.diff(order) > 0).all():
@@ -142,7 +176,7 @@ def write_split_index(
     encoded = [key.encode() for key in keys]
     width = max(map(len, encoded), default=1)
     atomic_write_bytes(split_dir / KEYS, _npy_bytes(np.array(encoded, dtype=f"S{width}")))
-    index = {"format": 2, **header, "count": len(table)}
+    index = {"format": FORMAT, **header, "count": len(table)}
     atomic_write_text(split_dir / INDEX, json.dumps(index))
     return index
 

@@ -58,7 +58,12 @@ def test_cached_codes_equal_direct_encoding(synth_tiny, tmp_path):
                     np.testing.assert_array_equal(
                         cached.get(f"{row['id']}#ref{j}"), direct_codes(ref)
                     )
-    assert not list(out.rglob("parts"))
+    # the parts are the shards: 5 rows per part, nothing but their codes left once indexed
+    shards = out / "ks" / "train" / "shards"
+    num_rows = len(load_task(synth_tiny, "ks")["train"])
+    assert sorted(p.name for p in shards.iterdir()) == [
+        f"{part:06d}.bin" for part in range((num_rows + 4) // 5)
+    ]
     card = json.loads((out / "cache.json").read_text())
     assert card["tokenizer"]["name"] == "test-energy" and (out / "config.yaml").is_file()
     # naming a vocoder (decode side only) keeps the cache valid
@@ -159,7 +164,9 @@ def test_kill_9_then_rerun_gives_the_uninterrupted_cache(synth_tiny, tmp_path):
     killed = tmp_path / "killed"
 
     def progress() -> int:  # parts written so far (merged splits count all of theirs)
-        return len(list(killed.rglob("part-*.npz"))) + 100 * len(list(killed.rglob("index.json")))
+        return len(list(killed.rglob("shards/*.json"))) + 100 * len(
+            list(killed.rglob("index.json"))
+        )
 
     for _ in range(2):  # kill -9 twice after it has made some progress
         before = progress()
@@ -169,9 +176,9 @@ def test_kill_9_then_rerun_gives_the_uninterrupted_cache(synth_tiny, tmp_path):
             time.sleep(0.02)
         process.send_signal(signal.SIGKILL)
         assert process.wait() == -signal.SIGKILL
-    assert list(killed.rglob("part-*.npz")), "the kills should have left finished parts behind"
+    assert list(killed.rglob("shards/0*.json")), "the kills should have left finished parts"
     assert run_extract(synth_tiny, killed, sleep=0.0).wait(timeout=300) == 0
-    assert not list(killed.rglob("*.tmp-*")) and not list(killed.rglob("parts"))
+    assert not list(killed.rglob("*.tmp-*")) and not list(killed.rglob("shards/*.json"))
     for path in sorted(reference.rglob("*")):
         if path.is_file():
             assert (killed / path.relative_to(reference)).read_bytes() == path.read_bytes(), path
@@ -222,18 +229,18 @@ def test_stats_report_from_a_cache(synth_tiny, tmp_path):
 
 
 def test_a_damaged_codes_file_is_named(tiny_tokens, tmp_path):
-    """codes.bin cut short is refused on open; bytes flipped into impossible codes are
-    refused on read, naming the file and the row (training used to stop without either)."""
+    """A shard cut short is refused on open; bytes flipped into impossible codes are
+    refused on read, naming the shard and the row (training used to stop without either)."""
     split = shutil.copytree(tiny_tokens["cache"] / "ks" / "train", tmp_path / "s")
-    codes = split / "codes.bin"
+    codes = split / "shards" / "000000.bin"
     data = bytearray(codes.read_bytes())
     first = CachedSplit(split).entry_keys()[0]
     data[:8] = b"\xff\x7f" * 4  # uint16 32767 in the first row: no codebook of 32 has it
     codes.write_bytes(bytes(data))
-    with pytest.raises(CacheError, match=rf"codes\.bin: codes of '{first}' outside \[0, 32\)"):
+    with pytest.raises(CacheError, match=rf"000000\.bin: codes of '{first}' outside \[0, 32\)"):
         CachedSplit(split).get(first)
     codes.write_bytes(bytes(data[:-10]))
-    with pytest.raises(CacheError, match=r"codes\.bin: \d+ bytes, its index\.json says \d+"):
+    with pytest.raises(CacheError, match=r"000000\.bin: \d+ bytes, its split's index\.json says"):
         CachedSplit(split)
 
 

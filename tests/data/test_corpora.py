@@ -6,10 +6,12 @@ tests/data/test_adapters.py, whose helpers build the tiny local copies used here
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import datasets
 import huggingface_hub.constants
+import numpy as np
 import pytest
 from datasets import Audio, Dataset, Features, Value
 from test_adapters import (
@@ -90,13 +92,36 @@ def test_max_rows_per_split_takes_evenly_spaced_rows(tmp_path):
     assert [json.loads(m)["source_index"] for m in corpus["train"]["meta"]] == [0, 4, 8]
 
 
-def test_rows_are_converted_in_chunks(tmp_path, monkeypatch):
-    monkeypatch.setattr(corpora, "CHUNK_ROWS", 2)
-    texts = [f"LINE {i}" for i in range(5)]
-    path = save(tmp_path, {"train": librispeech_rows([cell(0.1) for _ in texts], texts)})
-    corpus = load("librispeech", path, splits={"train": "train"})
-    check_schema(corpus, "asr", splits=("train",))
-    assert corpus["train"]["text"] == [t.lower() for t in texts]
+def test_parallel_conversion_streams_keeps_flac_and_equals_one_process(tmp_path, monkeypatch):
+    """Workers convert blocks of rows; this process names them in source order, so the
+    corpus (ids, a repeated id resolved, audio bytes, fingerprint) does not depend on
+    num_proc. Audio is stored as FLAC that decodes to the 16-bit samples a WAV would hold."""
+    from mmllm.audio.io import decode_audio_value
+
+    monkeypatch.setattr(corpora, "BLOCK_ROWS", 2)
+    texts = [f"LINE {i}" for i in range(7)]
+    rows = librispeech_rows([cell(0.1 + 0.01 * i, 8000) for i in range(7)], texts)
+    rows = rows.map(lambda row, i: {"id": "1-2-0003" if i == 5 else row["id"]}, with_indices=True)
+    path = save(tmp_path, {"train": rows})
+    cfg = CorpusConfig(name="librispeech", path=str(path), splits={"train": "train"})
+    one = load_corpus(cfg, progress=False)["train"]
+    work = tmp_path / "work"
+    work.mkdir()
+    four = load_corpus(cfg, progress=False, num_proc=4, work_dir=work)["train"]
+    assert list(work.glob("*.arrow"))  # memory-mapped from the scratch folder, not held
+    assert one["text"] == four["text"] == [t.lower() for t in texts]
+    assert one["id"] == four["id"] and one["id"][5] == "librispeech-train-1-2-0003-5"
+    assert one._fingerprint == four._fingerprint
+    assert [a["bytes"] for a in one["audio"]] == [a["bytes"] for a in four["audio"]]
+    flac = one[2]["audio"]["bytes"]
+    assert flac[:4] == b"fLaC"
+    wav = load_corpus(dataclasses.replace(cfg, audio_format="wav"), progress=False)["train"][2][
+        "audio"
+    ]["bytes"]
+    assert wav[:4] == b"RIFF" and len(flac) < len(wav)
+    np.testing.assert_array_equal(
+        decode_audio_value({"bytes": flac}), decode_audio_value({"bytes": wav})
+    )
 
 
 @pytest.mark.parametrize("config_file", sorted(CONFIG_DIR.glob("*.yaml")), ids=lambda p: p.stem)

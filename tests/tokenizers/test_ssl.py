@@ -325,9 +325,33 @@ def test_fit_on_synthdasb_then_encode(weights, synth, tmp_path):
     assert codes[codes != PAD_CODE].unique().numel() > 4
 
 
+def test_fit_reads_only_the_rows_it_needs(weights, synth, tmp_path):
+    """Rows are drawn at random and read until twice max_frames frames went by: a corpus
+    of any size costs the SSL model the same (it used to encode the whole split)."""
+    cfg = cfg_for("hubert", weights, layers=[2], codebook_size=4)
+    cards = [
+        load_centroids(
+            fit_ssl_kmeans(
+                cfg,
+                synth,
+                tmp_path / f"km{seed}",
+                max_frames=40,
+                seed=seed,
+                max_steps=5,
+                progress=False,
+            )  # fmt: skip
+        )[1]
+        for seed in (0, 1)
+    ]
+    for card in cards:
+        assert 1 <= card["data"]["rows"] < 10  # of the split's 10
+        assert card["frames_seen"] >= 80 and card["frames_sampled"] == 40
+    assert len({card["frames_seen"] for card in cards}) == 2  # other seeds, other rows
+
+
 def test_fit_refuses_fewer_frames_than_clusters(weights, synth, tmp_path):
     cfg = cfg_for("hubert", weights, layers=[2], codebook_size=100)
-    with pytest.raises(ValueError, match=r"50 frames from 10 rows .* fewer than k=100"):
+    with pytest.raises(ValueError, match=r"50 frames from \d rows .* fewer than k=100"):
         fit_ssl_kmeans(cfg, synth, tmp_path / "km", max_frames=50, seed=0, progress=False)
 
 

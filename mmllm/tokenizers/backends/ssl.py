@@ -317,10 +317,9 @@ class Wav2Vec2KMeansTokenizer(SSLKMeansTokenizer):
 # ----------------------------------------------------------------------------- fitting
 
 
-def _counted(waveforms: Iterator[torch.Tensor], counts: dict[str, int]) -> Iterator[torch.Tensor]:
-    for wave in waveforms:
-        counts["rows"] += 1
-        yield wave
+# rows are read until this many times max_frames frames went by: the reservoir then samples
+# frames from twice as many as it keeps, so no row's frames make up the whole sample
+ROWS_OVERSAMPLE = 2
 
 
 def fit_ssl_kmeans(
@@ -338,7 +337,9 @@ def fit_ssl_kmeans(
 ) -> Path:
     """Fit one k-means per layer on SSL features of SynthDASB rows; write `out_dir` -> out_dir.
 
-    Reads `split` rows of `tasks` under `data_dir` (mmllm synth), extracts
+    Reads `split` rows of `tasks` under `data_dir` in a seeded random order and stops once
+    it has seen `ROWS_OVERSAMPLE` x `max_frames` frames (the SSL model is the cost: a 960 h
+    corpus would otherwise go through it whole to fill a 500k-frame sample), extracts
     the layers of `cfg` `batch_size` waveforms at a time, reservoir-samples at most
     `max_frames` frames (the same frames for every layer: the sample holds all layers side
     by side, max_frames x len(layers) x hidden_size floats), fits k = cfg.codebook_size
@@ -364,7 +365,11 @@ def fit_ssl_kmeans(
         from mmllm.corpus.reader import corpus_waveforms  # datasets only when fitting
 
         batch: list[torch.Tensor] = []
-        for wave in _counted(corpus_waveforms(data_dir, tasks, [split], SAMPLE_RATE), counts):
+        waves = corpus_waveforms(data_dir, tasks, [split], SAMPLE_RATE, shuffle_seed=seed)
+        for wave in waves:
+            if counts["frames"] >= ROWS_OVERSAMPLE * max_frames:
+                return  # enough rows (batch is empty here: frames grow when it is encoded)
+            counts["rows"] += 1
             batch.append(wave)
             if len(batch) == batch_size:
                 yield from item_frames(batch)
