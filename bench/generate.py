@@ -19,7 +19,12 @@ forward per prompt, which bounds what batching can gain on a CPU, where a batche
 costs about the sum of the single ones. Times are the median of `--repeats`;
 agreement counts identical outputs, and `differences_explained` counts the differing rows
 whose baseline token at the first difference is one the grammar forbids (greedy constrained
-and unconstrained may differ only there). Writes bench/results/generate.json (atomically).
+and unconstrained may differ only there).
+
+The `cli` workload times what a user types: `mmllm generate --checkpoint C ks CLIPS/` once
+for `--cli-inputs` test clips (one process, one model load, batched) against one
+`mmllm generate` call per clip, and checks both print the same answers. Writes
+bench/results/generate.json (atomically).
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ RESULTS = Path(__file__).resolve().parent / "results" / "generate.json"
 WORKLOADS = {  # name -> (tasks, max_new_tokens)
     "text": (("ks", "asr"), 48),
     "audio": (("tts",), 160),
+    "cli": (("ks",), None),
 }
 
 
@@ -243,11 +249,56 @@ def run_workload(name, checkpoint, model, args) -> dict:
     return report
 
 
+def cli_calls(args) -> dict:
+    """`--cli-inputs` KS test clips as WAVs; one `mmllm generate` call over their folder
+    against one call per clip (each a fresh process, as a user's shell loop would be)."""
+    import subprocess
+
+    from mmllm.audio.io import decode_audio_value, write_wav
+    from mmllm.corpus.reader import load_task
+
+    clips = Path("runs/bench_generate/clips")
+    clips.mkdir(parents=True, exist_ok=True)
+    rows = load_task(args.data, "ks")["test"].select(range(args.cli_inputs))
+    paths = []
+    for row in rows:
+        path = clips / f"{row['id']}.wav"
+        if not path.is_file():
+            write_wav(path, decode_audio_value(row["audio"], 16000), 16000)
+        paths.append(str(path))
+    command = ["mmllm", "generate", "--checkpoint", str(args.checkpoint), "ks"]
+
+    def run(inputs: list[str]) -> list[str]:
+        result = subprocess.run(command + inputs, capture_output=True, text=True, check=True)
+        return result.stdout.strip().splitlines()
+
+    started = time.perf_counter()
+    batched = dict(line.split("\t") for line in run([str(clips)]))
+    one_call = time.perf_counter() - started
+    started = time.perf_counter()
+    single = {path: run([path])[0] for path in paths}
+    per_input = time.perf_counter() - started
+    return {
+        "inputs": len(paths),
+        "one_call_seconds": round(one_call, 2),
+        "one_call_per_input_seconds": round(per_input, 2),
+        "speedup": round(per_input / one_call, 2),
+        "answers_agree": sum(batched[p] == single[p] for p in paths) / len(paths),
+        "label_accuracy": sum(batched[p] == r["label"] for p, r in zip(paths, rows, strict=True))
+        / len(paths),
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint", type=Path, default=Path("runs/pretrain/default/final"))
     parser.add_argument("--data", type=Path, default=Path("data/synthdasb-small"))
-    parser.add_argument("--cache", type=Path, default=Path("data/tokens/mfcc-kmeans"))
+    parser.add_argument(
+        "--cache",
+        type=Path,
+        default=None,
+        help="token cache (default: the checkpoint's, under data/tokens)",
+    )
     parser.add_argument("--per-task", type=int, default=32, help="test prompts per task")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--workloads", nargs="+", default=list(WORKLOADS), choices=list(WORKLOADS))
@@ -259,6 +310,7 @@ def main(argv: list[str] | None = None) -> int:
         help="torch threads (1: on a shared 2-core machine a second OpenMP thread that waits "
         "for a busy core makes every op many times slower, for both variants)",
     )
+    parser.add_argument("--cli-inputs", type=int, default=64, help="clips of the cli workload")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     if not (args.checkpoint / "mmllm_vocab.json").is_file():
@@ -276,13 +328,20 @@ def main(argv: list[str] | None = None) -> int:
     keep_freed_memory()  # the KV cache grows by reallocation every step
     torch.set_num_threads(args.threads)
     checkpoint = Checkpoint.open(args.checkpoint)
+    if args.cache is None:
+        from mmllm.data.cache import token_cache_dir
+
+        args.cache = token_cache_dir("data/tokens", checkpoint.input_config)
     model = checkpoint.load_model("cpu")
     report = {
         "benchmark": "generation: mmllm.eval.generation (batched, KV-cached, constrained) vs one-by-one "
         "model.generate",
         "checkpoint": str(args.checkpoint),
         "model_parameters": sum(p.numel() for p in model.parameters()),
-        "workloads": {name: run_workload(name, checkpoint, model, args) for name in args.workloads},
+        "workloads": {
+            name: cli_calls(args) if name == "cli" else run_workload(name, checkpoint, model, args)
+            for name in args.workloads
+        },
         "machine": machine_facts(),
         "date": utc_timestamp(),
     }

@@ -399,9 +399,56 @@ def test_cli_text_and_audio_tasks(checkpoint, capsys):
     assert (checkpoint / "s-1.wav").is_file() and (checkpoint / "s-2.wav").is_file()
 
 
+def test_cli_batches_many_inputs_like_one_by_one(checkpoint, capsys, tmp_path):
+    """Directories, list files and several texts go through the batched engine in one call,
+    a line per input, the same answers as one call per input (greedy)."""
+    final = checkpoint / "final"
+    clips = tmp_path / "clips"
+    clips.mkdir()
+    rng = np.random.default_rng(1)
+    for i in range(5):
+        write_wav(
+            clips / f"c{i}.wav", rng.uniform(-0.3, 0.3, 4000 + 1500 * i).astype(np.float32), 16000
+        )
+    single = {}
+    for path in sorted(clips.iterdir()):
+        code, out, err = run_cli(capsys, "--checkpoint", final, "ks", path)
+        assert code == 0, err
+        single[str(path)] = out
+    code, out, err = run_cli(capsys, "--checkpoint", final, "ks", clips, "--batch-size", "3")
+    assert code == 0, err
+    assert dict(line.split("\t") for line in out.splitlines()) == single
+    listing = tmp_path / "clips.txt"
+    listing.write_text("# two of them\nclips/c3.wav\n\nclips/c0.wav\n")
+    code, out, err = run_cli(capsys, "--checkpoint", final, "ks", listing, "--jsonl")
+    assert code == 0, err
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert [r["input"] for r in rows] == [str(clips / "c3.wav"), str(clips / "c0.wav")]
+    assert [r["answer"] for r in rows] == [single[r["input"]] for r in rows]
+    pairs = tmp_path / "pairs.txt"
+    pairs.write_text(f"clips/c0.wav clips/c1.wav\n{clips / 'c2.wav'} clips/c3.wav\n")
+    code, out, err = run_cli(capsys, "--checkpoint", final, "sv", pairs)
+    assert (
+        code == 0
+        and [line.split("\t")[1] in ("yes", "no") for line in out.splitlines()] == [True] * 2
+    ), err
+    texts = tmp_path / "lines.txt"
+    texts.write_text("the dog runs\nturn on the light\n")
+    args = ["tts", "a cat", "--text-file", texts, "--speaker", "spk1", "--max-new-tokens", "20"]
+    code, out, err = run_cli(capsys, "--checkpoint", final, *args, "--out", tmp_path / "wavs")
+    assert code == 0, err
+    assert [line.split("\t") for line in out.splitlines()] == [
+        [text, str(tmp_path / "wavs" / f"{i:04d}.wav")]
+        for i, text in enumerate(["a cat", "the dog runs", "turn on the light"])
+    ]
+    assert all((tmp_path / "wavs" / f"{i:04d}.wav").is_file() for i in range(3))
+
+
 def test_cli_errors_are_one_line_and_exit_2(checkpoint, capsys, tmp_path):
     final = checkpoint / "final"
     (tmp_path / "bad.wav").write_text("not audio")
+    empty = tmp_path / "empty"
+    empty.mkdir()
     no_vocab = tmp_path / "no_vocab"
     shutil.copytree(final, no_vocab)
     (no_vocab / "mmllm_vocab.json").unlink()
@@ -421,7 +468,18 @@ def test_cli_errors_are_one_line_and_exit_2(checkpoint, capsys, tmp_path):
         (["tts", "hi", "--out", tmp_path / "o.wav"], "--speaker is required", ""),
         (["sv", checkpoint / "a.wav"], "ENROLLMENT.wav TRIAL.wav", ""),
         (["se", checkpoint / "a.wav"], "--out FILE.wav is required", ""),
-        (["asr", checkpoint], "is a directory, not an audio file", ""),
+        (["asr", empty], "input directory", "no audio files"),
+        (["asr"], "task asr takes AUDIO", ""),
+        (
+            ["ks", checkpoint / "a.wav", checkpoint / "b.wav", "--out", checkpoint / "a.wav"],
+            "is a file; several inputs need a DIRECTORY",
+            "",
+        ),
+        (
+            ["tts", "--text-file", tmp_path / "none.txt", "--speaker", "spk1", "--out", tmp_path],
+            "none.txt: cannot read it",
+            "",
+        ),
         (["tts", "hi", "--speaker", "nobody", "--out", tmp_path / "o.wav"], "'nobody'", "spk1"),
         (["ks", checkpoint / "a.wav", "--allowed", "up", "zzz"], "['zzz']: not ks labels", ""),
         (["asr", checkpoint / "a.wav", "--allowed", ""], "--allowed: empty answer", ""),

@@ -116,16 +116,30 @@ def generate(argv: Sequence[str] | None = None) -> int:
 
     parser = Parser(
         prog="mmllm generate",
-        description="Prompt a trained mmllm checkpoint with one task.",
+        description="Prompt a trained mmllm checkpoint with one task: one input, or many in "
+        "one batched call (a line per input).",
         formatter_class=HelpFormatter,
     )
     parser.add_argument("--checkpoint", required=True, help="checkpoint directory (final/)")
     parser.add_argument("task", help=f"one of {', '.join(TASKS)}")
     parser.add_argument(
-        "inputs", nargs="+", help='audio file(s) (sv: enrollment trial) or tts "text"'
+        "inputs",
+        nargs="*",
+        help="audio files, directories of them or list files (.txt, one path per line; "
+        'sv: "enrollment trial" pairs), or tts "text"s',
     )
+    parser.add_argument("--text-file", help="tts: a text file, one text to speak per line")
     parser.add_argument("--speaker", help="tts: speaker id")
-    parser.add_argument("--out", help="tts/se/ss: output WAV (ss writes OUT-1 and OUT-2)")
+    parser.add_argument(
+        "--out",
+        help="tts/se/ss: output WAV (ss writes OUT-1 and OUT-2); a directory for several inputs",
+    )
+    parser.add_argument(
+        "--jsonl", action="store_true", help="one JSON object per input instead of TAB lines"
+    )
+    parser.add_argument(
+        "--batch-size", type=positive_int, default=16, help="prompts generated together"
+    )
     parser.add_argument("--allowed", nargs="+", help="restrict a text answer to these strings")
     parser.add_argument(
         "--max-new-tokens",

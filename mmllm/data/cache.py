@@ -33,6 +33,7 @@ SS sources, SV enrollment) are streams "ref0", "ref1", ... (key = "<id>#ref<j>")
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import time
 from collections.abc import Iterator
@@ -49,6 +50,7 @@ from tqdm import tqdm
 from mmllm.audio.io import AudioError, decode_audio_value
 from mmllm.config import config_hash, config_to_dict, from_dict, save_config
 from mmllm.data.cached_split import (
+    FORMAT,
     INDEX,
     SHARDS,
     CachedSplit,  # noqa: F401  (the read side, imported from here by most readers)
@@ -94,9 +96,12 @@ def codes_hash(cfg: TokenizerConfig) -> str:
 
 def token_cache_dir(cache_root: str | Path, cfg: TokenizerConfig) -> Path:
     """Where pretraining and evaluation keep `cfg`'s token cache under `cache_root`: the
-    tokenizer's name and the start of its codes hash (`mfcc-kmeans-3fa9c2d1e0`), so two
-    variants of one backend (other options, refitted centroids) never share a cache."""
-    return Path(cache_root) / f"{cfg.name}-{codes_hash(cfg)[:10]}"
+    tokenizer's name and the start of a hash of its codes hash and the on-disk format
+    (`mfcc-kmeans-3fa9c2d1e0`), so two variants of one backend (other options, refitted
+    centroids) never share a cache, and a new format extracts beside an old cache instead
+    of failing on it."""
+    name = hashlib.sha256(f"{codes_hash(cfg)}:format{FORMAT}".encode()).hexdigest()
+    return Path(cache_root) / f"{cfg.name}-{name[:10]}"
 
 
 def check_card_tokenizer(card: dict, cfg: TokenizerConfig, where: str | Path) -> None:

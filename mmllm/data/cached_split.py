@@ -12,16 +12,20 @@ Layout of `<cache>/<task>/<split>/` (written by `mmllm.data.cache.extract_split`
     shards/<shard>.bin  codes, each entry a contiguous [K, frames] block; one file per block
                     of rows, written by whichever process encoded it, never copied again
 
-Everything but the header is memory-mapped, so opening a split costs the same whatever its
-size and the pages a process touches are the only ones it holds: a training process that
-reads entries by corpus row (`get_row`) never builds a key table. `get(key)` builds one
-(a dict over the keys) on first use, for evaluation, tools and tests.
+The entry table and keys are memory-mapped, so opening a split costs the same whatever its
+size; codes are read with `pread` (a few open shard files per process), so they sit in the
+kernel's page cache, shared by every process, and never in a process's resident memory
+(memory-mapped codes made a training process's RSS grow with how much of the corpus it had
+read). A training process that reads entries by corpus row (`get_row`) never builds a key
+table; `get(key)` builds one (a dict over the keys) on first use, for evaluation and tools.
 """
 
 from __future__ import annotations
 
+import collections
 import io
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +40,7 @@ FORMAT = 3
 ENTRY_DTYPE = np.dtype(
     [("row", "<i8"), ("stream", "<i8"), ("shard", "<i8"), ("offset", "<i8"), ("frames", "<i8")]
 )
+OPEN_SHARDS = 64  # shard files a process keeps open, the least recently read closed first
 STREAMS = 1 << 16  # (row, stream) -> row * STREAMS + stream, a sorted search key
 
 
@@ -95,7 +100,7 @@ class CachedSplit:
                     f"{path}: {found}, its split's {INDEX} says {want} bytes (truncated or "
                     "replaced); delete the split's folder and extract it again"
                 )
-        self._shards: dict[int, np.ndarray] = {}
+        self._files: collections.OrderedDict[int, int] = collections.OrderedDict()
         self._search: np.ndarray | None = None
         self._by_key: dict[str, int] | None = None
 
@@ -128,23 +133,36 @@ class CachedSplit:
             raise MissingCodes(f"{self.split_dir}: no codes for row {row} stream {stream}")
         return self._codes(position, f"row {row}")
 
-    def _shard(self, shard: int) -> np.ndarray:
-        """The memory map of one shard's codes (opened on first use)."""
-        if shard not in self._shards:
-            path = shard_path(self.split_dir, shard)
-            self._shards[shard] = (
-                np.memmap(path, dtype=self.dtype, mode="r")
-                if path.stat().st_size
-                else np.zeros(0, self.dtype)
-            )
-        return self._shards[shard]
+    def _file(self, shard: int) -> int:
+        """An open descriptor of one shard (the OPEN_SHARDS last used stay open)."""
+        if shard in self._files:
+            self._files.move_to_end(shard)
+        else:
+            if len(self._files) >= OPEN_SHARDS:
+                os.close(self._files.popitem(last=False)[1])
+            self._files[shard] = os.open(shard_path(self.split_dir, shard), os.O_RDONLY)
+        return self._files[shard]
+
+    def __getstate__(self) -> dict:  # descriptors stay with the process that opened them
+        return self.__dict__ | {"_files": collections.OrderedDict()}
+
+    def __del__(self) -> None:
+        for fd in getattr(self, "_files", {}).values():
+            os.close(fd)
 
     def _codes(self, position: int, what: str) -> np.ndarray:
         entry = self.entries[position]
         shard, offset, frames = int(entry["shard"]), int(entry["offset"]), int(entry["frames"])
-        size = frames * self.num_codebooks
-        codes = np.asarray(self._shard(shard)[offset : offset + size])
-        codes = codes.reshape(self.num_codebooks, frames)
+        itemsize = self.dtype.itemsize
+        data = os.pread(
+            self._file(shard), frames * self.num_codebooks * itemsize, offset * itemsize
+        )
+        if len(data) != frames * self.num_codebooks * itemsize:
+            raise CacheError(
+                f"{shard_path(self.split_dir, shard)}: ends before the codes of {what!r} "
+                "(truncated); delete the split's folder and extract it again"
+            )
+        codes = np.frombuffer(data, self.dtype).reshape(self.num_codebooks, frames)
         if (
             self.codebook_size
             and codes.size

@@ -7,6 +7,12 @@ Prompting CLI (thin: `main` parses, `run_cli` calls `Checkpoint`, `build_prompt`
     mmllm generate --checkpoint DIR asr speech.wav
     mmllm generate --checkpoint DIR sv enrollment.wav trial.wav
     mmllm generate --checkpoint DIR tts "some text" --speaker ID --out out.wav
+    mmllm generate --checkpoint DIR ks clips/ [--jsonl]        one batched call, a line per input
+    mmllm generate --checkpoint DIR tts --text-file lines.txt --speaker ID --out wavs/
+
+Several inputs (files, directories, list files: mmllm.eval.prompt_inputs) go through the
+batched engine in one call and print `input<TAB>answer` per input (`--jsonl`: a JSON object
+per line); audio answers are written under the --out directory.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ from mmllm.eval.generation import (
     decode_text,
     generate,
 )
+from mmllm.eval.prompt_inputs import GenerateError, Request, expand_requests
 from mmllm.fileio import IntegrityError, verify_manifest
 from mmllm.pretrain.config import ANSWERS_FILENAME, PRETRAIN_CONFIG_FILENAME, load_run_config
 from mmllm.runtime import resolve_device, resolve_dtype
@@ -61,10 +68,6 @@ def answer_rendered(
         allowed_texts=allowed,
         features=[r.features for r in rendered],
     )
-
-
-class GenerateError(ValueError):
-    """Bad input to prompting: the message names the file or field."""
 
 
 @dataclass
@@ -265,30 +268,21 @@ def build_prompt(
     return render_prompt(checkpoint.renderer(), row, codes.__getitem__)
 
 
-def _check_arguments(args: argparse.Namespace) -> None:
-    """Every check that needs neither the checkpoint nor the model."""
+def _check_arguments(args: argparse.Namespace) -> tuple[list[Request], bool]:
+    """Every check that needs neither the checkpoint nor the model -> (requests, batch)."""
     task = args.task
     if task not in TASKS:
         raise GenerateError(f"unknown task {task!r}; known: {', '.join(TASKS)}")
-    expected = 2 if task == "sv" else 1
-    if len(args.inputs) != expected:
-        what = {"sv": "ENROLLMENT.wav TRIAL.wav", "tts": '"TEXT"'}.get(task, "AUDIO")
-        raise GenerateError(f"task {task} takes {what}, got {len(args.inputs)} input(s)")
-    if task == "tts":
-        if not args.inputs[0].strip():
-            raise GenerateError("tts: the text to speak is empty")
-        if not args.speaker:
-            raise GenerateError("tts: --speaker is required (a speaker id seen in training)")
-    else:
-        for path in args.inputs:
-            if Path(path).is_dir():
-                raise GenerateError(f"input audio {path}: is a directory, not an audio file")
-            if not Path(path).is_file():
-                raise GenerateError(f"input audio {path}: file not found")
+    requests, batch = expand_requests(task, args.inputs, args.text_file)
+    if task == "tts" and not args.speaker:
+        raise GenerateError("tts: --speaker is required (a speaker id seen in training)")
     if task in AUDIO_ANSWER_SPANS and args.out is None:
-        raise GenerateError(f"task {task} writes audio: --out FILE.wav is required")
-    if args.out is not None and Path(args.out).is_dir():
+        where = "DIRECTORY for the WAVs" if batch else "FILE.wav"
+        raise GenerateError(f"task {task} writes audio: --out {where} is required")
+    if args.out is not None and not batch and Path(args.out).is_dir():
         raise GenerateError(f"--out {args.out}: is a directory; give a FILE.wav")
+    if args.out is not None and batch and Path(args.out).is_file():
+        raise GenerateError(f"--out {args.out}: is a file; several inputs need a DIRECTORY")
     if args.allowed is not None and not all(a.strip() for a in args.allowed):
         raise GenerateError("--allowed: empty answer among the allowed strings")
     try:
@@ -299,14 +293,15 @@ def _check_arguments(args: argparse.Namespace) -> None:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise GenerateError(f"--device {args.device}: CUDA is not available on this machine")
     generation_config(args, max_new_tokens=1)  # sampling options, checked before any loading
+    return requests, batch
 
 
 def generation_config(args: argparse.Namespace, max_new_tokens: int) -> GenerationConfig:
-    """The CLI's generation settings (one prompt); a bad sampling option raises GenerateError."""
+    """The CLI's generation settings; a bad sampling option raises GenerateError."""
     try:
         return GenerationConfig(
             max_new_tokens=max_new_tokens,
-            batch_size=1,
+            batch_size=args.batch_size,
             do_sample=args.sample,
             temperature=args.temperature,
             top_k=args.top_k,
@@ -319,13 +314,13 @@ def generation_config(args: argparse.Namespace, max_new_tokens: int) -> Generati
         raise GenerateError(f"generation options: {one_line(problems)}") from None
 
 
-def _write_audio(spans: list[torch.Tensor], tokenizer: Any, out: Path) -> list[str]:
+def _write_audio(spans: list[torch.Tensor], tokenizer: Any, out: Path) -> list[Path]:
     """Decode each span's codes [K, F] and write out (ss: out-1.wav, out-2.wav)."""
     from mmllm.audio.io import write_wav
 
     if not spans or any(c.shape[-1] == 0 for c in spans):
-        raise GenerateError("the model wrote no audio frames (raise --max-new-tokens?)")
-    lines = []
+        raise GenerateError(f"{out}: the model wrote no audio frames (raise --max-new-tokens?)")
+    paths = []
     for j, codes in enumerate(spans):
         path = out if len(spans) == 1 else out.with_name(f"{out.stem}-{j + 1}{out.suffix}")
         try:
@@ -337,13 +332,26 @@ def _write_audio(spans: list[torch.Tensor], tokenizer: Any, out: Path) -> list[s
             ) from None
         wav = wav[0, : int(lengths[0])].float().cpu().numpy()
         write_wav(path, wav, tokenizer.sample_rate)
-        lines.append(f"wrote {path} ({wav.shape[0] / tokenizer.sample_rate:.2f} s)")
-    return lines
+        paths.append(path)
+    return paths
+
+
+def _output_paths(requests: list[Request], task: str, out: Path, batch: bool) -> list[Path]:
+    """Where each request's audio answer goes: --out itself for one prompt; in the --out
+    directory, tts NNNN.wav, se/ss the input's file name (NNNN-name when names repeat)."""
+    if not batch:
+        return [out]
+    if task == "tts":
+        return [out / f"{i:04d}.wav" for i in range(len(requests))]
+    stems = [Path(r.inputs[0]).stem for r in requests]
+    unique = len(set(stems)) == len(stems)
+    return [out / (f"{s}.wav" if unique else f"{i:04d}-{s}.wav") for i, s in enumerate(stems)]
 
 
 def run_cli(args: argparse.Namespace) -> list[str]:
-    """The CLI's work: check, prompt, generate, decode. Returns the lines to print."""
-    _check_arguments(args)
+    """The CLI's work: check, prompt, generate (all prompts batched), decode. Returns the
+    lines to print: the answer alone for one prompt, else one line per input."""
+    requests, batch = _check_arguments(args)
     task = args.task
     checkpoint = Checkpoint.open(args.checkpoint)
     output_tokenizer = None
@@ -352,39 +360,72 @@ def run_cli(args: argparse.Namespace) -> list[str]:
         if not output_tokenizer.can_decode:
             raise GenerateError(
                 f"output tokenizer {checkpoint.output_config.name!r} cannot decode audio "
-                "(train a vocoder with tokenizers/train_vocoder.py and set `vocoder:` in its config)"
+                "(train a vocoder with `mmllm vocoder` and set `vocoder:` in its config)"
             )
     checkpoint.check_request(task, args.speaker, args.allowed)
-    rendered = build_prompt(checkpoint, task, args.inputs, args.speaker)
-    prompt = rendered.prompt
+    rendered = [build_prompt(checkpoint, task, r.inputs, args.speaker) for r in requests]
     context = checkpoint.context_length()
-    if len(prompt) >= context:  # before loading the model: nothing would fit an answer
-        what = (
-            f"the text ({len(args.inputs[0])} characters)"
-            if task == "tts"
-            else ("the input audio " + " + ".join(args.inputs))
-        )
-        raise GenerateError(
-            f"{what} makes a prompt of {len(prompt)} tokens; the model's context is {context} "
-            "tokens, with room for the answer: give a shorter input"
-        )
+    for request, prompt in zip(requests, rendered, strict=True):
+        if len(prompt.prompt) >= context:  # before loading the model: no room for an answer
+            what = (
+                f"the text ({len(request.inputs[0])} characters)"
+                if task == "tts"
+                else ("the input audio " + " + ".join(request.inputs))
+            )
+            raise GenerateError(
+                f"{what} makes a prompt of {len(prompt.prompt)} tokens; the model's context is "
+                f"{context} tokens, with room for the answer: give a shorter input"
+            )
     model = checkpoint.load_model(args.device, args.dtype)
     max_new = args.max_new_tokens
     if max_new is None:  # text: a sentence; audio: what the model's context still holds
-        max_new = 128 if task in TEXT_ANSWER_TASKS else max(context - len(prompt), 1)
-    config = generation_config(args, max_new)
+        longest = max(len(r.prompt) for r in rendered)
+        max_new = 128 if task in TEXT_ANSWER_TASKS else max(context - longest, 1)
     allowed = args.allowed or (sorted(SV_ANSWERS.values()) if task == "sv" else None)
-    [ids] = generate(
+    answers = generate(
         model,
-        [prompt],
+        [r.prompt for r in rendered],
         checkpoint.vocab,
-        config,
+        generation_config(args, max_new),
         tasks=task,
         grammar=checkpoint.grammar(),
         allowed_texts=allowed,
-        features=[rendered.features],
+        features=[r.features for r in rendered],
     )
     if task in TEXT_ANSWER_TASKS:
-        return [decode_text(ids, checkpoint.tokenizer, checkpoint.vocab)]
-    spans = decode_audio(ids, checkpoint.vocab, checkpoint.output_config.name, checkpoint.pattern)
-    return _write_audio(spans, output_tokenizer, Path(args.out))
+        texts = [decode_text(ids, checkpoint.tokenizer, checkpoint.vocab) for ids in answers]
+        results: list[str | list[str]] = list(texts)
+    else:
+        if batch:
+            Path(args.out).mkdir(parents=True, exist_ok=True)
+        outs = _output_paths(requests, task, Path(args.out), batch)
+        results = []
+        for ids, out in zip(answers, outs, strict=True):
+            spans = decode_audio(
+                ids, checkpoint.vocab, checkpoint.output_config.name, checkpoint.pattern
+            )
+            written = _write_audio(spans, output_tokenizer, out)
+            results.append([str(path) for path in written])
+    return _answer_lines(requests, results, task, batch, args.jsonl)
+
+
+def _answer_lines(
+    requests: list[Request],
+    results: list[str | list[str]],
+    task: str,
+    batch: bool,
+    jsonl: bool,
+) -> list[str]:
+    if jsonl:
+        key = "answer" if task in TEXT_ANSWER_TASKS else "wavs"
+        return [
+            json.dumps({"input": r.name, key: result}, ensure_ascii=False)
+            for r, result in zip(requests, results, strict=True)
+        ]
+    if task in TEXT_ANSWER_TASKS:
+        if not batch:
+            return [str(results[0])]
+        return [f"{r.name}\t{result}" for r, result in zip(requests, results, strict=True)]
+    if not batch:
+        return [f"wrote {path}" for path in results[0]]
+    return [f"{r.name}\t{','.join(result)}" for r, result in zip(requests, results, strict=True)]
