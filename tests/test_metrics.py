@@ -349,6 +349,23 @@ def test_mcd_of_signals(speech):
         mel_cepstral_distortion(speech, speech[:-10], SAMPLE_RATE)
 
 
+def test_dtw_path_by_hand_and_mcd_of_a_time_warped_copy(speech):
+    from mmllm.audio.io import resample
+    from mmllm.eval.metrics import dtw_path
+
+    rows, cols = dtw_path(np.array([[0.0], [1], [3]]), np.array([[0.0], [3]]))
+    assert rows.tolist() == [0, 1, 2] and cols.tolist() == [0, 0, 1]
+    rows, cols = dtw_path(np.array([[0.0], [5]]), np.array([[0.0], [0], [5], [5]]))
+    assert rows.tolist() == [0, 0, 1, 1] and cols.tolist() == [0, 1, 2, 3]
+    # the same speech 15% slower: a length mismatch without DTW, a small distance with it,
+    # far below the distance to noisy speech aligned the same way
+    slower = resample(speech, SAMPLE_RATE, round(SAMPLE_RATE * 1.15))
+    warped = mel_cepstral_distortion(speech, slower, SAMPLE_RATE, align="dtw")
+    noisy = mel_cepstral_distortion(speech, with_noise(speech, 0), SAMPLE_RATE, align="dtw")
+    assert mel_cepstral_distortion(speech, speech, SAMPLE_RATE, align="dtw") == 0.0
+    assert 0 < warped < 0.5 * noisy
+
+
 def test_mcd_is_scaled_mfcc_distance(speech):
     # the signal-level MCD is mcd_from_cepstra of mmllm.audio.mfcc (25 ms / 10 ms, 40 mels)
     # scaled to log-amplitude cepstra (/ (2 sqrt(2 x 40))), c0 dropped

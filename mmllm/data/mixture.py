@@ -57,6 +57,7 @@ class CacheCard:
     deduplicated: bool = False  # runs of repeated units collapsed: no time axis
     # SSL layer features: the hidden_states indices whose [D / L] blocks make up D, in order
     feature_layers: tuple[int, ...] = ()
+    can_decode: bool = False  # the tokenizer turns codes back into audio by itself
 
     @classmethod
     def read(cls, path: str | Path) -> CacheCard:
@@ -74,6 +75,7 @@ class CacheCard:
             float(props.get("bitrate_bps") or 0.0),
             bool(props.get("deduplicated", False)),
             tuple(props.get("feature_layers", ())),
+            bool(props.get("can_decode", False)),
         )
 
 

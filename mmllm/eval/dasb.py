@@ -336,7 +336,8 @@ def _fit(wav: np.ndarray, length: int) -> np.ndarray:
 
 
 def _signal_metrics(task, row, wavs, sample_rate, load, signal) -> tuple[dict, list[tuple]]:
-    """SE: SI-SNRi / STOI / PESQ vs the clean reference; SS: PIT SI-SNRi vs the sources.
+    """SE: SI-SNRi / STOI / PESQ vs the clean reference; SS: PIT SI-SNRi vs the sources; TTS:
+    mel-cepstral distance (DTW-aligned) to the row's audio, the same text in the same voice.
     Also the (reference, decoded answer) pairs dWER compares: SE (clean audio, answer), SS
     (source j, the estimate PIT matched to it), TTS (text, answer)."""
     mixture = load(row["audio"], sample_rate, name=row["id"])
@@ -364,8 +365,11 @@ def _signal_metrics(task, row, wavs, sample_rate, load, signal) -> tuple[dict, l
         values = {"si_snr_improvement": best.si_snr - baseline}
         # estimates[permutation[j]] is matched to sources[j]
         pairs = [(source, wavs[i]) for source, i in zip(sources, best.permutation, strict=True)]
-    else:
-        values, pairs = {}, [(row["text"], wavs[0])]
+    else:  # tts: against the corpus's rendering of the same text and voice, DTW-aligned
+        values = {
+            "mcd_db": metrics.mel_cepstral_distortion(mixture, wavs[0], sample_rate, align="dtw")
+        }
+        pairs = [(row["text"], wavs[0])]
     for name, value in values.items():
         signal.setdefault(name, []).append(value)
     return values, pairs

@@ -425,31 +425,37 @@ def mel_cepstral_distortion(
     sample_rate: int,
     n_mfcc: int = 13,
     dynamic_range_db: float | None = 40.0,
+    align: str = "none",
 ) -> float:
     """MFCC-based mel-cepstral distortion (Kubichek 1993) in dB; 0 for identical spectral
     envelopes, lower is better.
 
-    reference, estimate: [T] of the same length, time-aligned (resynthesis, enhancement; no
-    DTW). Per 10 ms frame (25 ms Hann window), the natural-log power of 40 mel bands goes
-    through the orthonormal DCT-II: `n_mfcc` MFCCs m (as mmllm.audio.mfcc). They are scaled to
-    log-amplitude cepstra, the convention MCD is defined in (ln|H(w)| = c0 + 2 sum_d c_d
-    cos(d w) over the mel axis): c = m / (2 sqrt(2 x 40)), the 2 taking power to amplitude and
-    sqrt(2 x 40) the DCT's normalisation. c0, the frame's level, is left out (a gain alone
-    scores 0); then `mcd_from_cepstra` over c1..c12:
+    reference, estimate: [T] each. align="none": of the same length, time-aligned
+    (resynthesis, enhancement); align="dtw": any lengths (TTS against a rendering of the same
+    text), frames paired along the dynamic-time-warping path of least cepstral distance
+    (`dtw_path`) and MCD averaged over the path. Per 10 ms frame (25 ms Hann window), the
+    natural-log power of 40 mel bands goes through the orthonormal DCT-II: `n_mfcc` MFCCs m
+    (as mmllm.audio.mfcc). They are scaled to log-amplitude cepstra, the convention MCD is
+    defined in (ln|H(w)| = c0 + 2 sum_d c_d cos(d w) over the mel axis): c = m / (2 sqrt(2 x
+    40)), the 2 taking power to amplitude and sqrt(2 x 40) the DCT's normalisation. c0, the
+    frame's level, is left out (a gain alone scores 0); then `mcd_from_cepstra` over c1..c12:
 
         MCD = mean_t (10 / ln 10) * sqrt(2 * sum_{d=1}^{12} (c_td - c'_td)^2)
 
-    Frames where the reference is more than `dynamic_range_db` below its loudest frame
-    (silence; the log of near-silence is noise) are left out, as STOI does; None keeps all.
-    MFCCs are not SPTK mel-cepstra, so values are on the usual scale (a few dB) but compare
-    systems scored here rather than published figures.
+    Frames more than `dynamic_range_db` below their signal's loudest frame (silence; the log
+    of near-silence is noise) are left out, as STOI does (aligned: the reference's frames
+    decide for both); None keeps all. MFCCs are not SPTK mel-cepstra, so values are on the
+    usual scale (a few dB) but compare systems scored here rather than published figures.
     """
     import torch
 
     from mmllm.audio.features import dct_matrix, log_mel
 
+    if align not in ("none", "dtw"):
+        raise ValueError(f"align must be 'none' or 'dtw', got {align!r}")
     ref, est = _signal(reference, "reference"), _signal(estimate, "estimate")
-    _same_length(ref, est, "reference", "estimate")
+    if align == "none":
+        _same_length(ref, est, "reference", "estimate")
     sample_rate = int(sample_rate)
     settings = {"n_fft": round(0.025 * sample_rate), "hop_length": round(0.010 * sample_rate)}
     n_mels = 40
@@ -458,8 +464,47 @@ def mel_cepstral_distortion(
     ]  # [frames, 40] natural-log mel power each
     basis = dct_matrix(n_mels, n_mfcc).double() / (2.0 * np.sqrt(2.0 * n_mels))
     ref_cep, est_cep = (lm @ basis for lm in logs)
-    keep = torch.ones(ref_cep.shape[0], dtype=torch.bool)
-    if dynamic_range_db is not None:
-        level_db = 10.0 / np.log(10.0) * torch.logsumexp(logs[0], dim=1)
-        keep = level_db >= level_db.max() - dynamic_range_db
-    return mcd_from_cepstra(ref_cep[keep, 1:], est_cep[keep, 1:])
+
+    def loud(log_power: torch.Tensor) -> torch.Tensor:
+        if dynamic_range_db is None:
+            return torch.ones(log_power.shape[0], dtype=torch.bool)
+        level_db = 10.0 / np.log(10.0) * torch.logsumexp(log_power, dim=1)
+        return level_db >= level_db.max() - dynamic_range_db
+
+    if align == "none":
+        keep = loud(logs[0])
+        return mcd_from_cepstra(ref_cep[keep, 1:], est_cep[keep, 1:])
+    ref_cep = ref_cep[loud(logs[0]), 1:].numpy()
+    est_cep = est_cep[loud(logs[1]), 1:].numpy()
+    rows, cols = dtw_path(ref_cep, est_cep)
+    return mcd_from_cepstra(ref_cep[rows], est_cep[cols])
+
+
+def dtw_path(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Dynamic time warping of sequences a [N, D] and b [M, D] under Euclidean frame
+    distance, steps (1, 0), (0, 1), (1, 1), from (0, 0) to (N - 1, M - 1) -> the path's frame
+    indices (rows into a, cols into b), in order.
+
+    Example: a = [[0], [1], [3]], b = [[0], [3]] -> rows [0, 1, 2], cols [0, 0, 1] (cost
+    0 + 1 + 0: a's frame 1 is nearer b's frame 0)."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1] or not len(a) or not len(b):
+        raise ValueError(
+            f"dtw_path: need [N, D] and [M, D] with N, M >= 1, got {a.shape}, {b.shape}"
+        )
+    distance = np.sqrt(np.square(a[:, None, :] - b[None, :, :]).sum(axis=2))  # [N, M]
+    n, m = distance.shape
+    cost = np.full((n + 1, m + 1), np.inf)
+    cost[0, 0] = 0.0
+    for i in range(1, n + 1):  # row by row; within a row the (0, 1) step is a running min
+        diagonal_or_up = np.minimum(cost[i - 1, :-1], cost[i - 1, 1:]) + distance[i - 1]
+        row = cost[i]
+        for j in range(1, m + 1):
+            row[j] = min(diagonal_or_up[j - 1], row[j - 1] + distance[i - 1, j - 1])
+    i, j, rows, cols = n, m, [], []
+    while i > 0 and j > 0:  # back from the end along the cheapest predecessor
+        rows.append(i - 1)
+        cols.append(j - 1)
+        step = int(np.argmin([cost[i - 1, j - 1], cost[i - 1, j], cost[i, j - 1]]))
+        i, j = (i - 1, j - 1) if step == 0 else (i - 1, j) if step == 1 else (i, j - 1)
+    return np.array(rows[::-1]), np.array(cols[::-1])

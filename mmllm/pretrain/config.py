@@ -43,7 +43,13 @@ class TokenizerSection:
     input_overrides:  dotted overrides of that config, e.g. ["codebook_size=64"]
     output:           tokenizer config for audio it writes (TTS, SE, SS); null = `input`
     cache_dir:        token caches at <cache_dir>/<tokenizer name>-<codes hash> (built when missing)
-    fit_max_frames:   frames sampled to fit a k-means tokenizer that has no centroids"""
+    fit_max_frames:   frames sampled to fit a k-means tokenizer that has no centroids
+    vocoder:          token vocoder config (YAML, configs/vocoder/) trained for the output
+                      tokens when their tokenizer cannot decode audio itself (mfcc-kmeans,
+                      SSL k-means) and the mixture has audio answers (TTS, SE, SS): trained
+                      once at <vocoder_dir>/<tokenizer name>-<hash>, packaged with the
+                      checkpoint; null = none (audio answers stay codes)
+    vocoder_overrides: dotted overrides of that config, e.g. ["steps=1500"]"""
 
     input: str = "configs/tokenizers/mfcc-kmeans.yaml"
     input_overrides: list[str] = dataclasses.field(default_factory=list)
@@ -51,6 +57,9 @@ class TokenizerSection:
     output_overrides: list[str] = dataclasses.field(default_factory=list)
     cache_dir: str = "data/tokens"
     fit_max_frames: int = 500_000
+    vocoder: str | None = "configs/vocoder/mfcc-kmeans.yaml"
+    vocoder_overrides: list[str] = dataclasses.field(default_factory=lambda: ["steps=1500"])
+    vocoder_dir: str = "runs/vocoders"
 
 
 @config_dataclass

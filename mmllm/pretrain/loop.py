@@ -49,6 +49,7 @@ from mmllm.pretrain.distributed import (
     prepare_deepspeed_environment,
     whole_model_loading,
 )
+from mmllm.pretrain.examples import write_examples
 from mmllm.pretrain.schedule import count_targets, micro_batches
 from mmllm.pretrain.steps import evaluate, token_loss_sum
 from mmllm.training.checkpoints import (
@@ -322,6 +323,12 @@ def train(cfg: PretrainConfig, accelerator: Any, ds_path: str | None, dtype: tor
         plot_curves(run_dir)
         print(format_summary(summary, cfg.train.steps))
         print(f"checkpoint (HF format): {export_dir}")
+        # ready-to-run prompts on test clips; TTS where the output tokens become audio
+        speaks = bool(run.tokenizer_configs["output"].vocoder) or run.caches.output.can_decode
+        speaker = (run.answers.get("tts_speakers") or [None])[0] if speaks else None
+        sources = [s for s, weight in cfg.data.mixture.items() if weight > 0]
+        corpus = Path(cfg.corpus.path)
+        print("\n".join(write_examples(run_dir, corpus, export_dir, sources, speaker)))
     return 0
 
 

@@ -54,10 +54,15 @@ class SegmentSampler:
             self.datasets.append(rows.select_columns(["id", "audio"]))
             self.row_speakers.append(rows["speaker"])
             self.caches.append(cached)
+            entries = cached.entries
             self.items += [
                 (t, row, key, frames)
-                for (row, stream, _, frames), key in zip(
-                    cached.entries.tolist(), cached.entry_keys(), strict=True
+                for row, stream, frames, key in zip(
+                    entries["row"].tolist(),
+                    entries["stream"].tolist(),
+                    entries["frames"].tolist(),
+                    cached.entry_keys(),
+                    strict=True,
                 )
                 if stream == 0 and frames >= cfg.segment_frames  # stream 0: the row's audio
             ]

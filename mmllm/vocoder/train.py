@@ -107,6 +107,7 @@ def train_vocoder(
     *,
     progress: bool = True,
     stop_after: int | None = None,
+    other_processes_wait: bool = False,
 ) -> list[dict[str, float]]:
     """Train a vocoder for `tokenizer_cfg`'s codes in cache_dir (built from data_dir) and
     export it to out_dir (vocoder.safetensors + vocoder.json).
@@ -115,6 +116,8 @@ def train_vocoder(
     RNG, step, and the discriminators with their optimizer when `cfg.adversarial` is set):
     the losses of a resumed run equal those of one that never stopped.
     `stop_after` (tests) returns after that step without exporting, like a kill would.
+    `other_processes_wait`: a launch of several processes calls it from the main one only
+    (the pretraining pipeline), the others waiting.
     One writer per out_dir (a second raises LockedError).
     Returns the per-step records of the steps run by this call (also in metrics.jsonl).
     """
@@ -125,7 +128,7 @@ def train_vocoder(
         from mmllm.config import save_config
 
         state = PartialState(cpu=not torch.cuda.is_available())
-        if state.num_processes > 1:
+        if state.num_processes > 1 and not other_processes_wait:
             raise RuntimeError(
                 f"train_vocoder runs in one process, got {state.num_processes}; launch it with "
                 f"python or accelerate launch --num_processes 1"
