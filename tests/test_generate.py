@@ -449,6 +449,10 @@ def test_cli_errors_are_one_line_and_exit_2(checkpoint, capsys, tmp_path):
     (tmp_path / "bad.wav").write_text("not audio")
     empty = tmp_path / "empty"
     empty.mkdir()
+    pairs = tmp_path / "pairs.txt"
+    pairs.write_text(f"{checkpoint / 'a.wav'} {checkpoint / 'b.wav'}\nonly-one.wav\n")
+    listing = tmp_path / "listed.txt"
+    listing.write_text("gone.wav\n")
     no_vocab = tmp_path / "no_vocab"
     shutil.copytree(final, no_vocab)
     (no_vocab / "mmllm_vocab.json").unlink()
@@ -480,6 +484,9 @@ def test_cli_errors_are_one_line_and_exit_2(checkpoint, capsys, tmp_path):
             "none.txt: cannot read it",
             "",
         ),
+        (["ks", "--text-file", tmp_path / "bad.wav"], "only tts speaks text", ""),
+        (["sv", pairs], "pairs.txt:2: expected ENROLLMENT TRIAL", "'only-one.wav'"),
+        (["ks", listing], "listed.txt:1: ", "gone.wav: file not found"),
         (["tts", "hi", "--speaker", "nobody", "--out", tmp_path / "o.wav"], "'nobody'", "spk1"),
         (["ks", checkpoint / "a.wav", "--allowed", "up", "zzz"], "['zzz']: not ks labels", ""),
         (["asr", checkpoint / "a.wav", "--allowed", ""], "--allowed: empty answer", ""),

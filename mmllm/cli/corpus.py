@@ -81,7 +81,10 @@ def convert(argv: Sequence[str] | None = None) -> int:
                 )
             cfg = load_config(CorpusConfig, args.config, args.overrides)
             # rows stream to Arrow files in a scratch folder beside OUT, then are saved
-            # beside the resolved config, atomically: a failed run leaves no half corpus
+            # beside the resolved config, atomically: a failed run leaves no half corpus;
+            # a killed run's scratch folder goes first (we hold OUT's lock)
+            for stale in out.parent.glob(f".{out.name}.convert-*"):
+                shutil.rmtree(stale, ignore_errors=True)
             work = out.with_name(f".{out.name}.convert-{os.getpid()}")
             try:
                 work.mkdir(parents=True)

@@ -40,12 +40,13 @@ def write_examples(
         rows = load_task(corpus, "ks")["test"]
         folder = out / "ks"
         folder.mkdir(exist_ok=True)
-        step = max(1, len(rows) // KS_CLIPS)
-        expected = []
-        for i in range(0, min(len(rows), step * KS_CLIPS), step):
-            row = rows[i]
-            _clip(folder / f"{i:04d}.wav", row)
-            expected.append(row["label"])
+        expected: list[str] = []  # the first clips of KS_CLIPS different labels
+        for i, label in enumerate(rows["label"]):
+            if label not in expected:
+                _clip(folder / f"{len(expected)}-{label}.wav", rows[i])
+                expected.append(label)
+            if len(expected) == KS_CLIPS:
+                break
         lines.append(f"  {command} ks {folder}    # {' '.join(expected)} (a line per clip)")
     if "ic" in sources:
         row = load_task(corpus, "ic")["test"][0]

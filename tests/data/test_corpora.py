@@ -156,6 +156,12 @@ def test_cli_writes_dataset_dict(tmp_path, capsys):
     assert load_config(CorpusConfig, out / "config.yaml").path == str(path)
     assert main(["name=librispeech", "path=x", "splits.dev=a", "--out", str(out)]) == 2
     assert "unknown split" in capsys.readouterr().err
+    # a killed run's scratch folder (its rows streamed there) goes with the next run
+    stale = tmp_path / ".out.convert-999999"
+    (stale / "x").mkdir(parents=True)
+    args = ["name=librispeech", f"path={path}", "splits.train=train", "--out", str(out)]
+    assert main([*args, "--num-proc", "2"]) == 0
+    assert not stale.exists() and not list(tmp_path.glob(".out.convert-*"))
 
 
 # ----------------------------------------------------------------------------- errors
