@@ -5,10 +5,12 @@
         --config configs/pretrain/X.yaml train.steps=1000
     torchrun --nproc_per_node 2 train/pretrain.py train.deepspeed=null   # DDP on CPU
 
-With no arguments it runs the embedded default offline on a CPU: SynthDASB `small` is
-built (data/synthdasb-small), the `mfcc-kmeans` tokenizer is fitted and every row's audio
-is tokenized once (data/tokens/mfcc-kmeans), each step cached on disk; then a 4M-parameter
-Llama with a SentencePiece text vocabulary is trained from scratch under DeepSpeed ZeRO-2.
+With no arguments it runs the embedded default offline on a CPU (configs/pretrain/default.yaml):
+SynthDASB `small` with GRID's 51-word sentences is built (data/synthdasb-small-grid), the
+CMVN delta mfcc-kmeans units are fitted, every row's audio is tokenized once
+(data/tokens/mfcc-kmeans-<hash>) and a token vocoder is trained for the audio answers, each
+step cached on disk; then a 4M-parameter Llama with a SentencePiece text vocabulary is trained
+from scratch under DeepSpeed ZeRO-2, and the job ends printing prompt commands to try.
 
 The job itself is `mmllm.pretrain.loop` (also `mmllm pretrain`); this script only launches it.
 """

@@ -30,11 +30,12 @@ AUDIO_INPUTS = ("discrete", "continuous", "summed")
 @config_dataclass
 class CorpusSection:
     """path:        a SynthDASB-layout directory (one DatasetDict per task)
-    synth_size:  build SynthDASB of this size (tiny, small, full) at `path` when it is
-                 missing; null: `path` must already exist (real corpora, mmllm.corpora.convert)"""
+    synth_size:  build SynthDASB at `path` when it is missing: a preset (tiny, small, full)
+                 or a synth config file (configs/synth/*.yaml); null: `path` must already
+                 exist (real corpora, mmllm.corpora.convert)"""
 
-    path: str = "data/synthdasb-small"
-    synth_size: str | None = "small"
+    path: str = "data/synthdasb-small-grid"
+    synth_size: str | None = "configs/synth/small-grid.yaml"
 
 
 @config_dataclass
@@ -51,14 +52,14 @@ class TokenizerSection:
                       checkpoint; null = none (audio answers stay codes)
     vocoder_overrides: dotted overrides of that config, e.g. ["steps=1500"]"""
 
-    input: str = "configs/tokenizers/mfcc-kmeans.yaml"
+    input: str = "configs/tokenizers/mfcc-kmeans-deltas.yaml"
     input_overrides: list[str] = dataclasses.field(default_factory=list)
     output: str | None = None
     output_overrides: list[str] = dataclasses.field(default_factory=list)
     cache_dir: str = "data/tokens"
     fit_max_frames: int = 500_000
-    vocoder: str | None = "configs/vocoder/mfcc-kmeans.yaml"
-    vocoder_overrides: list[str] = dataclasses.field(default_factory=lambda: ["steps=1500"])
+    vocoder: str | None = "configs/vocoder/mfcc-kmeans-main-job.yaml"
+    vocoder_overrides: list[str] = dataclasses.field(default_factory=list)
     vocoder_dir: str = "runs/vocoders"
 
 
@@ -179,7 +180,7 @@ class TrainSection:
     cpu_threads:       torch threads per process on CPU; null = the cores / local processes
                        (`accelerate launch` alone would leave every process 1 thread)"""
 
-    steps: int = 240
+    steps: int = 360
     micro_batch_size: int = 4
     grad_accum: int = 2
     seed: int = 0

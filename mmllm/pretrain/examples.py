@@ -8,6 +8,7 @@ with the answers the corpus says are right.
 from __future__ import annotations
 
 import shlex
+import shutil
 from pathlib import Path
 
 from mmllm.audio.io import decode_audio_value, write_wav
@@ -39,7 +40,8 @@ def write_examples(
     if "ks" in sources:
         rows = load_task(corpus, "ks")["test"]
         folder = out / "ks"
-        folder.mkdir(exist_ok=True)
+        shutil.rmtree(folder, ignore_errors=True)  # the folder is one prompt: only these clips
+        folder.mkdir()
         expected: list[str] = []  # the first clips of KS_CLIPS different labels
         for i, label in enumerate(rows["label"]):
             if label not in expected:

@@ -145,8 +145,13 @@ def prepare_corpus(cfg: PretrainConfig, accelerator: Any) -> Path:
     if cfg.corpus.synth_size:
         from mmllm.synth.build import SynthConfig, build
 
+        synth = cfg.corpus.synth_size
+        if synth.endswith((".yaml", ".yml")):  # a synth config file, else a preset name
+            synth_cfg = load_config(SynthConfig, synth)
+        else:
+            synth_cfg = SynthConfig.from_name(synth)
         if accelerator.is_main_process:
-            build(SynthConfig.from_name(cfg.corpus.synth_size), corpus)
+            build(synth_cfg, corpus)
         accelerator.wait_for_everyone()
     elif not corpus.is_dir():
         raise FileNotFoundError(
