@@ -2,8 +2,9 @@
 
     python bench/data_scale.py [--scales 1,4,16,64] [--codebooks 1,8] [--old-max-scale 4]
 
-Builds, under runs/data_scale/, corpora of 1x, 4x, 16x and 64x SynthDASB small's training
-rows (the rows repeated with new ids; valid and test as they are; no audio columns: training
+Builds, under runs/data_scale/, corpora of 1x, 4x, 16x and 64x the default config's corpus's
+training rows (the committed JSON: SynthDASB small with its 1252-word sentences, the default
+until 2026-12-06) (the rows repeated with new ids; valid and test as they are; no audio columns: training
 reads none) and token caches in the real on-disk format with random codes, the real cache's
 frame count for every entry, and 1 or 8 codebooks. Then one fresh process per measurement
 runs, with the default mixture and model:
