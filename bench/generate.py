@@ -254,8 +254,8 @@ def cli_calls(args) -> dict:
     against one call per clip (each a fresh process, as a user's shell loop would be)."""
     import subprocess
 
-    from mmllm.audio.io import decode_audio_value, write_wav
     from mmllm.corpus.reader import load_task
+    from mmllm.pretrain.examples import write_clip
 
     clips = Path("runs/bench_generate/clips")
     clips.mkdir(parents=True, exist_ok=True)
@@ -264,7 +264,7 @@ def cli_calls(args) -> dict:
     for row in rows:
         path = clips / f"{row['id']}.wav"
         if not path.is_file():
-            write_wav(path, decode_audio_value(row["audio"], 16000), 16000)
+            write_clip(path, row)
         paths.append(str(path))
     command = ["mmllm", "generate", "--checkpoint", str(args.checkpoint), "ks"]
 

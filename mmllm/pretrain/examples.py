@@ -18,7 +18,8 @@ EXAMPLES_DIR = "examples"
 KS_CLIPS = 4  # a directory of clips: one batched call, a line per clip
 
 
-def _clip(path: Path, row: dict) -> Path:
+def write_clip(path: Path, row: dict) -> Path:
+    """A corpus row's input audio as a 16 kHz WAV at `path` -> path."""
     write_wav(path, decode_audio_value(row["audio"], 16000, name=row["id"]), 16000)
     return path
 
@@ -35,7 +36,7 @@ def write_examples(
     lines = ["Try the model on test clips of voices it never heard (expected answers after #):"]
     if "asr" in sources:
         row = load_task(corpus, "asr")["test"][0]
-        clip = _clip(out / "asr.wav", row)
+        clip = write_clip(out / "asr.wav", row)
         lines.append(f"  {command} asr {clip}    # {row['text']}")
     if "ks" in sources:
         rows = load_task(corpus, "ks")["test"]
@@ -45,14 +46,14 @@ def write_examples(
         expected: list[str] = []  # the first clips of KS_CLIPS different labels
         for i, label in enumerate(rows["label"]):
             if label not in expected:
-                _clip(folder / f"{len(expected)}-{label}.wav", rows[i])
+                write_clip(folder / f"{len(expected)}-{label}.wav", rows[i])
                 expected.append(label)
             if len(expected) == KS_CLIPS:
                 break
         lines.append(f"  {command} ks {folder}    # {' '.join(expected)} (a line per clip)")
     if "ic" in sources:
         row = load_task(corpus, "ic")["test"][0]
-        clip = _clip(out / "ic.wav", row)
+        clip = write_clip(out / "ic.wav", row)
         lines.append(f"  {command} ic {clip}    # {row['label']}")
     if "tts" in sources and speaker:
         text = shlex.quote(load_task(corpus, "tts")["test"][0]["text"])

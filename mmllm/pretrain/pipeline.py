@@ -32,6 +32,7 @@ from mmllm.data.mixture import (
     LM_ROWS_TASK,
     SOURCES,
     WORD_TIMED_SOURCES,
+    CacheCard,
     DrawRenderer,
     TokenCaches,
     eval_documents,
@@ -197,12 +198,13 @@ def prepare_tokens(
 def prepare_vocoder(
     cfg: PretrainConfig,
     tokenizer_cfg: TokenizerConfig,
-    cache: Path,
+    card: CacheCard,
     corpus: Path,
     accelerator: Any,
 ) -> TokenizerConfig:
     """The output tokenizer config, with a token vocoder when the run answers in audio and
-    the tokenizer cannot decode: trained on its token cache by the main process (cached at
+    its cache's card says the tokenizer cannot decode (no weights are loaded to ask):
+    trained on that token cache by the main process (cached at
     <vocoder_dir>/<name>-<hash of the codes and the vocoder config>, resumable) while the
     others wait."""
     import hashlib
@@ -210,7 +212,6 @@ def prepare_vocoder(
     from mmllm.config import config_hash
     from mmllm.corpus.reader import corpus_tasks
     from mmllm.data.cache import codes_hash
-    from mmllm.tokenizers.registry import build_tokenizer
     from mmllm.tokenizers.vocoder import VocoderConfig
     from mmllm.vocoder.train import train_vocoder
 
@@ -218,8 +219,7 @@ def prepare_vocoder(
     answers_in_audio = any(cfg.data.mixture.get(task, 0) > 0 for task in AUDIO_ANSWER_TASKS)
     if section.vocoder is None or tokenizer_cfg.vocoder or not answers_in_audio:
         return tokenizer_cfg
-    tokenizer = build_tokenizer(tokenizer_cfg)
-    if tokenizer.can_decode or tokenizer.continuous or tokenizer_cfg.deduplicate:
+    if card.can_decode or card.continuous or card.deduplicated:
         return tokenizer_cfg
     vocoder_cfg = load_config(VocoderConfig, section.vocoder, section.vocoder_overrides)
     present = corpus_tasks(corpus, vocoder_cfg.tasks)  # the corpus's tasks among the config's
@@ -227,7 +227,7 @@ def prepare_vocoder(
     digest = hashlib.sha256(f"{codes_hash(tokenizer_cfg)}:{config_hash(vocoder_cfg)}".encode())
     out = Path(section.vocoder_dir) / f"{tokenizer_cfg.name}-{digest.hexdigest()[:10]}"
     if accelerator.is_main_process:
-        train_vocoder(vocoder_cfg, tokenizer_cfg, corpus, cache, out, other_processes_wait=True)
+        train_vocoder(vocoder_cfg, tokenizer_cfg, corpus, card.path, out, other_processes_wait=True)
     accelerator.wait_for_everyone()
     return replace(tokenizer_cfg, vocoder=str(out))
 
@@ -394,7 +394,7 @@ def prepare_run(cfg: PretrainConfig, accelerator: Any) -> PreparedRun:
             )
     caches = TokenCaches.open(input_cache, output_cache)
     check_caches_fit(cfg, caches)
-    output_cfg = prepare_vocoder(cfg, output_cfg, output_cache, corpus, accelerator)
+    output_cfg = prepare_vocoder(cfg, output_cfg, caches.output, corpus, accelerator)
     hf_tokenizer = text_tokenizer(cfg, corpus, accelerator)
     vocab = build_vocab(cfg, hf_tokenizer, caches)
     renderer = TemplateRenderer(
