@@ -589,6 +589,56 @@ def test_summed_input_run_trains_exports_loads_and_generates(tiny_tokens, tmp_pa
     assert err == "" and out.count("\n") == 1
 
 
+@pytest.mark.parametrize("pattern", ["delay", "depth"])
+def test_multi_stream_pattern_trains_exports_reloads_and_speaks(
+    tiny_tokens, tmp_path, capsys, pattern
+):
+    """data.pattern delay / depth on a 2-codebook mel-rvq (in and out): train until the
+    losses fall, export the LLM with its codebook weights and audio heads, reload them,
+    evaluate TTS and KS through dasb, and prompt TTS from the command line."""
+    import soundfile
+
+    from mmllm.cli.evaluate import generate as main
+    from mmllm.eval.dasb import evaluate_checkpoint
+    from mmllm.eval.prompting import Checkpoint
+    from mmllm.modeling.multicodebook import AUDIO_HEADS_CONFIG, MultiCodebookLM
+
+    run_dir = tmp_path / pattern
+    overrides = [
+        f"data.pattern={pattern}",
+        f"tokenizers.input={ROOT / 'configs/tokenizers/mel-rvq.yaml'}",
+        f"tokenizers.input_overrides=[num_codebooks=2, codebook_size=16, centroids={tmp_path / 'rvq'}]",
+        f"tokenizers.cache_dir={tmp_path / 'tokens'}",
+        "tokenizers.fit_max_frames=2000",
+        "model.depth.hidden_size=16",
+        "model.depth.num_heads=2",
+        "model.depth.num_layers=1",
+        "data.mixture={ks: 1, tts: 1, audio: 0.5}",
+        "train.checkpoint_every=0",
+    ]
+    train_until_losses_fall(tiny_tokens, run_dir, overrides)
+    final = run_dir / "final"
+    heads = json.loads((final / AUDIO_HEADS_CONFIG).read_text())
+    assert heads["kind"] == pattern and heads["num_codebooks"] == 2
+    checkpoint = Checkpoint.open(final)
+    model = checkpoint.load_model()
+    assert isinstance(model, MultiCodebookLM) and model.pattern == pattern
+    assert model.projector.embedding is model.lm.get_input_embeddings()
+    report = evaluate_checkpoint(final, ["ks", "tts"], tmp_path / "eval", limit=2)
+    tts = report["tasks"]["tts"]
+    assert tts["rows"] == 2 and tts["length_ratio"] > 0, tts
+    speaker = checkpoint.answers["tts_speakers"][0]
+    out = tmp_path / "said.wav"
+    capsys.readouterr()
+    assert (
+        main(["--checkpoint", str(final), "tts", "yes", "--speaker", speaker, "--out", str(out)])
+        == 0
+    )
+    assert capsys.readouterr().out.startswith("wrote ")
+    audio, rate = soundfile.read(out)
+    assert rate == 16000 and len(audio) > 0
+
+
 def test_summed_input_over_a_features_cache_fails_clearly(tiny_tokens, tmp_path):
     overrides = [
         "audio_input=summed",

@@ -185,13 +185,13 @@ def test_config_checks_name_the_key():
     check_pretrain_config(cfg)  # the embedded default is valid
     cfg.data.mixture = {"asr": 1.0, "podcasts": 2.0}
     cfg.train.steps = 0
-    cfg.data.pattern = "delay"
+    cfg.data.pattern = "weave"
     with pytest.raises(ValueError) as err:
         check_pretrain_config(cfg)
     message = str(err.value)
     assert "data.mixture: unknown source(s) ['podcasts']" in message
     assert "train.steps: must be >= 1" in message
-    assert "data.pattern: 'delay'" in message
+    assert "data.pattern: 'weave'" in message
 
 
 def test_audio_input_checks_name_the_key():

@@ -23,10 +23,17 @@ right by k steps, and the steps before the shift and after the end hold `fill`
                [-1, b0, b1, b2]]                            shape [K, F + K - 1]
     revert -> [[a0, a1, a2], [b0, b1, b2]]                  shape [K, F] (fills dropped)
 
-The model side of `delay` is `mmllm.experimental.multistream`: `audio_stream_rows` turns this span into
-per-step rows `[F + K - 1, K]` (fill = `<|pad_audio|>`), `build_stream_sequence` mixes them
-with text rows, and `MultiStreamLM` reads the K streams (learned softmax mix of the K input
-embeddings) and writes them (K output heads). Templates stay single-stream.
+`depth` (Moshi / Sesame CSM) -- one model step per frame holding all K codes: the backbone
+reads the frame's K embeddings summed and predicts codebook 0 of the next frame; a small
+depth transformer predicts codebooks 1..K-1 of that frame from the backbone's state:
+
+    build  -> [[a0, a1, a2], [b0, b1, b2]]                  shape [K, F]
+    revert -> [[a0, a1, a2], [b0, b1, b2]]                  shape [K, F]
+
+`delay` and `depth` are the multi-stream patterns (`MULTI_STREAM`): the templates render one
+`<|audio_embed|>` placeholder per step and hand over the step's K ids as a row of
+`Rendered.features` (`build(...).T`, `[steps, K]`); `mmllm.modeling.multicodebook` embeds and
+predicts them.
 
 `first` -- codebook 0 only, one stream of F tokens. Lossy for K > 1: revert gives back only
 codebook 0, as `[1, F]`, whatever `num_codebooks` is:
@@ -35,7 +42,7 @@ codebook 0, as `[1, F]`, whatever `num_codebooks` is:
     revert -> [[a0, a1, a2]]                                shape [1, F]
 
 `sequence_length(F, K)` is the number of model steps: the last dimension of `build`'s output
-(F * K, F + K - 1, F).
+(F * K, F + K - 1, F, F).
 """
 
 from __future__ import annotations
@@ -44,7 +51,10 @@ from abc import ABC, abstractmethod
 
 import torch
 
-PATTERNS = ("flatten", "delay", "first")
+PATTERNS = ("flatten", "delay", "first", "depth")
+
+
+MULTI_STREAM = ("delay", "depth")  # K ids per model step (one placeholder + a row of K ids)
 
 
 def _check_codes(codes: torch.Tensor) -> tuple[int, int]:
@@ -93,7 +103,7 @@ class CodebookPattern(ABC):
 
     @abstractmethod
     def num_streams(self, num_codebooks: int) -> int:
-        """Parallel token streams per step: K for `delay`, 1 otherwise."""
+        """Parallel token streams per step: K for `delay` and `depth`, 1 otherwise."""
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r})"
@@ -180,10 +190,39 @@ class FirstPattern(CodebookPattern):
         return 1
 
 
+class DepthPattern(CodebookPattern):
+    """One step per frame with all K codes (a depth transformer writes codebooks 1..K-1):
+    `[K, F]` -> `[K, F]`, the identity layout."""
+
+    name = "depth"
+
+    def build(self, codes: torch.Tensor, fill: int) -> torch.Tensor:
+        _check_codes(codes)
+        return codes.clone()
+
+    def revert(self, tokens: torch.Tensor, num_codebooks: int) -> torch.Tensor:
+        _check_tokens(tokens, 2, "[K, F]")
+        _check_counts(0, num_codebooks)
+        if tokens.shape[0] != num_codebooks:
+            raise ValueError(
+                f"depth tokens must be [K, F] with K = {num_codebooks}, "
+                f"got shape {tuple(tokens.shape)}"
+            )
+        return tokens.clone()
+
+    def sequence_length(self, num_frames: int, num_codebooks: int) -> int:
+        _check_counts(num_frames, num_codebooks)
+        return num_frames
+
+    def num_streams(self, num_codebooks: int) -> int:
+        return num_codebooks
+
+
 _REGISTRY: dict[str, type[CodebookPattern]] = {
     "flatten": FlattenPattern,
     "delay": DelayPattern,
     "first": FirstPattern,
+    "depth": DepthPattern,
 }
 
 

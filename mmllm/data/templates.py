@@ -22,8 +22,12 @@ placeholder per frame, <|audio_end|>, with `Rendered.features` holding one row p
 placeholder, in order: the stacked feature frames [n, D * feature_stack] (float32), or the
 vocab ids of each frame's K codes [n, K] (int64) whose embeddings are summed. Audio answers
 are always tokens of the output tokenizer. Codes are laid out by a codebook pattern
-(`flatten` or `first`; `delay` needs the multi-stream model and is refused here). The same
-`render` without its target is the generation prompt (eval/dasb.py, mmllm.eval.generation).
+(mmllm.data.patterns): `flatten` and `first` as tokens; the multi-stream patterns `delay` and
+`depth` lay out every audio span, input and answer, as one <|audio_embed|> placeholder per
+step whose row in `Rendered.features` is the step's K vocab ids ([steps, K] int64, delay gaps
+= <|pad_audio|>; mmllm.modeling.multicodebook), so input and output tokenizer must have the
+same K. The same `render` without its target is the generation prompt (eval/dasb.py,
+mmllm.eval.generation).
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ import numpy as np
 import torch
 
 from mmllm.data.packing import Document
-from mmllm.data.patterns import get_pattern
+from mmllm.data.patterns import MULTI_STREAM, get_pattern
 from mmllm.data.vocab import MultimodalVocab
 
 CodesLookup = Callable[[str], np.ndarray]  # key ("<id>" or "<id>#ref<j>") -> codes [K, F]
@@ -62,6 +66,15 @@ class Rendered:
     target: list[int]
     loss_on_prompt: bool = False  # True for LM documents: every token is a target
     features: np.ndarray | None = None  # one row per <|audio_embed|>, in order (see above)
+    prompt_rows: int = 0  # how many of them belong to the prompt (the rest: the target's)
+
+    @property
+    def prompt_features(self) -> np.ndarray | None:
+        """The rows of the prompt's placeholders: what generation is given (a `delay` /
+        `depth` audio answer has rows of its own, which the model is to write)."""
+        if self.features is None or not self.prompt_rows:
+            return None
+        return self.features[: self.prompt_rows]
 
     @property
     def input_ids(self) -> list[int]:
@@ -91,10 +104,6 @@ class TemplateRenderer:
         audio_input: str = "discrete",
         feature_stack: int = 1,
     ) -> None:
-        if pattern == "delay":
-            raise ValueError(
-                "pattern 'delay' needs the multi-stream model; templates lay out flatten or first"
-            )
         self.vocab = vocab
         self.text_tokenizer = text_tokenizer
         self.input_tokenizer = input_tokenizer
@@ -109,6 +118,19 @@ class TemplateRenderer:
             discrete.append(self.input_tokenizer)
         for name in discrete:
             vocab.block(name)  # fails early, naming the tokenizer, if the vocab lacks it
+        self.multi_stream = pattern in MULTI_STREAM
+        if self.multi_stream:
+            if audio_input == "continuous":
+                raise ValueError(
+                    f"pattern {pattern!r} writes rows of codes; continuous input writes rows "
+                    "of features: use discrete or summed input"
+                )
+            widths = {name: vocab.block(name).num_codebooks for name in discrete}
+            if len(set(widths.values())) > 1:
+                raise ValueError(
+                    f"pattern {pattern!r} needs input and output tokenizers with the same "
+                    f"number of codebooks, got {widths}"
+                )
 
     # ------------------------------------------------------------------ pieces
 
@@ -125,8 +147,20 @@ class TemplateRenderer:
         return self.pattern.build(ids, fill=self.vocab.pad_audio_id).reshape(-1).tolist()
 
     def audio(self, codes: np.ndarray, tokenizer: str) -> list[int]:
-        """AUDIO(x) as tokens: <|audio_start|> ids <|audio_end|>."""
+        """AUDIO(x) as tokens: <|audio_start|> ids <|audio_end|>; for `delay` / `depth`, one
+        placeholder per step, the step rows [steps, K] collected for `Rendered.features`."""
+        if self.multi_stream:
+            grid = self.pattern.build(
+                self.audio_grid(codes, tokenizer), fill=self.vocab.pad_audio_id
+            )
+            return self._placeholders(grid.T.numpy())
         inner = self.audio_tokens(codes, tokenizer)
+        return [self.vocab.audio_start_id, *inner, self.vocab.audio_end_id]
+
+    def _placeholders(self, rows: np.ndarray) -> list[int]:
+        """<|audio_start|> + one <|audio_embed|> per row + <|audio_end|>; rows kept in order."""
+        self._features.append(rows)
+        inner = [self.vocab.audio_embed_id] * len(rows)
         return [self.vocab.audio_start_id, *inner, self.vocab.audio_end_id]
 
     def input_audio(self, codes: np.ndarray) -> list[int]:
@@ -138,9 +172,7 @@ class TemplateRenderer:
             rows = self.audio_grid(codes, self.input_tokenizer).T.numpy()  # [F, K]
         else:
             rows = stack_frames(codes, self.feature_stack)
-        self._features.append(rows)
-        inner = [self.vocab.audio_embed_id] * len(rows)
-        return [self.vocab.audio_start_id, *inner, self.vocab.audio_end_id]
+        return self._placeholders(rows)
 
     def _with_features(self, rendered: Rendered) -> Rendered:
         """Attach (and reset) the placeholder rows collected while rendering one row (their
@@ -157,7 +189,9 @@ class TemplateRenderer:
     ) -> Rendered:
         """One corpus row of its task -> Rendered (loss on the target only)."""
         self._features = []
-        return self._with_features(self._render(row, input_codes, output_codes))
+        rendered = self._with_features(self._render(row, input_codes, output_codes))
+        rendered.prompt_rows = rendered.prompt.count(self.vocab.audio_embed_id)
+        return rendered
 
     def _render(
         self, row: dict, input_codes: CodesLookup, output_codes: CodesLookup | None
@@ -201,6 +235,12 @@ class TemplateRenderer:
         self, kind: str, row: dict, input_codes: CodesLookup, seed: int | str = 0
     ) -> Rendered:
         """An unconditional document from a row with speech: text, audio or interleaved."""
+        self._features = []
+        return self._with_features(self._lm_document(kind, row, input_codes, seed))
+
+    def _lm_document(
+        self, kind: str, row: dict, input_codes: CodesLookup, seed: int | str
+    ) -> Rendered:
         v = self.vocab
         if self.audio_input != "discrete" and kind != "text":
             raise ValueError(

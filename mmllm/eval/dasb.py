@@ -173,10 +173,10 @@ def listening(model: Any, data: EvalData, task: str, rows: list[dict], rendered:
         swapped.append(data.renderer.render(row, lookup, outputs))
     targets = [r.target for r in rendered]
     own = score_answers(
-        model, [r.prompt for r in rendered], targets, [r.features for r in rendered]
+        model, [r.prompt for r in rendered], targets, [r.prompt_features for r in rendered]
     )
     other = score_answers(
-        model, [r.prompt for r in swapped], targets, [r.features for r in swapped]
+        model, [r.prompt for r in swapped], targets, [r.prompt_features for r in swapped]
     )
     answer_tokens = sum(len(t) for t in targets)
     return {
@@ -246,7 +246,7 @@ def text_breakdown(
 def _sv_task(model, data, rows) -> tuple[dict, list[dict]]:
     checkpoint = data.checkpoint
     rendered = data.prompts("sv", rows)
-    prompts, features = [r.prompt for r in rendered], [r.features for r in rendered]
+    prompts, features = [r.prompt for r in rendered], [r.prompt_features for r in rendered]
     eos = checkpoint.vocab.eos_task_id
     encode = lambda text: list(checkpoint.tokenizer.encode(text, add_special_tokens=False)) + [eos]  # noqa: E731
     yes = score_answers(model, prompts, [encode(SV_ANSWERS["same"])] * len(prompts), features)
@@ -271,8 +271,6 @@ def _audio_task(model, data, task, rows, config, decoder, asr) -> tuple[dict, li
 
     checkpoint = data.checkpoint
     rendered = data.prompts(task, rows)
-    width = checkpoint.vocab.block(checkpoint.output_config.name).num_codebooks
-    width = width if checkpoint.pattern == "flatten" else 1
     spans = AUDIO_ANSWER_SPANS[task]
     # room for the reference answer's length plus half again (the constraint closes spans in time)
     longest = max(len(r.target) for r in rendered)

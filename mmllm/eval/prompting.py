@@ -29,6 +29,7 @@ import torch
 
 from mmllm.config import ConfigError, load_config
 from mmllm.corpus.schema import TASKS
+from mmllm.data.patterns import MULTI_STREAM
 from mmllm.data.templates import SV_ANSWERS, TemplateRenderer
 from mmllm.data.vocab import VOCAB_FILENAME, MultimodalVocab
 from mmllm.eval.generation import (
@@ -66,7 +67,7 @@ def answer_rendered(
         tasks=task,
         grammar=checkpoint.grammar(),
         allowed_texts=allowed,
-        features=[r.features for r in rendered],
+        features=[r.prompt_features for r in rendered],
     )
 
 
@@ -215,6 +216,21 @@ class Checkpoint:
         from mmllm.modeling.model import load_pretrained_multimodal
 
         model, _, _ = load_pretrained_multimodal(self.directory, verify=False)  # open() did
+        if self.pattern in MULTI_STREAM:  # delay / depth: codebook weights + audio heads
+            from mmllm.modeling.continuous import load_projector
+            from mmllm.modeling.multicodebook import load_audio_heads, multicodebook_lm
+
+            weights = load_projector(self.directory, model.get_input_embeddings())
+            heads, config = load_audio_heads(self.directory)
+            return multicodebook_lm(
+                model,
+                self.vocab,
+                self.output_config.name,
+                self.pattern,
+                heads=heads,
+                codebook_weights=weights,
+                frame_fraction=config.get("frame_fraction", 1.0),
+            )
         if self.audio_input != "discrete":
             from mmllm.modeling.continuous import ContinuousInputLM, load_projector
 
@@ -225,8 +241,8 @@ class Checkpoint:
 
 def render_prompt(renderer: TemplateRenderer, row: dict, input_codes: Any) -> Any:
     """The generation prompt of a row that has no target (placeholder target codes/label:
-    `render` builds the whole example; use `.prompt` and, for continuous / summed input,
-    `.features`)."""
+    `render` builds the whole example; use `.prompt` and, for continuous / summed input and
+    the delay / depth patterns, `.prompt_features`)."""
     k = renderer.vocab.block(renderer.output_tokenizer).num_codebooks
     row = {**row, "label": row.get("label") or next(iter(SV_ANSWERS))}
     return renderer.render(row, input_codes, lambda key: np.zeros((k, 1), np.int64))
@@ -248,7 +264,7 @@ def one_line(err: BaseException) -> str:
 def build_prompt(
     checkpoint: Checkpoint, task: str, inputs: Sequence[str], speaker: str | None = None
 ) -> Any:
-    """The rendered prompt (`.prompt` ids, `.features` for continuous / summed input) for
+    """The rendered prompt (`.prompt` ids, `.prompt_features` for placeholder rows) for
     one task from CLI-style inputs: audio file paths (sv: enrollment then trial) or, for
     tts, the text to speak (with `speaker`)."""
     codes: dict[str, np.ndarray] = {}
@@ -390,7 +406,7 @@ def run_cli(args: argparse.Namespace) -> list[str]:
         tasks=task,
         grammar=checkpoint.grammar(),
         allowed_texts=allowed,
-        features=[r.features for r in rendered],
+        features=[r.prompt_features for r in rendered],
     )
     if task in TEXT_ANSWER_TASKS:
         texts = [decode_text(ids, checkpoint.tokenizer, checkpoint.vocab) for ids in answers]

@@ -198,17 +198,30 @@ class CodebookSum(nn.Module):
 
     E is the LLM's input embedding, held by reference and not registered as a submodule:
     its parameters stay the LLM's (no duplicates in `parameters()` or the state dict, which
-    holds `weights` only)."""
+    holds `weights` only).
 
-    def __init__(self, num_codebooks: int, embedding: nn.Module) -> None:
+    `pad_id` (the `delay` pattern's gaps, mmllm.modeling.multicodebook): ids equal to it are
+    left out, the softmax taken over the row's other codebooks; a row with one code embeds
+    as exactly E(id) (its weight is exp(w) / exp(w) = 1), a row of pads only as E(pad)."""
+
+    def __init__(self, num_codebooks: int, embedding: nn.Module, pad_id: int | None = None) -> None:
         super().__init__()
-        self.config = {"kind": "codebook-sum", "num_codebooks": num_codebooks}
+        self.config: dict[str, Any] = {"kind": "codebook-sum", "num_codebooks": num_codebooks}
+        if pad_id is not None:
+            self.config["pad_id"] = pad_id
+        self.pad_id = pad_id
         self.weights = nn.Parameter(torch.zeros(num_codebooks))
         object.__setattr__(self, "embedding", embedding)  # bypasses submodule registration
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         vectors = self.embedding(ids)  # [n, K, width]
-        return torch.einsum("k,nkw->nw", self.weights.softmax(0).to(vectors.dtype), vectors)
+        if self.pad_id is None:
+            return torch.einsum("k,nkw->nw", self.weights.softmax(0).to(vectors.dtype), vectors)
+        present = ids != self.pad_id  # [n, K]
+        present[:, 0] |= ~present.any(-1)
+        logits = self.weights.float().expand(ids.shape).masked_fill(~present, float("-inf"))
+        # elementwise product and sum, not einsum: keeps a one-code row exactly E(id)
+        return (logits.softmax(-1).to(vectors.dtype).unsqueeze(-1) * vectors).sum(1)
 
 
 class ContinuousInputLM(nn.Module):
@@ -274,7 +287,7 @@ def load_projector(directory: str | Path, embedding: nn.Module | None = None) ->
     if kind == "codebook-sum":
         if embedding is None:
             raise ValueError(f"{directory}: a codebook-sum input needs the LLM's input embeddings")
-        projector = CodebookSum(config["num_codebooks"], embedding)
+        projector = CodebookSum(config["num_codebooks"], embedding, config.get("pad_id"))
     else:
         output_rms = config.pop("output_rms", None)  # a record of the init, not a shape
         projector = AudioProjector(**config)

@@ -9,11 +9,13 @@ from typing import Any
 
 import torch
 
+from mmllm.data.patterns import MULTI_STREAM
 from mmllm.data.vocab import MultimodalVocab
 from mmllm.modeling.attention import PACKED_ATTENTION
 from mmllm.modeling.model import resize_model
 from mmllm.pretrain.config import (
     ContinuousSection,
+    DepthSection,
     LoraSection,
     ModelSection,
     OptimSection,
@@ -83,6 +85,9 @@ def wrap_audio_input(
     continuous: ContinuousSection,
     feature_layers: Sequence[int] = (),
     feature_stats: tuple[torch.Tensor, torch.Tensor] | None = None,
+    pattern: str = "flatten",
+    output_tokenizer: str | None = None,
+    depth: DepthSection | None = None,
 ) -> Any:
     """`model` as is for discrete input; else <|audio_embed|> positions take projected
     features (continuous: `num_codebooks` = the feature dimension D; with `feature_layers`,
@@ -90,9 +95,21 @@ def wrap_audio_input(
     softmax-weighted sum of the frame's `num_codebooks` code embeddings (summed).
     `feature_stats` (mean, sd [stack * D] of the training rows) are what the projector
     standardises with under `continuous.input_norm: corpus`; `continuous.output_rms` scales
-    its last layer at initialisation. See mmllm.modeling.continuous."""
+    its last layer at initialisation. See mmllm.modeling.continuous.
+
+    `pattern` delay or depth: a MultiCodebookLM over `output_tokenizer`'s codebooks, whose
+    codebook sum also reads summed input (mmllm.modeling.multicodebook; `depth` sizes the
+    depth transformer)."""
     from mmllm.modeling.continuous import AudioProjector, CodebookSum, ContinuousInputLM
 
+    if pattern in MULTI_STREAM:
+        from mmllm.modeling.multicodebook import multicodebook_lm
+
+        depth = depth or DepthSection()
+        sizes = {k: getattr(depth, k) for k in ("hidden_size", "num_layers", "num_heads")}
+        return multicodebook_lm(
+            model, vocab, output_tokenizer, pattern, sizes, depth.frame_fraction
+        )
     if audio_input == "discrete":
         return model
     embedding = model.get_input_embeddings()

@@ -77,6 +77,18 @@ class LoraSection:
 
 
 @config_dataclass
+class DepthSection:
+    """The depth transformer of `data.pattern: depth` (mmllm.modeling.multicodebook): its
+    width, layers and attention heads; `frame_fraction` of the target frames train it in
+    each batch (Sesame CSM trains its decoder on 1/16 of the frames to save compute)."""
+
+    hidden_size: int = 128
+    num_layers: int = 2
+    num_heads: int = 4
+    frame_fraction: float = 1.0
+
+
+@config_dataclass
 class ModelSection:
     """base:        hub id or local directory of a causal LM (or an mmllm checkpoint) to
                  extend; null = a Llama built from scratch with the sizes below and a
@@ -87,6 +99,7 @@ class ModelSection:
                  a from-scratch model (base null, init not centroids: audio rows at the
                  text rows' 0.02 wash out in the residual stream), null for a pretrained base
     freeze_audio: keep the audio rows at their initial values
+    depth:       the depth transformer of `data.pattern: depth` (DepthSection)
     """
 
     base: str | None = None
@@ -101,6 +114,7 @@ class ModelSection:
     freeze_audio: bool = False
     gradient_checkpointing: bool = False
     lora: LoraSection | None = None
+    depth: DepthSection = dataclasses.field(default_factory=DepthSection)
 
     def resolved_audio_input_rms(self) -> float | None:
         """The scale the audio input rows are drawn at, `auto` resolved; None: they keep `init`."""
@@ -122,7 +136,10 @@ def _default_mixture() -> dict[str, float]:
 
 @config_dataclass
 class DataSection:
-    """pattern:          codebook layout of audio spans (flatten | first)
+    """pattern:          codebook layout of audio spans (mmllm.data.patterns): flatten (K tokens
+                      per frame) | first (codebook 0) | delay (MusicGen: K ids per step,
+                      codebook k k steps late, K heads) | depth (Moshi / CSM: a frame per
+                      step, a depth transformer writes codebooks 1..K-1; `model.depth`)
     block_size:       tokens per packed block; the longest document must fit
     mixture:          source -> passes over its rows per epoch (mmllm.data.mixture)
     eval_per_source:  held-out documents (valid split) per source for the eval loss
@@ -270,7 +287,7 @@ def check_pretrain_config(cfg: PretrainConfig) -> None:
     """Checks that need no files; raises ValueError naming the key."""
     # imported here, not with the config: reading a config must not load torch and the stack
     from mmllm.data.mixture import SOURCES, weighted_sources
-    from mmllm.data.patterns import PATTERNS
+    from mmllm.data.patterns import MULTI_STREAM, PATTERNS
     from mmllm.modeling.continuous import INPUT_NORMS
     from mmllm.modeling.model import INIT_MODES
 
@@ -283,9 +300,23 @@ def check_pretrain_config(cfg: PretrainConfig) -> None:
     negative = sorted(name for name, weight in cfg.data.mixture.items() if weight < 0)
     if negative:
         problems.append(f"data.mixture: negative weight for {negative}")
-    if cfg.data.pattern not in PATTERNS or cfg.data.pattern == "delay":
+    if cfg.data.pattern not in PATTERNS:
+        problems.append(f"data.pattern: {cfg.data.pattern!r}; expected one of {PATTERNS}")
+    if cfg.data.pattern in MULTI_STREAM and cfg.audio_input == "continuous":
         problems.append(
-            f"data.pattern: {cfg.data.pattern!r}; the trainer lays out 'flatten' or 'first'"
+            f"data.pattern: {cfg.data.pattern!r} writes audio answers as rows of codes, "
+            "which continuous input's feature rows cannot share a batch with; use "
+            "audio_input discrete or summed"
+        )
+    depth = cfg.model.depth
+    if depth.hidden_size % max(depth.num_heads, 1) or depth.num_layers < 1 or depth.num_heads < 1:
+        problems.append(
+            f"model.depth: hidden_size {depth.hidden_size} must be a multiple of num_heads "
+            f"{depth.num_heads}, num_layers and num_heads >= 1"
+        )
+    if not 0 < depth.frame_fraction <= 1:
+        problems.append(
+            f"model.depth.frame_fraction: must be in (0, 1], got {depth.frame_fraction}"
         )
     if cfg.model.init not in INIT_MODES:
         problems.append(f"model.init: {cfg.model.init!r}; expected one of {INIT_MODES}")

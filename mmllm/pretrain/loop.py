@@ -31,6 +31,7 @@ from mmllm.config import (
     load_config,
     save_config,
 )
+from mmllm.data.patterns import MULTI_STREAM
 from mmllm.data.stream import BlockStream
 from mmllm.fileio import (
     LockedError,
@@ -102,7 +103,7 @@ def make_accelerator(cfg: PretrainConfig):
         ds = deepspeed_config(ds_path, cfg.train, cfg.optim.grad_clip, bf16)
         plugin = DeepSpeedPlugin(hf_ds_config=ds)
     handlers = []
-    if cfg.audio_input != "discrete" and plugin is None:
+    if (cfg.audio_input != "discrete" or cfg.data.pattern in MULTI_STREAM) and plugin is None:
         # a micro-batch of text documents only never calls the input's projector / mixing
         # weights: DDP must expect parameters without gradients
         handlers.append(DistributedDataParallelKwargs(find_unused_parameters=True))
@@ -176,6 +177,9 @@ def train(cfg: PretrainConfig, accelerator: Any, ds_path: str | None, dtype: tor
             cfg.continuous,
             run.caches.input.feature_layers,
             run.feature_stats,
+            cfg.data.pattern,
+            run.caches.output.name,
+            cfg.model.depth,
         )
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())

@@ -25,6 +25,7 @@ from mmllm.data.packing import (
     collate_blocks,
 )
 from mmllm.modeling.attention import packed_documents
+from mmllm.modeling.multicodebook import find_multicodebook
 
 LOSS_CHUNK_LOGITS = 2**25  # logits per cross-entropy chunk: 128 MB in fp32, any vocabulary
 
@@ -52,6 +53,10 @@ def token_loss_sum(
     else:
         inputs["attention_mask"] = block_attention_mask(batch["document_ids"], dtype=dtype)
     labels = batch["labels"][:, 1:]  # the target after position t is labels[:, t + 1]
+    streams = find_multicodebook(model)
+    step_rows = None
+    if streams is not None:  # delay / depth: codebook 0 of a target step is the head's target
+        labels, step_rows = _step_targets(batch, labels, streams.audio_embed_id)
     keep = (labels != IGNORE_INDEX).any(0).nonzero().squeeze(1)  # [n] positions
     head = output_layer(model)
     taken: dict[str, torch.Tensor] = {}
@@ -77,7 +82,43 @@ def token_loss_sum(
         loss = loss + checkpoint(
             _chunk_loss, head, kept_hidden[:, chunk], kept_labels[:, chunk], use_reentrant=False
         )
-    return loss, int((labels != IGNORE_INDEX).sum())  # fp32: _chunk_loss sums in fp32
+    count = int((labels != IGNORE_INDEX).sum())
+    if step_rows is not None and step_rows[0].numel():
+        # codebooks 1..K-1 of every target step, from the states before it (chunked like
+        # the head's loss: [n, K-1, C] fp32 logits at 16k steps would be GBs)
+        where, rows = step_rows  # [m, 2] (row b, position t), [m, K]
+        slot = torch.full((labels.shape[1],), -1, dtype=torch.long, device=keep.device)
+        slot[keep] = torch.arange(keep.numel(), device=keep.device)
+        hidden = kept_hidden[where[:, 0], slot[where[:, 1]]]  # [m, H]
+        per_chunk = max(
+            1, LOSS_CHUNK_LOGITS // (rows.shape[1] * streams.audio_heads.config["codebook_size"])
+        )
+        for start in range(0, rows.shape[0], per_chunk):
+            chunk = slice(start, start + per_chunk)
+            part, targets = checkpoint(
+                streams.audio_loss_sum, hidden[chunk], rows[chunk], use_reentrant=False
+            )
+            loss, count = loss + part, count + targets
+    return loss, count  # fp32: _chunk_loss sums in fp32
+
+
+def _step_targets(
+    batch: dict[str, torch.Tensor], labels: torch.Tensor, placeholder: int
+) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+    """Shifted labels [B, L-1] of a delay / depth batch -> (labels with each target step's
+    placeholder replaced by its codebook-0 id, (where [m, 2], rows [m, K])): for each target
+    step, the (row, position) whose state predicts it and the step's K vocab ids.
+
+    A step's row is `audio_features[i]` for the i-th placeholder of `input_ids` in row-major
+    order (mmllm.data.packing.collate_blocks); the label at position t + 1 is predicted at t."""
+    ids = batch["input_ids"]
+    index = (ids == placeholder).reshape(-1).cumsum(0).reshape(ids.shape) - 1  # [B, L]
+    target = labels == placeholder  # [B, L-1]
+    where = target.nonzero()  # [m, 2]: (b, t), the step is at t + 1
+    rows = batch["audio_features"][index[:, 1:][target]]  # [m, K]
+    labels = labels.clone()
+    labels[target] = rows[:, 0]
+    return labels, (where, rows)
 
 
 def output_layer(model: Any) -> torch.nn.Module:
