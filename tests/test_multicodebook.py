@@ -23,6 +23,7 @@ from mmllm.modeling.multicodebook import (
     multicodebook_lm,
     save_audio_heads,
 )
+from mmllm.pretrain.schedule import count_targets
 from mmllm.pretrain.steps import token_loss_sum
 
 CODEBOOK = 8  # codes per codebook of the "out" tokenizer (test_generate.make_vocab)
@@ -145,6 +146,8 @@ def test_loss_is_the_hand_computed_cross_entropy(text_tokenizer, pattern):  # no
                     total = total - heads[k - 1].double().log_softmax(-1)[local[k]]
                     targets += 1
     assert count == targets
+    blocks = pack_window([r.document(f"d{i}", "tts") for i, r in enumerate(rendered)], 256, 0)
+    assert count_targets(blocks, vocab.audio_embed_id, vocab.pad_audio_id) == targets
     torch.testing.assert_close(loss.double(), total, rtol=1e-5, atol=1e-4)
 
 
@@ -178,14 +181,35 @@ def test_depth_frame_fraction_trains_on_a_share_of_the_steps(text_tokenizer):  #
     renderer = renderer_of(vocab, text_tokenizer, "depth")
     rendered = [renderer.render(tts_row(i), lambda key, i=i: codes_of(3, 20, i)) for i in range(2)]
     batch = batch_of(rendered, vocab)
-    full = lm_of(vocab, "depth")
-    _, count_full = token_loss_sum(full, batch, torch.float32, "mask")
-    full.frame_fraction = 0.25
-    loss_a, count_a = token_loss_sum(full, batch, torch.float32, "mask")
-    loss_b, count_b = token_loss_sum(full, batch, torch.float32, "mask")
-    steps = 40  # target steps; codebooks 1..2 of a quarter of them are targets
-    assert count_full - count_a == 2 * steps - 2 * round(steps * 0.25)
-    assert count_a == count_b and torch.equal(loss_a, loss_b)  # the same draw every time
+    model = lm_of(vocab, "depth")
+    hidden, rows = (
+        torch.randn(40, 32),
+        torch.from_numpy(np.concatenate([r.features for r in rendered])),
+    )
+    full, count_full = model.audio_loss_sum(hidden, rows)
+    model.frame_fraction = 0.25
+    part_a, count_a = model.audio_loss_sum(hidden, rows)
+    part_b, _ = model.audio_loss_sum(hidden, rows)
+    assert count_a == count_full == 2 * 40  # the count stands for every step
+    assert torch.equal(part_a, part_b)  # the same draw every time (a resume redraws it)
+    # a quarter of the steps (10), their sum scaled by 4: by hand from per-step losses
+    codes, _ = model.local_codes(rows)
+    logits = model.audio_heads(hidden, codes[:, :-1])
+    per_step = (
+        torch.nn.functional.cross_entropy(
+            logits.reshape(-1, CODEBOOK), codes[:, 1:].reshape(-1), reduction="none"
+        )
+        .reshape(40, 2)
+        .sum(1)
+    )
+    generator = torch.Generator().manual_seed(int(rows.sum()) % (2**31))
+    chosen = torch.randperm(40, generator=generator)[:10]
+    torch.testing.assert_close(part_a, per_step[chosen].sum() * 4)
+    assert not torch.allclose(part_a, full)
+    # the trainer counts the targets the same way whatever the fraction
+    _, trained = token_loss_sum(model, batch, torch.float32, "mask")
+    blocks = pack_window([r.document(f"d{i}", "tts") for i, r in enumerate(rendered)], 256, 0)
+    assert trained == count_targets(blocks, vocab.audio_embed_id, vocab.pad_audio_id)
 
 
 def test_bf16_cast_runs_the_heads_in_bf16(text_tokenizer):  # noqa: F811

@@ -618,6 +618,21 @@ def test_multi_stream_pattern_trains_exports_reloads_and_speaks(
     ]
     train_until_losses_fall(tiny_tokens, run_dir, overrides)
     final = run_dir / "final"
+    # ZeRO-3 (the GPU path) partitions the heads and the codebook weights: same losses, and
+    # the export holds the gathered heads
+    zero3 = tmp_path / f"{pattern}-zero3"
+    zero3_overrides = [*overrides, "train.deepspeed=configs/deepspeed/zero3.json"]
+    run_pretrain(tiny_tokens, zero3, zero3_overrides, launcher="accelerate")
+    assert losses(zero3) == pytest.approx(losses(run_dir), rel=1e-4)
+    from safetensors.torch import load_file
+
+    from mmllm.modeling.multicodebook import AUDIO_HEADS_WEIGHTS
+
+    plain_heads = load_file(final / AUDIO_HEADS_WEIGHTS)
+    zero3_heads = load_file(zero3 / "final" / AUDIO_HEADS_WEIGHTS)
+    assert plain_heads.keys() == zero3_heads.keys()
+    for name, tensor in plain_heads.items():
+        torch.testing.assert_close(zero3_heads[name], tensor, rtol=1e-3, atol=1e-3)
     heads = json.loads((final / AUDIO_HEADS_CONFIG).read_text())
     assert heads["kind"] == pattern and heads["num_codebooks"] == 2
     checkpoint = Checkpoint.open(final)

@@ -93,6 +93,32 @@ class DelayHeads(nn.Module):
         return torch.stack([pick(logits[:, k]) for k in range(logits.shape[1])], dim=1)
 
 
+class DepthBlock(nn.Module):
+    """A pre-norm causal transformer block over a frame's codebooks, [n, j, d] -> [n, j, d].
+
+    Written with plain Linear calls rather than nn.TransformerEncoderLayer, whose attention
+    reads its output projection's weight without calling that module: DeepSpeed ZeRO-3
+    gathers a partitioned weight only when its module runs, so that layer fails under it."""
+
+    def __init__(self, width: int, num_heads: int) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.attention_norm = nn.LayerNorm(width)
+        self.qkv = nn.Linear(width, 3 * width)
+        self.out = nn.Linear(width, width)
+        self.mlp_norm = nn.LayerNorm(width)
+        self.up = nn.Linear(width, 4 * width)
+        self.down = nn.Linear(4 * width, width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, j, d = x.shape
+        qkv = self.qkv(self.attention_norm(x)).reshape(n, j, 3, self.num_heads, d // self.num_heads)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4)  # each [n, heads, j, d / heads]
+        attended = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        x = x + self.out(attended.transpose(1, 2).reshape(n, j, d))
+        return x + self.down(F.gelu(self.up(self.mlp_norm(x))))
+
+
 class DepthTransformer(nn.Module):
     """Codebooks 1..K-1 of a frame from h and the frame's lower codebooks (a depth transformer)."""
 
@@ -120,16 +146,7 @@ class DepthTransformer(nn.Module):
         self.project = nn.Linear(width, hidden_size)
         self.embed = nn.Embedding(steps * codebook_size, hidden_size)  # codebooks 0..K-2
         self.position = nn.Parameter(torch.zeros(steps, hidden_size))
-        layer = nn.TransformerEncoderLayer(
-            hidden_size,
-            num_heads,
-            4 * hidden_size,
-            dropout=0.0,
-            activation="gelu",
-            batch_first=True,
-            norm_first=True,
-        )
-        self.layers = nn.TransformerEncoder(layer, num_layers, enable_nested_tensor=False)
+        self.layers = nn.ModuleList(DepthBlock(hidden_size, num_heads) for _ in range(num_layers))
         self.norm = nn.LayerNorm(hidden_size)
         self.heads = nn.ModuleList(
             nn.Linear(hidden_size, codebook_size) for _ in range(num_codebooks - 1)
@@ -143,8 +160,9 @@ class DepthTransformer(nn.Module):
         x = self.embed(codes + offsets) + self.position[:j].to(self.embed.weight.dtype)
         first = x[:, :1] + self.project(hidden.to(self.project.weight.dtype))[:, None]
         x = torch.cat([first, x[:, 1:]], dim=1)
-        causal = nn.Transformer.generate_square_subsequent_mask(j, device=x.device, dtype=x.dtype)
-        y = self.norm(self.layers(x, mask=causal, is_causal=True))
+        for layer in self.layers:
+            x = layer(x)
+        y = self.norm(x)
         return torch.stack([self.heads[i](y[:, i]) for i in range(j)], dim=1)
 
     def sample(self, hidden: torch.Tensor, first: torch.Tensor, pick: Pick) -> torch.Tensor:
@@ -207,12 +225,14 @@ class MultiCodebookLM(ContinuousInputLM):
         """Summed fp32 cross-entropy of codebooks 1..K-1 -> (sum, number of targets).
 
         hidden [n, D]: the LLM's final states at the positions before n target steps;
-        rows [n, K]: those steps' vocab ids. Delay gaps (pads) are no target. `depth` with
-        `frame_fraction` < 1 trains the depth transformer on that share of the steps
-        (CSM's compute amortisation), drawn from a generator seeded by the rows, so a
-        resumed run draws the same ones."""
+        rows [n, K]: those steps' vocab ids. Delay gaps (pads) are no target; the count is
+        what `mmllm.pretrain.schedule.count_targets` counts. `depth` with `frame_fraction`
+        < 1 trains the depth transformer on that share of the steps (CSM's compute
+        amortisation), drawn from a generator seeded by the rows (a resumed run draws the
+        same ones), the sum scaled up to stand for all of them (an unbiased estimate)."""
         if self.num_codebooks == 1 or rows.shape[0] == 0:
             return hidden.sum() * 0.0, 0
+        total = int((rows[:, 1:] != self.pad_id).sum())
         if self.pattern == "depth" and self.frame_fraction < 1.0:
             generator = torch.Generator().manual_seed(int(rows.sum()) % (2**31))
             count = max(1, round(rows.shape[0] * self.frame_fraction))
@@ -227,7 +247,8 @@ class MultiCodebookLM(ContinuousInputLM):
             ignore_index=IGNORE_INDEX,
             reduction="sum",
         )
-        return loss, int((targets != IGNORE_INDEX).sum())
+        chosen_targets = int((targets != IGNORE_INDEX).sum())
+        return loss * (total / max(chosen_targets, 1)), total
 
     def sample_codebooks(
         self, hidden: torch.Tensor, first: torch.Tensor, active: torch.Tensor, pick: Pick

@@ -245,13 +245,16 @@ def train(cfg: PretrainConfig, accelerator: Any, ds_path: str | None, dtype: tor
 
         progress = tqdm(total=cfg.train.steps, initial=start_step, desc="pretrain", unit="step")
     saves = 0
+    # delay / depth: a target step's codebooks 1..K-1 are targets too (mmllm.modeling.multicodebook)
+    multi = cfg.data.pattern in MULTI_STREAM
+    step_ids = (vocab.audio_embed_id, vocab.pad_audio_id) if multi else ()
     model.train()
     for step in range(start_step, cfg.train.steps):
         started = time.perf_counter()
         blocks = stream.take(blocks_per_step // lanes)  # this process's share of the step
         # the global targets and tokens, so every process scales its loss the same
         counts = torch.tensor(
-            [count_targets(blocks), sum(b.used for b in blocks)],
+            [count_targets(blocks, *step_ids), sum(b.used for b in blocks)],
             dtype=torch.float64,
             device=accelerator.device,
         )

@@ -15,6 +15,17 @@ def micro_batches(blocks: list[PackedBlock], grad_accum: int) -> list[dict[str, 
     return [collate_blocks(blocks[i * per_micro : (i + 1) * per_micro]) for i in range(grad_accum)]
 
 
-def count_targets(blocks: list[PackedBlock]) -> int:
-    """Target tokens of blocks (labels are unshifted: position 0 is never a target)."""
-    return sum(int((b.labels[1:] != IGNORE_INDEX).sum()) for b in blocks)
+def count_targets(
+    blocks: list[PackedBlock], step_id: int | None = None, pad_id: int | None = None
+) -> int:
+    """Target tokens of blocks (labels are unshifted: position 0 is never a target). With
+    `step_id` (the `delay` / `depth` placeholder, mmllm.modeling.multicodebook), a target
+    step also counts its codes of codebooks 1..K-1 that are not `pad_id`, as the loss does."""
+    total = 0
+    for block in blocks:
+        total += int((block.labels[1:] != IGNORE_INDEX).sum())
+        if step_id is not None and block.features is not None:
+            row_of = (block.input_ids == step_id).cumsum(0) - 1  # the i-th placeholder's row
+            rows = block.features[row_of[block.labels == step_id]]
+            total += int((rows[:, 1:] != pad_id).sum())
+    return total
