@@ -65,13 +65,17 @@ def load_result(path: str | Path) -> dict:
 
 
 def run_label(result: dict) -> str:
-    """Row name: input mode, tokenizer and its non-default options (e.g. cmvn=none), plus
+    """Row name: input mode, tokenizer and its non-default options (e.g. cmvn=none), the
+    codebook pattern when it is not flatten (`[delay]`, `[depth]`), plus
     the report's `input_settings` (input_norm, output_rms, audio_input_rms; reports from
     before 2026-12-03 (acd1103) have none: a per-frame LayerNorm and the default init)."""
     name = result["input_tokenizer"]
     options = dict(result.get("input_options") or {}) | (result.get("input_settings") or {})
     if options:
         name += " (" + ", ".join(f"{k}={v}" for k, v in sorted(options.items())) + ")"
+    pattern = result.get("pattern", "flatten")  # reports from before it was recorded: flatten
+    if pattern != "flatten":
+        name += f" [{pattern}]"
     if result.get("audio_input") == "continuous":
         return f"continuous: {name}"
     if result.get("audio_input") == "summed":

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -277,7 +278,9 @@ def _audio_task(model, data, task, rows, config, decoder, asr) -> tuple[dict, li
     cfg = GenerationConfig(
         **{**config_to_dict(config), "max_new_tokens": int(longest * 1.5) + 4 * spans}
     )
+    started = time.perf_counter()
     outputs = answer_rendered(model, checkpoint, rendered, task, cfg)
+    seconds = time.perf_counter() - started
     _, output_codes = data.caches.lookups(task, data.split)
     keys = {"tts": ["{id}"], "se": ["{id}#ref0"], "ss": ["{id}#ref0", "{id}#ref1"]}[task]
     equal = compared = 0
@@ -303,11 +306,15 @@ def _audio_task(model, data, task, rows, config, decoder, asr) -> tuple[dict, li
             line |= values
             asr_pairs += pairs
         lines.append(line)
+    frames = sum(sum(line["frames"]) for line in lines)
     result = {
         "code_agreement": equal / max(compared, 1),
         "length_ratio": float(np.mean(length_ratios)) if length_ratios else 0.0,
         "rows": len(rows),
         "decoded": decoder is not None,
+        # generation speed: seconds of audio written per second of batched generation
+        "generation_seconds": seconds,
+        "audio_s_per_s": frames / data.caches.output.frame_rate_hz / max(seconds, 1e-9),
     }
     for name, values in signal.items():
         result[name] = len(values) if name == "pesq_failed" else float(np.mean(values))
@@ -443,6 +450,7 @@ def evaluate_checkpoint(
         "checkpoint": str(directory),
         "split": split,
         "audio_input": data.pretrain.audio_input,
+        "pattern": data.pretrain.data.pattern,
         "input_tokenizer": checkpoint.input_config.name,
         "input_options": dict(checkpoint.input_config.options),
         "output_tokenizer": checkpoint.output_config.name,
