@@ -282,6 +282,27 @@ def test_two_process_ddp_with_summed_input_and_text_only_batches(tiny_tokens, tm
     assert len(losses(run_dir)) == 3
 
 
+def test_two_process_ddp_with_delay_heads_and_text_only_batches(tiny_tokens, tmp_path):
+    """The delay heads run after the forward pass (on the states the loss keeps): DDP must
+    still sync their gradients, also for micro-batches of text only, and match one process."""
+    overrides = [
+        "data.pattern=delay",
+        f"tokenizers.input={ROOT / 'configs/tokenizers/mel-rvq.yaml'}",
+        f"tokenizers.input_overrides=[num_codebooks=2, codebook_size=16, centroids={tmp_path / 'rvq'}]",
+        f"tokenizers.cache_dir={tmp_path / 'tokens'}",
+        "tokenizers.fit_max_frames=2000",
+        "data.mixture={text: 2, tts: 1}",
+        "data.lanes=2",
+        "train.steps=3",
+        "train.checkpoint_every=0",
+        "train.eval_every=0",
+    ]
+    run_pretrain(tiny_tokens, tmp_path / "one", [*overrides, "train.micro_batch_size=2"])
+    two = [*overrides, "train.micro_batch_size=1"]
+    run_pretrain(tiny_tokens, tmp_path / "two", two, launcher="torchrun-2")
+    assert losses(tmp_path / "two") == pytest.approx(losses(tmp_path / "one"), rel=1e-4)
+
+
 def test_resume_after_kill_matches_uninterrupted_run(plain_run, tiny_tokens, tmp_path):
     """Killed (SIGKILL) right after step 3, the last checkpoint is step 2; rerunning resumes
     there and every logged loss equals the run that never stopped."""

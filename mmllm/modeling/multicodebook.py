@@ -215,6 +215,19 @@ class MultiCodebookLM(ContinuousInputLM):
         self.frame_fraction = frame_fraction
         self.register_buffer("code_offsets", torch.tensor(code_offsets), persistent=False)
 
+    def forward(self, input_ids: torch.Tensor, audio_features=None, **kwargs: Any) -> Any:
+        """ContinuousInputLM's forward; in training, plus a zero-valued term from one call of
+        the audio heads, so their parameters are part of the forward pass: DDP syncs only
+        gradients of parameters the forward reached (the trainer applies the heads after it,
+        to the states the loss keeps), and ZeRO-3 gathers a module's weights when it runs."""
+        outputs = super().forward(input_ids, audio_features, **kwargs)
+        if self.training and torch.is_grad_enabled() and self.num_codebooks > 1:
+            width = self.lm.get_input_embeddings().embedding_dim
+            probe = outputs.logits.new_zeros((1, width))
+            codes = input_ids.new_zeros((1, self.num_codebooks - 1))
+            outputs.logits = outputs.logits + self.audio_heads(probe, codes).sum() * 0.0
+        return outputs
+
     def local_codes(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """rows [n, K] vocab ids -> (codes [n, K] codebook-local, 0 at pads; present [n, K])."""
         present = rows != self.pad_id

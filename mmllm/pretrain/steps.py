@@ -74,7 +74,9 @@ def token_loss_sum(
         hook.remove()
     kept_hidden = taken["hidden"]  # [B, n, H]
     kept_labels = labels[:, keep.to(labels.device)]  # [B, n]
-    loss = kept_hidden.sum() * 0.0  # in the graph even when this micro-batch has no target
+    # in the graph even when this micro-batch has no target; the logits carry the delay /
+    # depth heads' zero-valued forward term (MultiCodebookLM.forward), which DDP waits on
+    loss = kept_hidden.sum() * 0.0 + outputs.logits.sum() * 0.0
     vocab_size = outputs.logits.shape[-1]
     per_chunk = max(1, LOSS_CHUNK_LOGITS // (kept_hidden.shape[0] * vocab_size))
     for start in range(0, keep.numel(), per_chunk):
