@@ -150,3 +150,23 @@ def test_seeds_of_one_setup_become_one_row_of_means(tmp_path):
     assert row["seeds"] == [0, 1] and row["runs"] == [str(seed0), str(seed1)]
     assert row["per_seed"] == {"ks": [0.5, 0.7], "sid": [0.4, 0.4]}
     assert row["sd"] == {"ks": pytest.approx(0.1 * 2**0.5), "sid": 0.0}
+
+
+def test_plot_labels_drop_the_options_every_row_shares():
+    from mmllm.eval.compare import plot_labels
+
+    rows = [
+        "mel-rvq (audio_input_rms=1.0, griffin_lim_iters=32)",
+        "mel-rvq (audio_input_rms=1.0, griffin_lim_iters=32) (summed)",
+        "mel-rvq (audio_input_rms=1.0, griffin_lim_iters=64) [delay]",
+    ]
+    assert plot_labels(rows) == [
+        "mel-rvq (griffin_lim_iters=32)",
+        "mel-rvq (griffin_lim_iters=32) (summed)",
+        "mel-rvq (griffin_lim_iters=64) [delay]",
+    ]
+    assert plot_labels(rows[:2]) == ["mel-rvq", "mel-rvq (summed)"]
+    assert plot_labels(["continuous: mfcc (cmvn=none)", "mfcc-kmeans"]) == [
+        "continuous: mfcc (cmvn=none)",
+        "mfcc-kmeans",
+    ]

@@ -22,6 +22,7 @@ codebooks or layers the model listens to.
 from __future__ import annotations
 
 import json
+import re
 import statistics
 from pathlib import Path
 from typing import Any
@@ -288,7 +289,9 @@ def plot_comparison(table: dict, columns: dict, out_dir: Path) -> None:
         )
         axis.set_title(f"{task.upper()} {'↑' if higher else '↓'}", fontsize=9)
         axis.set_ylabel(unit, fontsize=8)
-        axis.set_xticks(range(len(labels)), labels, rotation=60, ha="right", fontsize=7)
+        axis.set_xticks(
+            range(len(labels)), plot_labels(labels), rotation=60, ha="right", fontsize=7
+        )
     figure.tight_layout()
     _save(figure, out_dir / "tasks.png")
 
@@ -314,6 +317,22 @@ def plot_comparison(table: dict, columns: dict, out_dir: Path) -> None:
     plt.close("all")
 
 
+def plot_labels(labels: list[str]) -> list[str]:
+    """Row labels for the plots' axes, without the `key=value` options every row shares
+    (they tell the bars nothing and crowd the axis): "mel-rvq (audio_input_rms=1.0) [delay]"
+    beside "mel-rvq (audio_input_rms=1.0)" becomes "mel-rvq [delay]" and "mel-rvq"."""
+    found = [re.search(r" \(([^()]*=[^()]*)\)", label) for label in labels]
+    sets = [set(match.group(1).split(", ")) if match else set() for match in found]
+    shared = set.intersection(*sets) if sets else set()
+    short = []
+    for label, match in zip(labels, found, strict=True):
+        if match and shared:
+            kept = [option for option in match.group(1).split(", ") if option not in shared]
+            label = label.replace(match.group(0), f" ({', '.join(kept)})" if kept else "")
+        short.append(label)
+    return short
+
+
 def plot_codebook_weights(weighted: dict[str, dict[str, float]], path: Path) -> None:
     """One group of bars per run (its codebooks or layers left to right, one colour per name
     across runs), the uniform 1/K dashed."""
@@ -335,7 +354,7 @@ def plot_codebook_weights(weighted: dict[str, dict[str, float]], path: Path) -> 
             handles[name] = axis.bar(x, weight, width, color=colour)
         low, high = offsets[0] - width / 2, offsets[-1] + width / 2
         handles["uniform 1/K"] = axis.hlines(1 / count, low, high, "k", "dashed", lw=0.8)
-    axis.set_xticks(range(len(weighted)), list(weighted), fontsize=7)
+    axis.set_xticks(range(len(weighted)), plot_labels(list(weighted)), fontsize=7)
     axis.set_ylabel("softmax weight", fontsize=8)
     axis.set_title("learned input weights (codebooks or SSL layers)", fontsize=8)
     axis.legend(handles.values(), handles.keys(), fontsize=6)

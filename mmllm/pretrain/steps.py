@@ -55,7 +55,8 @@ def token_loss_sum(
     labels = batch["labels"][:, 1:]  # the target after position t is labels[:, t + 1]
     streams = find_multicodebook(model)
     step_rows = None
-    if streams is not None:  # delay / depth: codebook 0 of a target step is the head's target
+    if streams is not None and "audio_features" in batch:  # delay / depth, with audio:
+        # codebook 0 of a target step is the head's target
         labels, step_rows = _step_targets(batch, labels, streams.audio_embed_id)
     keep = (labels != IGNORE_INDEX).any(0).nonzero().squeeze(1)  # [n] positions
     head = output_layer(model)
