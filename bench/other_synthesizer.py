@@ -3,7 +3,7 @@
     python bench/other_synthesizer.py --checkpoint runs/pretrain/default/final [--install]
 
 Renders, with Debian's Festival voices (never used to train; `--install` runs `apt-get install`
-for them when `text2wave` is missing), 100 keyword clips (the 10 commands, 1 s each, 10 per
+for Festival and the voices), 100 keyword clips (the 10 commands, 1 s each, 10 per
 command over the voices) and 100 ASR sentences (the corpus's ASR test transcripts), resampled
 to 16 kHz and normalised to the corpus's peak level. Then prompts the checkpoint with
 `mmllm generate --jsonl` (one batched call per task) and scores KS accuracy and ASR WER;
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -38,10 +37,9 @@ PEAK = 0.5  # SynthDASB's clips peak near here; Festival's are louder
 
 
 def install() -> None:
-    if shutil.which("text2wave"):
-        return
+    """apt-get install Festival and its voices (a no-op for what is there already)."""
     packages = ["festival", *VOICES.values()]
-    subprocess.run(["apt-get", "install", "-y", *packages], check=True)
+    subprocess.run(["apt-get", "install", "-y", "-q", *packages], check=True)
 
 
 def available_voices() -> list[str]:
@@ -102,7 +100,8 @@ def score(checkpoint: Path, ks: list[tuple[Path, str]], asr: list[tuple[Path, st
     asr_answers = ask(checkpoint, "asr", [p for p, _ in asr], folder)
     correct = sum(ks_answers[p.name] == label for p, label in ks)
     wer = metrics.wer([t for _, t in asr], [asr_answers[p.name] for p, _ in asr])
-    return {"ks_acc": correct / len(ks), "asr_wer": wer.rate}
+    distinct = len({asr_answers[p.name] for p, _ in asr})  # one answer for all: not listening
+    return {"ks_acc": correct / len(ks), "asr_wer": wer.rate, "asr_distinct_answers": distinct}
 
 
 def espeak_clips(corpus: Path, count: int, folder: Path):
