@@ -617,13 +617,6 @@ def test_multi_stream_pattern_trains_exports_reloads_and_speaks(
     """data.pattern delay / depth on a 2-codebook mel-rvq (in and out): train until the
     losses fall, export the LLM with its codebook weights and audio heads, reload them,
     evaluate TTS and KS through dasb, and prompt TTS from the command line."""
-    import soundfile
-
-    from mmllm.cli.evaluate import generate as main
-    from mmllm.eval.dasb import evaluate_checkpoint
-    from mmllm.eval.prompting import Checkpoint
-    from mmllm.modeling.multicodebook import AUDIO_HEADS_CONFIG, MultiCodebookLM
-
     run_dir = tmp_path / pattern
     overrides = [
         f"data.pattern={pattern}",
@@ -640,7 +633,10 @@ def test_multi_stream_pattern_trains_exports_reloads_and_speaks(
     train_until_losses_fall(tiny_tokens, run_dir, overrides)
     final = run_dir / "final"
     # ZeRO-3 (the GPU path) partitions the heads and the codebook weights: same losses, and
-    # the export holds the gathered heads
+    # the export holds the gathered heads (depth only, to keep the suite short: its
+    # transformer is what broke under ZeRO-3; delay's heads are plain Linear layers)
+    if pattern == "delay":
+        return check_multi_stream_export(final, pattern, tmp_path, capsys)
     zero3 = tmp_path / f"{pattern}-zero3"
     zero3_overrides = [*overrides, "train.deepspeed=configs/deepspeed/zero3.json"]
     run_pretrain(tiny_tokens, zero3, zero3_overrides, launcher="accelerate")
@@ -654,6 +650,18 @@ def test_multi_stream_pattern_trains_exports_reloads_and_speaks(
     assert plain_heads.keys() == zero3_heads.keys()
     for name, tensor in plain_heads.items():
         torch.testing.assert_close(zero3_heads[name], tensor, rtol=1e-3, atol=1e-3)
+    check_multi_stream_export(final, pattern, tmp_path, capsys)
+
+
+def check_multi_stream_export(final: Path, pattern: str, tmp_path: Path, capsys) -> None:
+    """The export of a delay / depth run reloads, evaluates and speaks."""
+    import soundfile
+
+    from mmllm.cli.evaluate import generate as main
+    from mmllm.eval.dasb import evaluate_checkpoint
+    from mmllm.eval.prompting import Checkpoint
+    from mmllm.modeling.multicodebook import AUDIO_HEADS_CONFIG, MultiCodebookLM
+
     heads = json.loads((final / AUDIO_HEADS_CONFIG).read_text())
     assert heads["kind"] == pattern and heads["num_codebooks"] == 2
     checkpoint = Checkpoint.open(final)
