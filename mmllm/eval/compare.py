@@ -13,7 +13,8 @@ cached float16 features, with a different marker). Runs of one setup that differ
 bookkeeping, and they were evaluated alike) become one row "<input> (N seeds)": means, with
 ± the sample standard deviation in the table and as error bars in `tasks.png`, and every
 seed's value in the JSON. Runs whose checkpoint holds learned
-input weights -- summed input (one per codebook) and continuous SSL layer features (one per
+input weights -- summed input and the delay / depth patterns (one per codebook) and
+continuous SSL layer features (one per
 layer, DASB's "which layers matter") -- also get those softmax weights in the JSON
 (`codebook_weights`, name -> weight) and markdown and in `codebook_weights.png`: which
 codebooks or layers the model listens to.
