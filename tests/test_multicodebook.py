@@ -84,6 +84,16 @@ def test_templates_lay_out_one_placeholder_per_step(text_tokenizer, pattern):  #
         assert rendered.features[-1, :2].tolist() == [vocab.pad_audio_id] * 2
 
 
+def test_lm_documents_lay_out_steps_with_their_rows_in_the_prompt(text_tokenizer):  # noqa: F811
+    vocab = make_vocab(text_tokenizer, out_codebooks=2)
+    codes = codes_of(2, 4, 3)
+    renderer = TemplateRenderer(vocab, text_tokenizer, "out", "out", "delay")
+    doc = renderer.lm_document("audio", {"id": "a", "text": "dog", "words": []}, lambda key: codes)
+    assert doc.loss_on_prompt and doc.features.shape == (5, 2)
+    assert doc.prompt.count(vocab.audio_embed_id) == 5  # every step, each a target
+    np.testing.assert_array_equal(doc.prompt_features, doc.features)
+
+
 def test_multi_stream_templates_need_equal_codebook_counts(text_tokenizer):  # noqa: F811
     vocab = make_vocab(text_tokenizer, out_codebooks=2)  # "in" has 1 codebook
     with pytest.raises(ValueError, match="same number of codebooks"):

@@ -146,6 +146,18 @@ def collate_blocks(blocks: list[PackedBlock]) -> dict[str, torch.Tensor]:
     return batch
 
 
+def target_steps(
+    input_ids: torch.Tensor, labels: torch.Tensor, features: torch.Tensor, placeholder: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The target steps of a block or batch whose placeholders carry rows (the `delay` /
+    `depth` patterns, mmllm.modeling.multicodebook): input_ids and unshifted labels [..., L],
+    features [n, K] (one row per `placeholder` of input_ids, row-major) -> (where [..., L],
+    True where the label is a placeholder; the rows of those steps [m, K], row-major)."""
+    row_of = (input_ids == placeholder).reshape(-1).cumsum(0).reshape(input_ids.shape) - 1
+    where = labels == placeholder
+    return where, features[row_of[where]]
+
+
 def block_attention_mask(
     document_ids: torch.Tensor, dtype: torch.dtype = torch.float32
 ) -> torch.Tensor:

@@ -176,9 +176,10 @@ class TemplateRenderer:
 
     def _with_features(self, rendered: Rendered) -> Rendered:
         """Attach (and reset) the placeholder rows collected while rendering one row (their
-        dtype kept: float32 frames or int64 ids)."""
+        dtype kept: float32 frames or int64 ids), and how many of them the prompt holds."""
         if self._features:
             rendered.features = np.concatenate(self._features)
+        rendered.prompt_rows = rendered.prompt.count(self.vocab.audio_embed_id)
         self._features = []
         return rendered
 
@@ -189,9 +190,7 @@ class TemplateRenderer:
     ) -> Rendered:
         """One corpus row of its task -> Rendered (loss on the target only)."""
         self._features = []
-        rendered = self._with_features(self._render(row, input_codes, output_codes))
-        rendered.prompt_rows = rendered.prompt.count(self.vocab.audio_embed_id)
-        return rendered
+        return self._with_features(self._render(row, input_codes, output_codes))
 
     def _render(
         self, row: dict, input_codes: CodesLookup, output_codes: CodesLookup | None

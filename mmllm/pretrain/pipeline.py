@@ -111,9 +111,9 @@ class PreparedRun:
         state_dict = accelerator.get_state_dict(model)  # gathers ZeRO-3 partitions
         if accelerator.is_main_process:
             unwrapped = accelerator.unwrap_model(model)
-            projector, projector_state, heads, heads_state = None, None, None, None
-            if isinstance(unwrapped, MultiCodebookLM):
-                heads, heads_state = unwrapped, _sub_state(state_dict, "audio_heads.")
+            projector, projector_state, streams, heads_state = None, None, None, None
+            if isinstance(unwrapped, MultiCodebookLM):  # delay / depth: its heads too
+                streams, heads_state = unwrapped, _sub_state(state_dict, "audio_heads.")
             if isinstance(unwrapped, ContinuousInputLM):
                 projector, unwrapped = unwrapped.projector, unwrapped.lm
                 projector_state = _sub_state(state_dict, "projector.")
@@ -130,9 +130,9 @@ class PreparedRun:
                     package_tokenizer(tokenizer_cfg, tmp, role)
                 if projector is not None:
                     save_projector(projector, tmp, projector_state)
-                if heads is not None:
-                    extra = {"frame_fraction": heads.frame_fraction}
-                    save_audio_heads(heads.audio_heads, tmp, heads_state, extra)
+                if streams is not None:
+                    extra = {"frame_fraction": streams.frame_fraction}
+                    save_audio_heads(streams.audio_heads, tmp, heads_state, extra)
 
             save_pretrained_multimodal(
                 unwrapped, self.hf_tokenizer, self.vocab, directory, state_dict, extra

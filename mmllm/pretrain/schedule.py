@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-from mmllm.data.packing import IGNORE_INDEX, PackedBlock, collate_blocks
+from mmllm.data.packing import IGNORE_INDEX, PackedBlock, collate_blocks, target_steps
 
 
 def micro_batches(blocks: list[PackedBlock], grad_accum: int) -> list[dict[str, torch.Tensor]]:
@@ -25,7 +25,6 @@ def count_targets(
     for block in blocks:
         total += int((block.labels[1:] != IGNORE_INDEX).sum())
         if step_id is not None and block.features is not None:
-            row_of = (block.input_ids == step_id).cumsum(0) - 1  # the i-th placeholder's row
-            rows = block.features[row_of[block.labels == step_id]]
+            _, rows = target_steps(block.input_ids, block.labels, block.features, step_id)
             total += int((rows[:, 1:] != pad_id).sum())
     return total

@@ -23,6 +23,7 @@ from mmllm.data.packing import (
     PackedBlock,
     block_attention_mask,
     collate_blocks,
+    target_steps,
 )
 from mmllm.modeling.attention import packed_documents
 from mmllm.modeling.multicodebook import find_multicodebook
@@ -56,8 +57,16 @@ def token_loss_sum(
     streams = find_multicodebook(model)
     step_rows = None
     if streams is not None and "audio_features" in batch:  # delay / depth, with audio:
-        # codebook 0 of a target step is the head's target
-        labels, step_rows = _step_targets(batch, labels, streams.audio_embed_id)
+        # codebook 0 of a target step is the head's target; codebooks 1..K-1 come below
+        where, rows = target_steps(
+            batch["input_ids"], batch["labels"], batch["audio_features"], streams.audio_embed_id
+        )
+        # the shifted labels' positions (the step at t + 1 is predicted at t); column 0 is
+        # never a target (packing ignores every block's first label), so rows stay in order
+        where = where[:, 1:]
+        labels = labels.clone()
+        labels[where] = rows[:, 0]
+        step_rows = (where.nonzero(), rows)
     keep = (labels != IGNORE_INDEX).any(0).nonzero().squeeze(1)  # [n] positions
     head = output_layer(model)
     taken: dict[str, torch.Tensor] = {}
@@ -103,25 +112,6 @@ def token_loss_sum(
             )
             loss, count = loss + part, count + targets
     return loss, count  # fp32: _chunk_loss sums in fp32
-
-
-def _step_targets(
-    batch: dict[str, torch.Tensor], labels: torch.Tensor, placeholder: int
-) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
-    """Shifted labels [B, L-1] of a delay / depth batch -> (labels with each target step's
-    placeholder replaced by its codebook-0 id, (where [m, 2], rows [m, K])): for each target
-    step, the (row, position) whose state predicts it and the step's K vocab ids.
-
-    A step's row is `audio_features[i]` for the i-th placeholder of `input_ids` in row-major
-    order (mmllm.data.packing.collate_blocks); the label at position t + 1 is predicted at t."""
-    ids = batch["input_ids"]
-    index = (ids == placeholder).reshape(-1).cumsum(0).reshape(ids.shape) - 1  # [B, L]
-    target = labels == placeholder  # [B, L-1]
-    where = target.nonzero()  # [m, 2]: (b, t), the step is at t + 1
-    rows = batch["audio_features"][index[:, 1:][target]]  # [m, K]
-    labels = labels.clone()
-    labels[target] = rows[:, 0]
-    return labels, (where, rows)
 
 
 def output_layer(model: Any) -> torch.nn.Module:
